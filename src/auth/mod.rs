@@ -1,0 +1,128 @@
+//! Who is calling: extractors for the operator admin API and the segment filter API,
+//! and the partner endpoints' body-carried credentials ([`partner`]).
+
+pub mod partner;
+mod usage;
+
+use axum::{extract::FromRequestParts, http::HeaderMap, http::request::Parts};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+pub use usage::KeyUsage;
+
+use crate::{
+    app::AppState,
+    domain::Scope,
+    error::ApiError,
+    keys::KeyHash,
+    store::{self, keys::UsedKey},
+};
+
+/// Proof that the request carries the operator's `ADMIN_TOKEN`. A handler of the admin
+/// API takes one as an argument.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminAuth;
+
+impl FromRequestParts<AppState> for AdminAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Some(expected) = &state.config.admin_token else {
+            return Err(ApiError::Unauthorized("the admin API is disabled until ADMIN_TOKEN is set".into()));
+        };
+        let presented = bearer_token(&parts.headers).ok_or_else(|| {
+            ApiError::Unauthorized("missing admin token: send Authorization: Bearer <ADMIN_TOKEN>".into())
+        })?;
+        if secrets_equal(presented, expected.expose()) {
+            Ok(AdminAuth)
+        } else {
+            Err(ApiError::Unauthorized("invalid admin token".into()))
+        }
+    }
+}
+
+/// A valid REST API key (`rak_…`) from `Authorization: Bearer`: the workspace it may
+/// read and what it may do. Handlers check the scope they need with [`ApiKeyAuth::require`].
+#[derive(Debug, Clone)]
+pub struct ApiKeyAuth {
+    /// The key's workspace: the only one this caller sees.
+    pub workspace_id: Uuid,
+    /// The key's id.
+    pub key_id: Uuid,
+    scopes: Vec<Scope>,
+}
+
+impl ApiKeyAuth {
+    /// 403 unless the key has `scope`.
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.scopes.contains(&scope) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!("this API key lacks the {} scope", scope.as_str())))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for ApiKeyAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let presented = bearer_token(&parts.headers).ok_or_else(|| {
+            ApiError::Unauthorized("missing API key: send Authorization: Bearer <REST API key>".into())
+        })?;
+        let record = store::keys::find_api_key(&state.pool, &KeyHash::of(presented))
+            .await?
+            .ok_or_else(|| ApiError::Unauthorized("invalid API key".into()))?;
+        state.key_usage.record(&state.pool, UsedKey::Api { workspace_id: record.workspace_id, id: record.id });
+        Ok(ApiKeyAuth {
+            workspace_id: record.workspace_id,
+            key_id: record.id,
+            scopes: record.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+        })
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header, if there is one.
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Compares two secrets in time independent of where they differ (and of their
+/// lengths: both are hashed to 32 bytes first).
+pub fn secrets_equal(presented: &str, expected: &str) -> bool {
+    let a = Sha256::digest(presented.as_bytes());
+    let b = Sha256::digest(expected.as_bytes());
+    a.ct_eq(&b).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn bearer_token_parsing() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(bearer_token(&headers), None);
+        headers.insert("authorization", HeaderValue::from_static("Bearer abc"));
+        assert_eq!(bearer_token(&headers), Some("abc"));
+        headers.insert("authorization", HeaderValue::from_static("bearer  abc "));
+        assert_eq!(bearer_token(&headers), Some("abc"));
+        headers.insert("authorization", HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer_token(&headers), None);
+        headers.insert("authorization", HeaderValue::from_static("Bearer "));
+        assert_eq!(bearer_token(&headers), None);
+    }
+
+    #[test]
+    fn secrets_compare() {
+        assert!(secrets_equal("token", "token"));
+        assert!(!secrets_equal("token", "tokeN"));
+        assert!(!secrets_equal("token", "token2"));
+    }
+}

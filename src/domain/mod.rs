@@ -1,0 +1,7 @@
+//! Domain types: input parsed once at the edge into values that cannot be invalid.
+
+pub mod identifiers;
+pub mod names;
+
+pub use identifiers::{Alias, AliasLabel, AliasName, DeviceId, ExternalId, IdentifierError};
+pub use names::{PartnerName, Scope};

@@ -1,0 +1,85 @@
+//! Names chosen by operators: partner names and API key scopes.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A partner's name as it appears in URLs (`/partners/kubit/...`): lowercase
+/// `[a-z0-9_-]{1,64}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct PartnerName(String);
+
+impl PartnerName {
+    /// Parses a raw name.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let valid = !value.is_empty()
+            && value.len() <= 64
+            && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if valid {
+            Ok(PartnerName(value.to_owned()))
+        } else {
+            Err("name must be 1 to 64 characters of lowercase a-z, 0-9, '_' or '-'".to_owned())
+        }
+    }
+
+    /// The name's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PartnerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a REST API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+pub enum Scope {
+    /// Read cohorts and evaluate segment filters (`/v1/...`).
+    #[serde(rename = "segments.read")]
+    SegmentsRead,
+}
+
+impl Scope {
+    /// Every scope, with its wire name.
+    pub const ALL: [Scope; 1] = [Scope::SegmentsRead];
+
+    /// The scope's wire name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::SegmentsRead => "segments.read",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(value: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|s| s.as_str() == value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partner_names() {
+        assert!(PartnerName::parse("kubit").is_ok());
+        assert!(PartnerName::parse("my_partner-2").is_ok());
+        assert!(PartnerName::parse("Kubit").is_err());
+        assert!(PartnerName::parse("").is_err());
+        assert!(PartnerName::parse(&"a".repeat(65)).is_err());
+        assert!(PartnerName::parse("a b").is_err());
+    }
+
+    #[test]
+    fn scopes_round_trip() {
+        for scope in Scope::ALL {
+            assert_eq!(Scope::parse(scope.as_str()), Some(scope));
+        }
+        assert_eq!(Scope::parse("segments.write"), None);
+    }
+}

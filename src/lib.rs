@@ -1,0 +1,18 @@
+//! cohort-ingest: receives partner cohort imports over the Braze partner cohort-import
+//! contract, resolves the identifiers against a PostgreSQL user store, keeps cohort
+//! memberships, and answers the segment builder's filters.
+//!
+//! Data flows one way: [`http`] handlers parse requests into [`domain`] types, the
+//! [`store`] runs every SQL statement, and [`error::ApiError`] turns failures into
+//! JSON responses.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod keys;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,1 @@
+//! SQL for cohorts; filled in by its issue.

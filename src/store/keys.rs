@@ -1,0 +1,274 @@
+//! The three key tables: `partner_api_keys`, `data_import_keys`, `api_keys`.
+//!
+//! Keys are stored as SHA-256 hashes (see [`crate::keys`]); lookups go by hash, so a
+//! near-miss key costs the same as a random one. Revocation sets `revoked_at`, which
+//! every lookup checks: a revoked key stops working with the next request.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgExecutor, PgPool};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::{
+    domain::{PartnerName, Scope},
+    keys::{KeyHash, NewKey},
+};
+
+/// What may be shown of a key after its creation: never the secret.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+pub struct KeyInfo {
+    /// The key's id, used to revoke it.
+    pub id: Uuid,
+    /// Its first characters, to recognise it.
+    pub prefix: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it last authenticated a request (recorded at most about once a minute).
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// When it was invalidated; null while valid.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A REST API key as listed: its name and scopes besides [`KeyInfo`].
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+pub struct ApiKeyInfo {
+    /// The key's id.
+    pub id: Uuid,
+    /// The operator's name for it.
+    pub name: String,
+    /// What it may do.
+    pub scopes: Vec<String>,
+    /// Its first characters.
+    pub prefix: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it last authenticated a request.
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// When it was invalidated; null while valid.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A key that authenticated a request, by table and primary key, for recording its use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UsedKey {
+    /// A row of `partner_api_keys`.
+    PartnerApi(Uuid),
+    /// A row of `data_import_keys`.
+    DataImport {
+        /// The key's workspace.
+        workspace_id: Uuid,
+        /// The key's id.
+        id: Uuid,
+    },
+    /// A row of `api_keys`.
+    Api {
+        /// The key's workspace.
+        workspace_id: Uuid,
+        /// The key's id.
+        id: Uuid,
+    },
+}
+
+// ---- partner API keys -------------------------------------------------------------
+
+/// Stores a new partner API key for `partner`.
+pub async fn insert_partner_api_key(
+    executor: impl PgExecutor<'_>,
+    partner: &PartnerName,
+    key: &NewKey,
+) -> sqlx::Result<KeyInfo> {
+    sqlx::query_as(
+        "INSERT INTO partner_api_keys (id, partner, key_hash, prefix) VALUES ($1, $2, $3, $4)
+         RETURNING id, prefix, created_at, last_used_at, revoked_at",
+    )
+    .bind(Uuid::new_v4())
+    .bind(partner.as_str())
+    .bind(key.hash.as_bytes())
+    .bind(&key.prefix)
+    .fetch_one(executor)
+    .await
+}
+
+/// Revokes one of `partner`'s API keys. `false` when no such key exists; revoking an
+/// already revoked key keeps its first `revoked_at`.
+pub async fn revoke_partner_api_key(pool: &PgPool, partner: &str, id: Uuid) -> sqlx::Result<bool> {
+    let result = sqlx::query(
+        "UPDATE partner_api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE partner = $1 AND id = $2",
+    )
+    .bind(partner)
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+// ---- data import keys -------------------------------------------------------------
+
+/// Stores a new data import key of `workspace_id` for `partner`.
+pub async fn insert_data_import_key(
+    executor: impl PgExecutor<'_>,
+    workspace_id: Uuid,
+    partner: &str,
+    key: &NewKey,
+) -> sqlx::Result<KeyInfo> {
+    sqlx::query_as(
+        "INSERT INTO data_import_keys (workspace_id, id, partner, key_hash, prefix) VALUES ($1, $2, $3, $4, $5)
+         RETURNING id, prefix, created_at, last_used_at, revoked_at",
+    )
+    .bind(workspace_id)
+    .bind(Uuid::new_v4())
+    .bind(partner)
+    .bind(key.hash.as_bytes())
+    .bind(&key.prefix)
+    .fetch_one(executor)
+    .await
+}
+
+/// A workspace's data import keys for one partner, oldest first.
+pub async fn list_data_import_keys(pool: &PgPool, workspace_id: Uuid, partner: &str) -> sqlx::Result<Vec<KeyInfo>> {
+    sqlx::query_as(
+        "SELECT id, prefix, created_at, last_used_at, revoked_at FROM data_import_keys
+          WHERE workspace_id = $1 AND partner = $2 ORDER BY created_at, id",
+    )
+    .bind(workspace_id)
+    .bind(partner)
+    .fetch_all(pool)
+    .await
+}
+
+/// Revokes a data import key. `false` when no such key exists.
+pub async fn revoke_data_import_key(pool: &PgPool, workspace_id: Uuid, partner: &str, id: Uuid) -> sqlx::Result<bool> {
+    let result = sqlx::query(
+        "UPDATE data_import_keys SET revoked_at = coalesce(revoked_at, now())
+          WHERE workspace_id = $1 AND partner = $2 AND id = $3",
+    )
+    .bind(workspace_id)
+    .bind(partner)
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// The outcome of looking up the two keys of a partner request, in one round trip.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PartnerCredentials {
+    /// Whether `partner_api_key` is a valid key of the partner in the path.
+    pub partner_key_id: Option<Uuid>,
+    /// The valid data import key presented as `client_secret`, if any.
+    pub import_key_id: Option<Uuid>,
+    /// The workspace that key belongs to.
+    pub workspace_id: Option<Uuid>,
+    /// The partner that key was issued for.
+    pub import_key_partner: Option<String>,
+}
+
+/// Looks both keys of a partner request up by hash, valid (unrevoked) keys only.
+pub async fn find_partner_credentials(
+    pool: &PgPool,
+    partner: &str,
+    partner_api_key: &KeyHash,
+    client_secret: &KeyHash,
+) -> sqlx::Result<PartnerCredentials> {
+    sqlx::query_as(
+        "SELECT (SELECT id FROM partner_api_keys
+                  WHERE key_hash = $2 AND partner = $1 AND revoked_at IS NULL) AS partner_key_id,
+                d.id AS import_key_id, d.workspace_id, d.partner AS import_key_partner
+           FROM (SELECT 1) AS one
+           LEFT JOIN data_import_keys d ON d.key_hash = $3 AND d.revoked_at IS NULL",
+    )
+    .bind(partner)
+    .bind(partner_api_key.as_bytes())
+    .bind(client_secret.as_bytes())
+    .fetch_one(pool)
+    .await
+}
+
+// ---- REST API keys ----------------------------------------------------------------
+
+/// Stores a new REST API key of `workspace_id`.
+pub async fn insert_api_key(
+    executor: impl PgExecutor<'_>,
+    workspace_id: Uuid,
+    name: &str,
+    scopes: &[Scope],
+    key: &NewKey,
+) -> sqlx::Result<ApiKeyInfo> {
+    let scopes: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+    sqlx::query_as(
+        "INSERT INTO api_keys (workspace_id, id, name, scopes, key_hash, prefix) VALUES ($1, $2, $3, $4, $5, $6)
+         RETURNING id, name, scopes, prefix, created_at, last_used_at, revoked_at",
+    )
+    .bind(workspace_id)
+    .bind(Uuid::new_v4())
+    .bind(name)
+    .bind(&scopes)
+    .bind(key.hash.as_bytes())
+    .bind(&key.prefix)
+    .fetch_one(executor)
+    .await
+}
+
+/// A workspace's REST API keys, oldest first.
+pub async fn list_api_keys(pool: &PgPool, workspace_id: Uuid) -> sqlx::Result<Vec<ApiKeyInfo>> {
+    sqlx::query_as(
+        "SELECT id, name, scopes, prefix, created_at, last_used_at, revoked_at
+           FROM api_keys WHERE workspace_id = $1 ORDER BY created_at, id",
+    )
+    .bind(workspace_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// Revokes a REST API key. `false` when no such key exists.
+pub async fn revoke_api_key(pool: &PgPool, workspace_id: Uuid, id: Uuid) -> sqlx::Result<bool> {
+    let result =
+        sqlx::query("UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE workspace_id = $1 AND id = $2")
+            .bind(workspace_id)
+            .bind(id)
+            .execute(pool)
+            .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// A valid REST API key, found by the hash of the presented bearer token.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ApiKeyRecord {
+    /// The key's id.
+    pub id: Uuid,
+    /// The workspace it belongs to: the only one it can see.
+    pub workspace_id: Uuid,
+    /// Its scopes, as stored.
+    pub scopes: Vec<String>,
+}
+
+/// Finds an unrevoked REST API key by hash.
+pub async fn find_api_key(pool: &PgPool, hash: &KeyHash) -> sqlx::Result<Option<ApiKeyRecord>> {
+    sqlx::query_as("SELECT id, workspace_id, scopes FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
+        .bind(hash.as_bytes())
+        .fetch_optional(pool)
+        .await
+}
+
+// ---- usage ------------------------------------------------------------------------
+
+/// Records that a key authenticated a request now.
+pub async fn record_last_used(pool: &PgPool, key: UsedKey) -> sqlx::Result<()> {
+    let query = match key {
+        UsedKey::PartnerApi(id) => {
+            sqlx::query("UPDATE partner_api_keys SET last_used_at = now() WHERE id = $1").bind(id)
+        }
+        UsedKey::DataImport { workspace_id, id } => {
+            sqlx::query("UPDATE data_import_keys SET last_used_at = now() WHERE workspace_id = $1 AND id = $2")
+                .bind(workspace_id)
+                .bind(id)
+        }
+        UsedKey::Api { workspace_id, id } => {
+            sqlx::query("UPDATE api_keys SET last_used_at = now() WHERE workspace_id = $1 AND id = $2")
+                .bind(workspace_id)
+                .bind(id)
+        }
+    };
+    query.execute(pool).await.map(|_| ())
+}

@@ -1,0 +1,12 @@
+//! Every SQL statement of the service lives here, one file per table family.
+//!
+//! Functions take a pool or a connection/transaction and return plain row types;
+//! they know nothing of HTTP.
+
+pub mod cohorts;
+pub mod database;
+pub mod keys;
+pub mod partners;
+pub mod segments;
+pub mod users;
+pub mod workspaces;

@@ -1,0 +1,56 @@
+//! `partners`: the analytics tools that post cohorts.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgExecutor, PgPool};
+use utoipa::ToSchema;
+
+use crate::{domain::PartnerName, store::keys::KeyInfo};
+
+/// A partner with its partner API keys (no secrets).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PartnerWithKeys {
+    /// The partner's name, as in `/partners/{partner}/...`.
+    pub name: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// Its partner API keys, oldest first, revoked ones included.
+    pub keys: Vec<KeyInfo>,
+}
+
+/// Inserts a partner; fails on `partners_pkey` if the name is taken.
+pub async fn insert(executor: impl PgExecutor<'_>, name: &PartnerName) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO partners (name) VALUES ($1)").bind(name.as_str()).execute(executor).await.map(|_| ())
+}
+
+/// Whether a partner of that name exists.
+pub async fn exists(executor: impl PgExecutor<'_>, name: &str) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM partners WHERE name = $1)").bind(name).fetch_one(executor).await
+}
+
+/// Every partner with its keys, by name.
+pub async fn list_with_keys(pool: &PgPool) -> sqlx::Result<Vec<PartnerWithKeys>> {
+    let partners: Vec<(String, DateTime<Utc>)> =
+        sqlx::query_as("SELECT name, created_at FROM partners ORDER BY name").fetch_all(pool).await?;
+    let keys: Vec<PartnerKey> = sqlx::query_as(
+        "SELECT partner, id, prefix, created_at, last_used_at, revoked_at
+           FROM partner_api_keys ORDER BY partner, created_at, id",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(partners
+        .into_iter()
+        .map(|(name, created_at)| PartnerWithKeys {
+            keys: keys.iter().filter(|k| k.partner == name).map(|k| k.key.clone()).collect(),
+            name,
+            created_at,
+        })
+        .collect())
+}
+
+#[derive(sqlx::FromRow)]
+struct PartnerKey {
+    partner: String,
+    #[sqlx(flatten)]
+    key: KeyInfo,
+}

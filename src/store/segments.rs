@@ -1,0 +1,1 @@
+//! SQL for segments; filled in by its issue.

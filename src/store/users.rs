@@ -1,0 +1,1 @@
+//! SQL for users; filled in by its issue.

@@ -1,0 +1,37 @@
+//! `workspaces`: one customer's space.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgExecutor, PgPool};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// A workspace.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+pub struct Workspace {
+    /// The workspace's id.
+    pub id: Uuid,
+    /// Its display name.
+    pub name: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Creates a workspace with a fresh id.
+pub async fn create(pool: &PgPool, name: &str) -> sqlx::Result<Workspace> {
+    sqlx::query_as("INSERT INTO workspaces (id, name) VALUES ($1, $2) RETURNING id, name, created_at")
+        .bind(Uuid::new_v4())
+        .bind(name)
+        .fetch_one(pool)
+        .await
+}
+
+/// Every workspace, oldest first.
+pub async fn list(pool: &PgPool) -> sqlx::Result<Vec<Workspace>> {
+    sqlx::query_as("SELECT id, name, created_at FROM workspaces ORDER BY created_at, id").fetch_all(pool).await
+}
+
+/// One workspace, if it exists.
+pub async fn find(executor: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Workspace>> {
+    sqlx::query_as("SELECT id, name, created_at FROM workspaces WHERE id = $1").bind(id).fetch_optional(executor).await
+}

@@ -1,0 +1,1 @@
+//! Tests of admin_users; written with its issue.

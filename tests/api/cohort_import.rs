@@ -1,0 +1,1 @@
+//! Tests of cohort_import; written with its issue.

@@ -1,0 +1,11 @@
+//! Black-box tests: each starts the real service on a random port against its own fresh
+//! PostgreSQL database and talks HTTP to it. One test binary, so it links once.
+
+mod helpers;
+
+mod admin;
+mod admin_users;
+mod cohort_import;
+mod health;
+mod operability;
+mod segments;

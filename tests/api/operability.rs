@@ -1,0 +1,1 @@
+//! Tests of operability; written with its issue.

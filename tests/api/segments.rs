@@ -1,0 +1,1 @@
+//! Tests of segments; written with its issue.
