@@ -14,6 +14,11 @@ pub static MIGRATOR: Migrator = sqlx::migrate!();
 
 /// Parses a connection URL; the error never repeats the URL (it may hold a password).
 pub fn connect_options(database_url: &str) -> anyhow::Result<PgConnectOptions> {
+    // sqlx accepts any scheme; a `mysql://` or typo'd URL would otherwise fail later with
+    // a confusing authentication error.
+    if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+        anyhow::bail!("DATABASE_URL must start with postgres:// or postgresql://");
+    }
     PgConnectOptions::from_str(database_url)
         .map_err(|e| anyhow::anyhow!("DATABASE_URL is not a valid PostgreSQL URL: {}", redact_url_error(&e)))
 }
@@ -103,5 +108,12 @@ mod tests {
     fn bad_url_error_does_not_repeat_the_url() {
         let err = connect_options("postgres://user:s3cret@host:notaport/db").unwrap_err();
         assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn only_postgres_urls_are_accepted() {
+        assert!(connect_options("mysql://root@localhost/db").is_err());
+        assert!(connect_options("postgresql://postgres@localhost/db").is_ok());
+        assert!(connect_options("postgres://postgres@localhost/db").is_ok());
     }
 }
