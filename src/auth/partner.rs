@@ -1,2 +1,152 @@
 //! Authentication of the partner endpoints, whose credentials travel in the JSON body
-//! (`partner_api_key`, `client_secret`). Owned by the partner-import work (issue 3).
+//! (`partner_api_key`, `client_secret`) as the Braze partner cohort-import contract has it.
+//!
+//! The body is read once into its top-level fields, kept as unparsed JSON text; the two
+//! keys are checked first (one lookup by hash, so a near-miss key costs what a random one
+//! does), and only then are the other fields parsed: a request with bad keys and a bad
+//! body answers 401, and nothing is written on the way (`last_used_at` is recorded in the
+//! background, at most once a minute per key).
+
+use std::{borrow::Cow, collections::HashMap};
+
+use axum::{
+    body::Bytes,
+    extract::{FromRequest, FromRequestParts, Request},
+    http::StatusCode,
+};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::{
+    app::AppState,
+    error::ApiError,
+    http::extract::Path,
+    keys::{KeyHash, mask},
+    store::{self, keys::UsedKey},
+};
+
+/// 401 when `partner_api_key` is not a valid key of the partner in the path.
+pub const INVALID_PARTNER_API_KEY: &str = "Invalid Partner API key";
+/// 401 when `client_secret` is not a valid data import key.
+pub const INVALID_CLIENT_SECRET: &str = "Invalid client secret";
+
+/// The top-level fields of a partner request body, each still JSON text (borrowed from
+/// the body, not copied), so each field can be checked, with its own message, in the
+/// order the contract needs.
+pub struct BodyFields<'a>(HashMap<Cow<'a, str>, &'a RawValue>);
+
+impl<'a> BodyFields<'a> {
+    /// Splits a body into its top-level fields; `None` if it is not a JSON object.
+    fn parse(body: &'a [u8]) -> Option<Self> {
+        serde_json::from_slice(body).ok().map(BodyFields)
+    }
+
+    /// The JSON text of a field, unless it is absent or `null`.
+    pub fn raw(&self, name: &str) -> Option<&'a str> {
+        self.0.get(name).map(|raw| raw.get()).filter(|text| *text != "null")
+    }
+
+    /// A field that must be a string: `None` if absent, null or of another type.
+    pub fn string(&self, name: &str) -> Option<Cow<'a, str>> {
+        serde_json::from_str(self.raw(name)?).ok()
+    }
+}
+
+/// A partner endpoint's body type, parsed from the fields once the caller is known.
+pub trait FromPartnerBody: Sized {
+    /// Parses the fields other than the credentials; errors are the client's 400s.
+    fn from_fields(fields: &BodyFields<'_>) -> Result<Self, ApiError>;
+}
+
+/// Who is posting: a partner, with a data import key of one workspace.
+#[derive(Debug, Clone)]
+pub struct PartnerCaller {
+    /// The partner's name, as in the path (and as the data import key was issued for).
+    pub partner: String,
+    /// The workspace of the data import key: the only one this request touches.
+    pub workspace_id: Uuid,
+}
+
+/// An authenticated partner request and its parsed body. The handler's last argument
+/// (it consumes the body).
+#[derive(Debug)]
+pub struct PartnerRequest<T> {
+    /// The authenticated caller.
+    pub caller: PartnerCaller,
+    /// The body, parsed after authentication.
+    pub body: T,
+}
+
+impl<T: FromPartnerBody> FromRequest<AppState> for PartnerRequest<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = request.into_parts();
+        let Path(partner) = Path::<String>::from_request_parts(&mut parts, state).await?;
+        // The partner contract has no content-type requirement of its own: whatever the
+        // header says, the body is read as JSON (so the credentials decide first).
+        let bytes = Bytes::from_request(Request::from_parts(parts, body), state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge("request body is too large".into())
+            } else {
+                ApiError::bad_request("could not read the request body")
+            }
+        })?;
+        // A body that is not a JSON object carries no credentials.
+        let fields = BodyFields::parse(&bytes).ok_or_else(|| ApiError::Unauthorized(INVALID_PARTNER_API_KEY.into()))?;
+        let caller = authenticate(state, partner, &fields).await?;
+        let body = T::from_fields(&fields)?;
+        Ok(PartnerRequest { caller, body })
+    }
+}
+
+/// Checks `partner_api_key` then `client_secret`, with the contract's 401 messages.
+async fn authenticate(state: &AppState, partner: String, fields: &BodyFields<'_>) -> Result<PartnerCaller, ApiError> {
+    let unauthorized = |message: String| ApiError::Unauthorized(message);
+    let partner_api_key = fields.string("partner_api_key").unwrap_or_default();
+    let client_secret = fields.string("client_secret").unwrap_or_default();
+    let found = store::keys::find_partner_credentials(
+        &state.pool,
+        &partner,
+        &KeyHash::of(&partner_api_key),
+        &KeyHash::of(&client_secret),
+    )
+    .await?;
+    let partner_key_id = found.partner_key_id.ok_or_else(|| unauthorized(INVALID_PARTNER_API_KEY.into()))?;
+    let (Some(import_key_id), Some(workspace_id), Some(import_key_partner)) =
+        (found.import_key_id, found.workspace_id, found.import_key_partner)
+    else {
+        return Err(unauthorized(INVALID_CLIENT_SECRET.into()));
+    };
+    if import_key_partner != partner {
+        return Err(unauthorized(format!(
+            "Partner not enabled for client with client secret: {}",
+            mask(&client_secret)
+        )));
+    }
+    state.key_usage.record(&state.pool, UsedKey::PartnerApi(partner_key_id));
+    state.key_usage.record(&state.pool, UsedKey::DataImport { workspace_id, id: import_key_id });
+    Ok(PartnerCaller { partner, workspace_id })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_fields_keep_raw_text_and_skip_nulls() {
+        let body =
+            br#"{"partner_api_key": "pak_1", "cohort_id": 5, "name": null, "c": [{"x": 1}], "esc\u0061ped": "v"}"#;
+        let fields = BodyFields::parse(body).unwrap();
+        assert_eq!(fields.string("partner_api_key").as_deref(), Some("pak_1"));
+        assert_eq!(fields.string("cohort_id"), None, "a number is not a string");
+        assert_eq!(fields.raw("cohort_id"), Some("5"));
+        assert_eq!(fields.raw("name"), None);
+        assert_eq!(fields.raw("missing"), None);
+        assert_eq!(fields.raw("c"), Some(r#"[{"x": 1}]"#));
+        assert_eq!(fields.string("escaped").as_deref(), Some("v"));
+        for not_an_object in [&b"[]"[..], b"", b"{", b"\"s\"", b"{\"a\": }"] {
+            assert!(BodyFields::parse(not_an_object).is_none());
+        }
+    }
+}

@@ -1,7 +1,9 @@
 //! Domain types: input parsed once at the edge into values that cannot be invalid.
 
+pub mod cohort;
 pub mod identifiers;
 pub mod names;
 
+pub use cohort::{CohortChanges, CohortId, CohortName};
 pub use identifiers::{Alias, AliasLabel, AliasName, DeviceId, ExternalId, IdentifierError};
 pub use names::{PartnerName, Scope};

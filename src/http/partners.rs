@@ -1,10 +1,202 @@
-//! Routes for partners; filled in by its issue.
+//! The partner cohort-import endpoints (Braze partner contract): Kubit's "Import to
+//! Braze", Segment's Braze Cohorts destination and the like post here unchanged.
+//! Credentials come from the body ([`PartnerRequest`]); statuses and messages are the
+//! contract's, word for word.
 
-use utoipa_axum::router::OpenApiRouter;
+use axum::{
+    extract::State,
+    http::{HeaderMap, HeaderName},
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::app::AppState;
+use crate::{
+    app::AppState,
+    auth::partner::{BodyFields, FromPartnerBody, PartnerRequest},
+    domain::{
+        CohortChanges, CohortId, CohortName,
+        cohort::{INVALID_COHORT_CHANGES, INVALID_COHORT_ID, INVALID_CREATED_AT, INVALID_NAME, parse_created_at},
+    },
+    error::{ApiError, ApiResult, ErrorBody},
+    http::extract::Json,
+    metrics::{self, ImportOutcome},
+    store::{self, cohorts::CohortKey},
+};
+
+/// The header a request id arrives in (set by the request-id layer when the client
+/// sends none).
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Longest client-supplied request id kept in the import log.
+const MAX_REQUEST_ID_BYTES: usize = 255;
 
 /// The partners routes.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
+    OpenApiRouter::new().routes(routes!(name_cohort)).routes(routes!(import_cohort_users))
+}
+
+/// Body of `POST /partners/{partner}/cohorts` (documentation only: the body is parsed
+/// field by field, credentials first).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CohortNameRequest {
+    /// The partner's API key (`pak_…`).
+    pub partner_api_key: String,
+    /// The workspace's data import key for this partner (`dik_…`).
+    pub client_secret: String,
+    /// The partner's id for the cohort: 1 to 255 bytes.
+    pub cohort_id: String,
+    /// The cohort's display name: 1 to 255 bytes.
+    pub name: String,
+    /// When the partner created the cohort, ISO-8601 with `Z` or an offset.
+    pub created_at: String,
+}
+
+/// One entry of `cohort_changes` (documentation only).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CohortChange {
+    /// External ids: match identified users.
+    pub user_ids: Option<Vec<String>>,
+    /// Device ids: match anonymous users only.
+    pub device_ids: Option<Vec<String>>,
+    /// Aliases: match any user.
+    pub aliases: Option<Vec<AliasDoc>>,
+    /// `true` removes these users from the cohort; default `false` adds them.
+    pub should_remove: Option<bool>,
+}
+
+/// A user alias in `cohort_changes` (documentation only).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct AliasDoc {
+    /// The value within the label.
+    pub alias_name: String,
+    /// The alias namespace.
+    pub alias_label: String,
+}
+
+/// Body of `POST /partners/{partner}/cohorts/users` (documentation only).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CohortUsersRequest {
+    /// The partner's API key (`pak_…`).
+    pub partner_api_key: String,
+    /// The workspace's data import key for this partner (`dik_…`).
+    pub client_secret: String,
+    /// The partner's id for the cohort; an unknown one creates the cohort.
+    pub cohort_id: String,
+    /// Changes applied in order; at most 1,000 identifiers in all.
+    pub cohort_changes: Vec<CohortChange>,
+}
+
+/// `{"message":"success"}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Success {
+    /// Always `success`.
+    pub message: &'static str,
+}
+
+/// The users endpoint's answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportResult {
+    /// Always `success`.
+    pub message: &'static str,
+    /// Memberships that newly exist.
+    pub added: u64,
+    /// Memberships that newly ended.
+    pub removed: u64,
+    /// Users already in the requested state.
+    pub unchanged: u64,
+    /// Identifiers that matched no eligible user.
+    pub unmatched: u64,
+}
+
+/// The name endpoint's body once parsed.
+pub struct NameCohort {
+    cohort_id: CohortId,
+    name: CohortName,
+}
+
+impl FromPartnerBody for NameCohort {
+    fn from_fields(fields: &BodyFields<'_>) -> ApiResult<Self> {
+        let cohort_id = parse_cohort_id(fields)?;
+        let name = fields.string("name").ok_or(INVALID_NAME).and_then(|n| CohortName::parse(n.into_owned()));
+        let name = name.map_err(ApiError::bad_request)?;
+        // Validated as the contract requires; the cohort's own created_at records when
+        // this service first heard of it.
+        fields
+            .string("created_at")
+            .ok_or(INVALID_CREATED_AT)
+            .and_then(|t| parse_created_at(&t))
+            .map_err(ApiError::bad_request)?;
+        Ok(NameCohort { cohort_id, name })
+    }
+}
+
+/// The users endpoint's body once parsed.
+pub struct ImportCohortUsers {
+    cohort_id: CohortId,
+    changes: CohortChanges,
+}
+
+impl FromPartnerBody for ImportCohortUsers {
+    fn from_fields(fields: &BodyFields<'_>) -> ApiResult<Self> {
+        let cohort_id = parse_cohort_id(fields)?;
+        let json = fields.raw("cohort_changes").ok_or_else(|| ApiError::bad_request(INVALID_COHORT_CHANGES))?;
+        let changes = CohortChanges::parse_json(json).map_err(ApiError::BadRequest)?;
+        Ok(ImportCohortUsers { cohort_id, changes })
+    }
+}
+
+fn parse_cohort_id(fields: &BodyFields<'_>) -> ApiResult<CohortId> {
+    fields
+        .string("cohort_id")
+        .ok_or(INVALID_COHORT_ID)
+        .and_then(|id| CohortId::parse(id.into_owned()))
+        .map_err(ApiError::bad_request)
+}
+
+/// Creates the cohort with this name, or renames it.
+#[utoipa::path(post, path = "/partners/{partner}/cohorts", tag = "partners",
+    params(("partner" = String, Path, description = "Partner name, e.g. kubit")),
+    request_body = CohortNameRequest,
+    responses((status = 200, body = Success), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 413, body = ErrorBody)))]
+async fn name_cohort(
+    State(state): State<AppState>,
+    PartnerRequest { caller, body }: PartnerRequest<NameCohort>,
+) -> ApiResult<Json<Success>> {
+    let key = CohortKey::new(caller.workspace_id, &caller.partner, &body.cohort_id);
+    store::cohorts::upsert_name(&state.pool, key, &body.name).await?;
+    Ok(Json(Success { message: "success" }))
+}
+
+/// Adds users to the cohort or removes them, all or nothing, and logs the import.
+#[utoipa::path(post, path = "/partners/{partner}/cohorts/users", tag = "partners",
+    params(("partner" = String, Path, description = "Partner name, e.g. kubit")),
+    request_body = CohortUsersRequest,
+    responses((status = 200, body = ImportResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 413, body = ErrorBody)))]
+async fn import_cohort_users(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PartnerRequest { caller, body }: PartnerRequest<ImportCohortUsers>,
+) -> ApiResult<Json<ImportResult>> {
+    // No identifier at all: a credentials check, which changes nothing.
+    let outcome = if body.changes.is_empty() {
+        ImportOutcome::default()
+    } else {
+        let key = CohortKey::new(caller.workspace_id, &caller.partner, &body.cohort_id);
+        let outcome = store::cohorts::import(&state.pool, key, &body.changes, &request_id(&headers)).await?;
+        metrics::record_import(&caller.partner, outcome);
+        outcome
+    };
+    let ImportOutcome { added, removed, unchanged, unmatched } = outcome;
+    Ok(Json(ImportResult { message: "success", added, removed, unchanged, unmatched }))
+}
+
+/// The request's id: the `x-request-id` header when there is a usable one, else a new UUID.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(&REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| !id.is_empty() && id.len() <= MAX_REQUEST_ID_BYTES)
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }

@@ -1,0 +1,266 @@
+//! Partner cohorts: their ids and names, the `created_at` of the name endpoint, and the
+//! `cohort_changes` of the users endpoint, parsed once with the exact messages of the
+//! Braze partner cohort-import contract (partners show them to their customers).
+
+use chrono::{DateTime, FixedOffset};
+use serde::Deserialize;
+
+use super::{Alias, DeviceId, ExternalId, IdentifierError};
+
+/// Longest `cohort_id` or cohort `name` accepted, in bytes.
+pub const MAX_COHORT_TEXT_BYTES: usize = 255;
+/// Most identifiers (user_ids, device_ids and aliases together) in one users request.
+pub const MAX_IDENTIFIERS_PER_REQUEST: usize = 1000;
+
+/// 400 for a missing, non-string, empty, over-long or NUL-holding `cohort_id`.
+pub const INVALID_COHORT_ID: &str = "cohort_id must be a valid string";
+/// 400 for a missing or invalid cohort `name`.
+pub const INVALID_NAME: &str = "name must be a non-empty string";
+/// 400 for a `created_at` that is not an ISO-8601 time.
+pub const INVALID_CREATED_AT: &str = "created_at must be a valid time as an ISO-8601 string";
+/// 400 for a request over [`MAX_IDENTIFIERS_PER_REQUEST`].
+pub const TOO_MANY_IDENTIFIERS: &str = "Only 1,000 user_ids, device_ids, and aliases are allowed per request";
+/// 400 for a `cohort_changes` of the wrong shape.
+pub const INVALID_COHORT_CHANGES: &str = "cohort_changes must be an array of objects each with key user_ids and/or device_ids mapping to an array of strings, or an aliases object";
+
+/// Whether `value` is acceptable as a cohort id or name: 1 to 255 bytes, no NUL
+/// (PostgreSQL cannot store NUL in `text`).
+fn is_cohort_text(value: &str) -> bool {
+    !value.is_empty() && value.len() <= MAX_COHORT_TEXT_BYTES && !value.contains('\0')
+}
+
+/// A partner's id for a cohort, unique per (workspace, partner).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CohortId(String);
+
+impl CohortId {
+    /// Parses a raw id; the error is the contract's message.
+    pub fn parse(value: String) -> Result<Self, &'static str> {
+        if is_cohort_text(&value) { Ok(CohortId(value)) } else { Err(INVALID_COHORT_ID) }
+    }
+
+    /// The id's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A cohort's display name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CohortName(String);
+
+impl CohortName {
+    /// Parses a raw name; the error is the contract's message.
+    pub fn parse(value: String) -> Result<Self, &'static str> {
+        if is_cohort_text(&value) { Ok(CohortName(value)) } else { Err(INVALID_NAME) }
+    }
+
+    /// The name's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Parses the name endpoint's `created_at`: ISO-8601 with or without fractional seconds,
+/// with `Z` or an offset (`+02:00`, and the basic `+0200` that some JVM formatters emit).
+pub fn parse_created_at(value: &str) -> Result<DateTime<FixedOffset>, &'static str> {
+    DateTime::parse_from_rfc3339(value)
+        .or_else(|_| DateTime::parse_from_str(value, "%Y-%m-%dT%H:%M:%S%.f%z"))
+        .map_err(|_| INVALID_CREATED_AT)
+}
+
+/// One identifier of a users request with the change it came from: `change` is the
+/// change's position in `cohort_changes` (a later change wins over an earlier one for the
+/// same user), `remove` its `should_remove`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Targeted<T> {
+    /// Index of the change in `cohort_changes`.
+    pub change: i32,
+    /// Whether the change removes the user instead of adding it.
+    pub remove: bool,
+    /// The identifier.
+    pub id: T,
+}
+
+/// The `cohort_changes` of a users request, valid and within the identifier limit,
+/// grouped by kind of identifier (the store resolves each kind with one join).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CohortChanges {
+    /// `user_ids`: matched against identified users' external_id.
+    pub external_ids: Vec<Targeted<ExternalId>>,
+    /// `device_ids`: matched against anonymous users only.
+    pub device_ids: Vec<Targeted<DeviceId>>,
+    /// `aliases`: matched against any user.
+    pub aliases: Vec<Targeted<Alias>>,
+}
+
+/// The wire shape of one change. Unknown keys are ignored, as are null ones.
+#[derive(Deserialize)]
+struct RawChange {
+    user_ids: Option<Vec<String>>,
+    device_ids: Option<Vec<String>>,
+    aliases: Option<Vec<RawAlias>>,
+    should_remove: Option<bool>,
+}
+
+/// The wire shape of one alias; a missing half is reported as an empty one.
+#[derive(Deserialize)]
+struct RawAlias {
+    alias_name: Option<String>,
+    alias_label: Option<String>,
+}
+
+impl CohortChanges {
+    /// Parses the JSON text of `cohort_changes`. Errors are client messages: the shape
+    /// message, the identifier-limit message, or a message naming the offending
+    /// identifier (`cohort_changes[0].user_ids[3] must be at most 512 bytes`).
+    pub fn parse_json(json: &str) -> Result<Self, String> {
+        let raw: Vec<RawChange> = serde_json::from_str(json).map_err(|_| INVALID_COHORT_CHANGES.to_owned())?;
+        let total: usize = raw
+            .iter()
+            .map(|c| {
+                c.user_ids.as_ref().map_or(0, Vec::len)
+                    + c.device_ids.as_ref().map_or(0, Vec::len)
+                    + c.aliases.as_ref().map_or(0, Vec::len)
+            })
+            .sum();
+        if total > MAX_IDENTIFIERS_PER_REQUEST {
+            return Err(TOO_MANY_IDENTIFIERS.to_owned());
+        }
+        let mut changes = CohortChanges::default();
+        for (index, change) in raw.into_iter().enumerate() {
+            // At most 1,000 identifiers, hence at most 1,000 non-empty changes; the
+            // empty ones beyond i32::MAX cannot exist in a body within the size limit,
+            // and saturating keeps the order right even if they did.
+            let position = i32::try_from(index).unwrap_or(i32::MAX);
+            let remove = change.should_remove.unwrap_or(false);
+            let field = |name: &str, i: usize| format!("cohort_changes[{index}].{name}[{i}]");
+            for (i, value) in change.user_ids.into_iter().flatten().enumerate() {
+                let id = ExternalId::parse(value).map_err(|e| e.for_field(field("user_ids", i)))?;
+                changes.external_ids.push(Targeted { change: position, remove, id });
+            }
+            for (i, value) in change.device_ids.into_iter().flatten().enumerate() {
+                let id = DeviceId::parse(value).map_err(|e| e.for_field(field("device_ids", i)))?;
+                changes.device_ids.push(Targeted { change: position, remove, id });
+            }
+            for (i, alias) in change.aliases.into_iter().flatten().enumerate() {
+                let id = Alias::parse(alias.alias_label.unwrap_or_default(), alias.alias_name.unwrap_or_default())
+                    .map_err(|(half, e): (&str, IdentifierError)| {
+                        e.for_field(format!("{}.{half}", field("aliases", i)))
+                    })?;
+                changes.aliases.push(Targeted { change: position, remove, id });
+            }
+        }
+        Ok(changes)
+    }
+
+    /// How many identifiers the request holds (duplicates included).
+    pub fn len(&self) -> usize {
+        self.external_ids.len() + self.device_ids.len() + self.aliases.len()
+    }
+
+    /// Whether the request holds no identifier at all (`[]`, `[{}]`, …): partners send
+    /// such requests to test their credentials.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cohort_ids_and_names() {
+        assert!(CohortId::parse("c-1".into()).is_ok());
+        assert!(CohortId::parse("x".repeat(255)).is_ok());
+        for bad in [String::new(), "x".repeat(256), "a\0b".into()] {
+            assert_eq!(CohortId::parse(bad.clone()), Err(INVALID_COHORT_ID));
+            assert_eq!(CohortName::parse(bad), Err(INVALID_NAME));
+        }
+    }
+
+    #[test]
+    fn created_at_accepts_iso_8601_variants() {
+        for ok in [
+            "2024-03-01T12:00:00Z",
+            "2024-03-01T12:00:00.123Z",
+            "2024-03-01T12:00:00.123456789+02:00",
+            "2024-03-01T12:00:00-05:00",
+            "2024-03-01T12:00:00.5+0200",
+            "2024-03-01T12:00:00+0000",
+        ] {
+            assert!(parse_created_at(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "yesterday", "2024-03-01", "2024-03-01T12:00:00", "2024-13-01T12:00:00Z", "1709294400"] {
+            assert_eq!(parse_created_at(bad), Err(INVALID_CREATED_AT), "{bad}");
+        }
+    }
+
+    #[test]
+    fn changes_keep_order_kind_and_removal() {
+        let json = r#"[
+            {"user_ids": ["u1", "u2"], "device_ids": null},
+            {"device_ids": ["d1"], "aliases": [{"alias_name": "n", "alias_label": "l"}], "should_remove": true},
+            {"unknown": 1}
+        ]"#;
+        let changes = CohortChanges::parse_json(json).unwrap();
+        assert_eq!(changes.len(), 4);
+        assert_eq!(
+            changes.external_ids[1],
+            Targeted { change: 0, remove: false, id: ExternalId::parse("u2".into()).unwrap() }
+        );
+        assert_eq!(changes.device_ids[0].change, 1);
+        assert!(changes.device_ids[0].remove);
+        assert_eq!(changes.aliases[0].id.alias_label.as_str(), "l");
+        assert!(CohortChanges::parse_json("[]").unwrap().is_empty());
+    }
+
+    #[test]
+    fn shape_errors_use_the_contract_message() {
+        for bad in [
+            "{}",
+            "null",
+            r#"[1]"#,
+            r#"[{"user_ids": "u1"}]"#,
+            r#"[{"user_ids": [1]}]"#,
+            r#"[{"aliases": ["x"]}]"#,
+            r#"[{"should_remove": "yes"}]"#,
+        ] {
+            assert_eq!(CohortChanges::parse_json(bad), Err(INVALID_COHORT_CHANGES.to_owned()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn identifier_limit_counts_every_kind() {
+        let ids = |n: usize| (0..n).map(|i| format!("\"{i}\"")).collect::<Vec<_>>().join(",");
+        let at_limit = format!(r#"[{{"user_ids": [{}]}}, {{"device_ids": [{}]}}]"#, ids(500), ids(500));
+        assert_eq!(CohortChanges::parse_json(&at_limit).unwrap().len(), 1000);
+        let over = format!(
+            r#"[{{"user_ids": [{}]}}, {{"device_ids": [{}]}}, {{"aliases": [{{"alias_name": "n", "alias_label": "l"}}]}}]"#,
+            ids(500),
+            ids(500)
+        );
+        assert_eq!(CohortChanges::parse_json(&over), Err(TOO_MANY_IDENTIFIERS.to_owned()));
+    }
+
+    #[test]
+    fn identifier_errors_name_the_field() {
+        let long = "x".repeat(513);
+        let json = format!(r#"[{{"user_ids": ["ok"]}}, {{"user_ids": ["fine", "{long}"]}}]"#);
+        assert_eq!(
+            CohortChanges::parse_json(&json),
+            Err("cohort_changes[1].user_ids[1] must be at most 512 bytes".into())
+        );
+        let nul = r#"[{"device_ids": ["a\u0000b"]}]"#;
+        assert_eq!(
+            CohortChanges::parse_json(nul),
+            Err("cohort_changes[0].device_ids[0] must not contain NUL characters".into())
+        );
+        let alias = r#"[{"aliases": [{"alias_name": "n"}]}]"#;
+        assert_eq!(
+            CohortChanges::parse_json(alias),
+            Err("cohort_changes[0].aliases[0].alias_label must be a non-empty string".into())
+        );
+    }
+}
