@@ -3,6 +3,7 @@
 pub mod cohort;
 pub mod identifiers;
 pub mod names;
+pub mod profile;
 
 pub use cohort::{CohortChanges, CohortId, CohortName};
 pub use identifiers::{Alias, AliasLabel, AliasName, DeviceId, ExternalId, IdentifierError};

@@ -1,1 +1,405 @@
-//! SQL for users; filled in by its issue.
+//! The user store: `users`, `user_aliases`, `user_device_ids`.
+//!
+//! Every write to a workspace's users runs in a transaction that holds the workspace's
+//! user-store lock ([`begin_writes`]): the upsert rules decide in memory from what they
+//! read, so nothing may change those identifiers between the read and the write. Reads
+//! (lookups, cohort imports) take no lock.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgExecutor, PgPool, Postgres, Transaction};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::domain::{
+    Alias, DeviceId, ExternalId, IdentifierError,
+    profile::{
+        IdentifierKeys, Profile, StoredIdentifier, StoredUser, UpsertOutcome, Upserter, UserRef, UserStoreChanges,
+    },
+};
+
+/// A user as the admin API shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+pub struct UserProfile {
+    /// The public id.
+    pub braze_id: Uuid,
+    /// The customer's id; null for an anonymous user.
+    pub external_id: Option<String>,
+    /// Its aliases, by label then name.
+    #[sqlx(json)]
+    pub aliases: Vec<ProfileAlias>,
+    /// Its device ids, sorted.
+    pub device_ids: Vec<String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// The cohorts it belongs to, by partner then cohort id.
+    #[sqlx(json)]
+    pub cohorts: Vec<ProfileCohort>,
+}
+
+/// One alias of a [`UserProfile`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProfileAlias {
+    /// The label.
+    pub alias_label: String,
+    /// The name within the label.
+    pub alias_name: String,
+}
+
+/// One cohort membership of a [`UserProfile`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProfileCohort {
+    /// The partner that imports the cohort.
+    pub partner: String,
+    /// The partner's id of the cohort.
+    pub cohort_id: String,
+    /// The cohort's name.
+    pub name: String,
+    /// When the user joined it.
+    pub added_at: DateTime<Utc>,
+}
+
+/// How a user is looked up.
+#[derive(Debug, Clone)]
+pub enum UserLookup {
+    /// By public id.
+    BrazeId(Uuid),
+    /// By external id.
+    ExternalId(ExternalId),
+    /// By device id.
+    DeviceId(DeviceId),
+    /// By alias.
+    Alias(Alias),
+}
+
+/// The profile query, with the filter that picks the user appended; `$1` is the workspace.
+macro_rules! profile_query {
+    ($filter:literal) => {
+        concat!(
+            "SELECT u.braze_id, u.external_id, u.created_at,
+                coalesce((SELECT jsonb_agg(jsonb_build_object('alias_label', a.alias_label, 'alias_name', a.alias_name)
+                                           ORDER BY a.alias_label, a.alias_name)
+                          FROM user_aliases a WHERE a.workspace_id = u.workspace_id AND a.user_id = u.id),
+                         '[]') AS aliases,
+                ARRAY(SELECT d.device_id FROM user_device_ids d
+                      WHERE d.workspace_id = u.workspace_id AND d.user_id = u.id ORDER BY d.device_id) AS device_ids,
+                coalesce((SELECT jsonb_agg(jsonb_build_object('partner', c.partner, 'cohort_id', c.cohort_id,
+                                                              'name', c.name, 'added_at', m.added_at)
+                                           ORDER BY c.partner, c.cohort_id)
+                          FROM cohort_memberships m
+                          JOIN cohorts c ON c.workspace_id = m.workspace_id AND c.id = m.cohort_ref
+                          WHERE m.workspace_id = u.workspace_id AND m.user_id = u.id),
+                         '[]') AS cohorts
+             FROM users u WHERE u.workspace_id = $1 AND ",
+            $filter
+        )
+    };
+}
+
+/// The profile of the user `lookup` names, if there is one.
+pub async fn find_profile(
+    executor: impl PgExecutor<'_>,
+    workspace_id: Uuid,
+    lookup: &UserLookup,
+) -> sqlx::Result<Option<UserProfile>> {
+    let query = match lookup {
+        UserLookup::BrazeId(braze_id) => {
+            sqlx::query_as(profile_query!("u.braze_id = $2")).bind(workspace_id).bind(*braze_id)
+        }
+        UserLookup::ExternalId(external_id) => {
+            sqlx::query_as(profile_query!("u.external_id = $2")).bind(workspace_id).bind(external_id.as_str())
+        }
+        UserLookup::DeviceId(device_id) => sqlx::query_as(profile_query!(
+            "u.id = (SELECT user_id FROM user_device_ids WHERE workspace_id = $1 AND device_id = $2)"
+        ))
+        .bind(workspace_id)
+        .bind(device_id.as_str()),
+        UserLookup::Alias(alias) => sqlx::query_as(profile_query!(
+            "u.id = (SELECT user_id FROM user_aliases
+                     WHERE workspace_id = $1 AND alias_label = $2 AND alias_name = $3)"
+        ))
+        .bind(workspace_id)
+        .bind(alias.alias_label.as_str())
+        .bind(alias.alias_name.as_str()),
+    };
+    query.fetch_optional(executor).await
+}
+
+/// Begins a transaction that holds the workspace's user-store lock until it ends, so
+/// user-store writes of one workspace happen one at a time.
+pub async fn begin_writes(pool: &PgPool, workspace_id: Uuid) -> sqlx::Result<Transaction<'static, Postgres>> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('cohort-ingest user store ' || $1::text, 0))")
+        .bind(workspace_id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+/// Upserts `profiles` in order (see [`Upserter`] for the rules) inside a transaction from
+/// [`begin_writes`]: one read of what the store knows of their identifiers, then a few
+/// set-based writes. Returns one outcome per profile.
+pub async fn upsert_profiles(
+    conn: &mut PgConnection,
+    workspace_id: Uuid,
+    profiles: &[Profile],
+) -> sqlx::Result<Vec<UpsertOutcome>> {
+    let mut upserter = Upserter::new();
+    load_known_identifiers(&mut *conn, workspace_id, &IdentifierKeys::of(profiles), &mut upserter).await?;
+    let outcomes = profiles.iter().map(|profile| upserter.upsert(profile)).collect();
+    apply_changes(conn, workspace_id, &upserter.into_changes()).await?;
+    Ok(outcomes)
+}
+
+/// Tells `upserter` which stored user owns each of `keys`, in one query.
+async fn load_known_identifiers(
+    conn: &mut PgConnection,
+    workspace_id: Uuid,
+    keys: &IdentifierKeys<'_>,
+    upserter: &mut Upserter,
+) -> sqlx::Result<()> {
+    #[derive(sqlx::FromRow)]
+    struct Owner {
+        kind: String,
+        key: String,
+        alias_name: Option<String>,
+        id: i64,
+        braze_id: Uuid,
+        external_id: Option<String>,
+    }
+    let owners: Vec<Owner> = sqlx::query_as(
+        "SELECT 'external_id' AS kind, u.external_id AS key, NULL::text AS alias_name, u.id, u.braze_id, u.external_id
+         FROM unnest($2::text[]) AS k(external_id)
+         JOIN users u ON u.workspace_id = $1 AND u.external_id = k.external_id
+         UNION ALL
+         SELECT 'alias', a.alias_label, a.alias_name, u.id, u.braze_id, u.external_id
+         FROM unnest($3::text[], $4::text[]) AS k(alias_label, alias_name)
+         JOIN user_aliases a ON a.workspace_id = $1 AND a.alias_label = k.alias_label AND a.alias_name = k.alias_name
+         JOIN users u ON u.workspace_id = $1 AND u.id = a.user_id
+         UNION ALL
+         SELECT 'device_id', d.device_id, NULL, u.id, u.braze_id, u.external_id
+         FROM unnest($5::text[]) AS k(device_id)
+         JOIN user_device_ids d ON d.workspace_id = $1 AND d.device_id = k.device_id
+         JOIN users u ON u.workspace_id = $1 AND u.id = d.user_id",
+    )
+    .bind(workspace_id)
+    .bind(&keys.external_ids)
+    .bind(&keys.alias_labels)
+    .bind(&keys.alias_names)
+    .bind(&keys.device_ids)
+    .fetch_all(conn)
+    .await?;
+
+    for owner in owners {
+        let external_id = owner.external_id.map(ExternalId::parse).transpose().map_err(undecodable)?;
+        let user = StoredUser { id: owner.id, braze_id: owner.braze_id, external_id };
+        let identifier = match (owner.kind.as_str(), owner.alias_name) {
+            ("external_id", _) => StoredIdentifier::ExternalId(ExternalId::parse(owner.key).map_err(undecodable)?),
+            ("alias", Some(name)) => {
+                StoredIdentifier::Alias(Alias::parse(owner.key, name).map_err(|(_, error)| undecodable(error))?)
+            }
+            _ => StoredIdentifier::DeviceId(DeviceId::parse(owner.key).map_err(undecodable)?),
+        };
+        upserter.know(user, identifier);
+    }
+    Ok(())
+}
+
+/// An identifier read back from the store that does not parse: cannot happen, since only
+/// parsed ones are written, but if it does it is a 500, not a panic.
+fn undecodable(error: IdentifierError) -> sqlx::Error {
+    sqlx::Error::Decode(Box::new(error))
+}
+
+/// Writes what an upsert decided: new users, external ids gained, new aliases and
+/// device ids. New rows go in with COPY, the fastest way into PostgreSQL; the users'
+/// ids are drawn from their sequence first so aliases and device ids can name them.
+async fn apply_changes(conn: &mut PgConnection, workspace_id: Uuid, changes: &UserStoreChanges) -> sqlx::Result<()> {
+    let new_ids: Vec<i64> = if changes.new_users.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_scalar("SELECT nextval(pg_get_serial_sequence('users', 'id')) FROM generate_series(1, $1)")
+            .bind(changes.new_users.len() as i64)
+            .fetch_all(&mut *conn)
+            .await?
+    };
+    let id_of = |user: UserRef| match user {
+        UserRef::Stored(id) => id,
+        UserRef::New(index) => new_ids[index],
+    };
+
+    if !changes.new_users.is_empty() {
+        let mut rows = CopyRows::default();
+        for (user, id) in changes.new_users.iter().zip(&new_ids) {
+            rows.row(&[
+                Some(&workspace_id.to_string()),
+                Some(&id.to_string()),
+                Some(&user.braze_id.to_string()),
+                user.external_id.as_ref().map(ExternalId::as_str),
+            ]);
+        }
+        rows.copy(conn, "COPY users (workspace_id, id, braze_id, external_id) FROM STDIN").await?;
+    }
+
+    if !changes.changed_users.is_empty() {
+        let (ids, external_ids): (Vec<i64>, Vec<Option<&str>>) = changes
+            .changed_users
+            .iter()
+            .map(|(id, external_id)| (*id, external_id.as_ref().map(|e| e.as_str())))
+            .unzip();
+        sqlx::query(
+            "UPDATE users u SET external_id = coalesce(c.external_id, u.external_id), updated_at = now()
+             FROM unnest($2::bigint[], $3::text[]) AS c(id, external_id)
+             WHERE u.workspace_id = $1 AND u.id = c.id",
+        )
+        .bind(workspace_id)
+        .bind(&ids)
+        .bind(&external_ids)
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    let workspace = workspace_id.to_string();
+    if !changes.new_aliases.is_empty() {
+        let mut rows = CopyRows::default();
+        for (user, alias) in &changes.new_aliases {
+            let id = id_of(*user).to_string();
+            rows.row(&[Some(&workspace), Some(alias.alias_label.as_str()), Some(alias.alias_name.as_str()), Some(&id)]);
+        }
+        rows.copy(conn, "COPY user_aliases (workspace_id, alias_label, alias_name, user_id) FROM STDIN").await?;
+    }
+
+    if !changes.new_device_ids.is_empty() {
+        let mut rows = CopyRows::default();
+        for (user, device_id) in &changes.new_device_ids {
+            rows.row(&[Some(&workspace), Some(device_id.as_str()), Some(&id_of(*user).to_string())]);
+        }
+        rows.copy(conn, "COPY user_device_ids (workspace_id, device_id, user_id) FROM STDIN").await?;
+    }
+    Ok(())
+}
+
+/// Rows in COPY's text format.
+#[derive(Default)]
+struct CopyRows(String);
+
+impl CopyRows {
+    /// Appends a row; `None` is SQL NULL.
+    fn row(&mut self, fields: &[Option<&str>]) {
+        for (i, field) in fields.iter().enumerate() {
+            if i > 0 {
+                self.0.push('\t');
+            }
+            match field {
+                None => self.0.push_str("\\N"),
+                Some(text) => {
+                    for c in text.chars() {
+                        match c {
+                            '\\' => self.0.push_str("\\\\"),
+                            '\n' => self.0.push_str("\\n"),
+                            '\r' => self.0.push_str("\\r"),
+                            '\t' => self.0.push_str("\\t"),
+                            c => self.0.push(c),
+                        }
+                    }
+                }
+            }
+        }
+        self.0.push('\n');
+    }
+
+    /// Sends the rows with `statement` (a `COPY … FROM STDIN`).
+    async fn copy(self, conn: &mut PgConnection, statement: &'static str) -> sqlx::Result<()> {
+        let mut copy = conn.copy_in_raw(statement).await?;
+        copy.send(self.0.into_bytes()).await?;
+        copy.finish().await?;
+        Ok(())
+    }
+}
+
+/// What [`identify`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentifyOutcome {
+    /// The anonymous user now has the external id (or already had this one).
+    Identified,
+    /// No such user.
+    NotFound,
+    /// The user already has another external id.
+    HasOtherExternalId,
+    /// The external id belongs to another user (its braze_id).
+    TakenBy(Uuid),
+}
+
+/// Gives the anonymous user `braze_id` the external id `external_id`.
+pub async fn identify(
+    pool: &PgPool,
+    workspace_id: Uuid,
+    braze_id: Uuid,
+    external_id: &ExternalId,
+) -> sqlx::Result<IdentifyOutcome> {
+    let mut tx = begin_writes(pool, workspace_id).await?;
+    let user: Option<(i64, Option<String>)> =
+        sqlx::query_as("SELECT id, external_id FROM users WHERE workspace_id = $1 AND braze_id = $2")
+            .bind(workspace_id)
+            .bind(braze_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((id, current)) = user else { return Ok(IdentifyOutcome::NotFound) };
+    match current {
+        Some(current) if current == external_id.as_str() => return Ok(IdentifyOutcome::Identified),
+        Some(_) => return Ok(IdentifyOutcome::HasOtherExternalId),
+        None => {}
+    }
+    let owner: Option<Uuid> =
+        sqlx::query_scalar("SELECT braze_id FROM users WHERE workspace_id = $1 AND external_id = $2")
+            .bind(workspace_id)
+            .bind(external_id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+    if let Some(owner) = owner {
+        return Ok(IdentifyOutcome::TakenBy(owner));
+    }
+    sqlx::query("UPDATE users SET external_id = $3, updated_at = now() WHERE workspace_id = $1 AND id = $2")
+        .bind(workspace_id)
+        .bind(id)
+        .bind(external_id.as_str())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(IdentifyOutcome::Identified)
+}
+
+/// Deletes the user `braze_id` with its identifiers and memberships, and takes it off
+/// the `member_count` of every cohort it was in, in one transaction. False if no such user.
+pub async fn delete(pool: &PgPool, workspace_id: Uuid, braze_id: Uuid) -> sqlx::Result<bool> {
+    let mut tx = begin_writes(pool, workspace_id).await?;
+    // The row lock makes a concurrent cohort import that adds this user wait for us (its
+    // foreign-key check locks the user row) and then fail, instead of adding a membership
+    // the count below would miss.
+    let id: Option<i64> =
+        sqlx::query_scalar("SELECT id FROM users WHERE workspace_id = $1 AND braze_id = $2 FOR UPDATE")
+            .bind(workspace_id)
+            .bind(braze_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(id) = id else { return Ok(false) };
+    // Counting the memberships this DELETE removed (not those read earlier) keeps the
+    // count exact when a cohort import removes one of them at the same time.
+    sqlx::query(
+        "WITH gone AS (DELETE FROM cohort_memberships WHERE workspace_id = $1 AND user_id = $2 RETURNING cohort_ref)
+         UPDATE cohorts c SET member_count = c.member_count - 1
+         FROM gone WHERE c.workspace_id = $1 AND c.id = gone.cohort_ref",
+    )
+    .bind(workspace_id)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    // Aliases and device ids go with the user (ON DELETE CASCADE).
+    sqlx::query("DELETE FROM users WHERE workspace_id = $1 AND id = $2")
+        .bind(workspace_id)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(true)
+}

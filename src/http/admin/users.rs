@@ -1,9 +1,546 @@
-//! Admin routes for users; filled in by its issue.
+//! `/admin/workspaces/{ws}/users`: the user store. Batch upsert, streamed NDJSON import,
+//! lookup by any identifier, identify, delete.
 
-use utoipa_axum::router::OpenApiRouter;
+use axum::{
+    body::Body,
+    extract::{DefaultBodyLimit, State},
+    http::{HeaderMap, StatusCode, header},
+};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{
+    router::{OpenApiRouter, UtoipaMethodRouterExt},
+    routes,
+};
+use uuid::Uuid;
 
-use crate::app::AppState;
+use super::require_workspace;
+use crate::{
+    app::AppState,
+    auth::AdminAuth,
+    domain::{
+        Alias, DeviceId, ExternalId, IdentifierError,
+        profile::{Profile, ProfileFields, UpsertOutcome},
+    },
+    error::{ApiError, ApiResult, ErrorBody},
+    http::extract::{Json, Path, Query},
+    store::{
+        self,
+        users::{IdentifyOutcome, UserLookup, UserProfile},
+    },
+};
+
+/// Most items in one `POST …/users/batch`.
+pub const MAX_BATCH_USERS: usize = 10_000;
+/// Longest NDJSON line accepted, in bytes; a longer line is reported and skipped.
+pub const MAX_IMPORT_LINE_BYTES: usize = 1024 * 1024;
+/// Most errors listed in an import's response (all are counted in `failed`).
+pub const MAX_IMPORT_ERRORS: usize = 100;
+/// Lines upserted together by the import: large enough that a chunk's few statements
+/// cost little per user, small enough that memory stays flat.
+const IMPORT_CHUNK_LINES: usize = 10_000;
+/// Bytes of lines upserted together at most, whatever their number.
+const IMPORT_CHUNK_BYTES: usize = 16 * 1024 * 1024;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .routes(routes!(batch_upsert_users))
+        // The import streams a body far larger than the JSON limit and enforces its own.
+        .routes(routes!(import_users).layer(DefaultBodyLimit::disable()))
+        .routes(routes!(find_user))
+        .routes(routes!(get_user, delete_user))
+        .routes(routes!(identify_user))
+}
+
+/// Body of `POST …/users/batch`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// The profiles, upserted in order; at most 10,000.
+    pub users: Vec<ProfileFields>,
+}
+
+/// What happened to one batch item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemStatus {
+    /// A new user was created.
+    Created,
+    /// An existing user matched and got the item's identifiers.
+    Updated,
+    /// The item conflicts with the store; nothing of it was applied.
+    Error,
+}
+
+/// The outcome of one batch item.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchItemResult {
+    /// The item's position in `users`, from 0.
+    pub index: usize,
+    /// The user created or matched; null on error.
+    pub braze_id: Option<Uuid>,
+    /// What happened.
+    pub status: ItemStatus,
+    /// Why the item failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Response of `POST …/users/batch`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchResponse {
+    /// One result per item, in order.
+    pub results: Vec<BatchItemResult>,
+    /// Items that created a user.
+    pub created: usize,
+    /// Items that matched a user.
+    pub updated: usize,
+    /// Items that failed.
+    pub failed: usize,
+}
+
+/// Upserts up to 10,000 profiles in order; each later item sees the earlier ones. An item
+/// that conflicts fails alone; an invalid one fails the whole request (400, nothing stored).
+#[utoipa::path(post, path = "/admin/workspaces/{ws}/users/batch", tag = "admin", security(("admin_token" = [])),
+    params(("ws" = Uuid, Path, description = "Workspace id")),
+    request_body = BatchRequest,
+    responses((status = 200, body = BatchResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
+async fn batch_upsert_users(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path(ws): Path<Uuid>,
+    Json(body): Json<BatchRequest>,
+) -> ApiResult<Json<BatchResponse>> {
+    require_workspace(&state, ws).await?;
+    if body.users.len() > MAX_BATCH_USERS {
+        return Err(ApiError::bad_request(format!(
+            "users must hold at most {MAX_BATCH_USERS} items (got {})",
+            body.users.len()
+        )));
+    }
+    let profiles = body
+        .users
+        .into_iter()
+        .enumerate()
+        .map(|(index, fields)| {
+            Profile::parse(fields).map_err(|e| ApiError::bad_request(e.message(&format!("users[{index}]"))))
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+
+    let mut tx = store::users::begin_writes(&state.pool, ws).await?;
+    let outcomes = store::users::upsert_profiles(&mut tx, ws, &profiles).await?;
+    tx.commit().await?;
+
+    let mut response = BatchResponse { results: Vec::with_capacity(outcomes.len()), created: 0, updated: 0, failed: 0 };
+    for (index, outcome) in outcomes.into_iter().enumerate() {
+        let (braze_id, status, error) = match outcome {
+            UpsertOutcome::Created(braze_id) => (Some(braze_id), ItemStatus::Created, None),
+            UpsertOutcome::Updated(braze_id) => (Some(braze_id), ItemStatus::Updated, None),
+            UpsertOutcome::Failed(reason) => (None, ItemStatus::Error, Some(reason)),
+        };
+        match status {
+            ItemStatus::Created => response.created += 1,
+            ItemStatus::Updated => response.updated += 1,
+            ItemStatus::Error => response.failed += 1,
+        }
+        response.results.push(BatchItemResult { index, braze_id, status, error });
+    }
+    Ok(Json(response))
+}
+
+/// One failed line of an import.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportError {
+    /// The line's number, from 1.
+    pub line: u64,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// Response of `POST …/users/import`.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct ImportSummary {
+    /// Lines that created a user.
+    pub created: u64,
+    /// Lines that matched a user.
+    pub updated: u64,
+    /// Lines that failed: malformed, invalid, or in conflict.
+    pub failed: u64,
+    /// The first 100 failures, by line.
+    pub errors: Vec<ImportError>,
+}
+
+/// Loads users from an NDJSON body (`application/x-ndjson`, one batch item a line),
+/// streamed: memory stays flat whatever the size. A line that is malformed or conflicts
+/// fails alone and is reported by number; the rest load. The import is one transaction:
+/// a request that fails as a whole (413, broken body, database failure) stores nothing.
+#[utoipa::path(post, path = "/admin/workspaces/{ws}/users/import", tag = "admin", security(("admin_token" = [])),
+    params(("ws" = Uuid, Path, description = "Workspace id")),
+    request_body(content = ProfileFields, content_type = "application/x-ndjson",
+        description = "One profile object a line"),
+    responses((status = 200, body = ImportSummary), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
+async fn import_users(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path(ws): Path<Uuid>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<ImportSummary>> {
+    require_ndjson(&headers)?;
+    let limit = state.config.import_body_limit_bytes;
+    let too_large =
+        || ApiError::PayloadTooLarge(format!("request body is larger than the import limit of {limit} bytes"));
+    let declared_length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared_length.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    require_workspace(&state, ws).await?;
+
+    let mut tx = store::users::begin_writes(&state.pool, ws).await?;
+    let mut import = UserImport::default();
+    let mut lines = LineSplitter::default();
+    let mut received = 0usize;
+    let mut stream = body.into_data_stream();
+    while let Some(bytes) = stream.next().await {
+        let bytes = bytes.map_err(|_| ApiError::bad_request("the request body could not be read to its end"))?;
+        received = received.saturating_add(bytes.len());
+        if received > limit {
+            return Err(too_large());
+        }
+        lines.push(&bytes, |line| import.add_line(line));
+        if import.chunk_is_full() {
+            import.flush(&mut tx, ws).await?;
+        }
+    }
+    lines.finish(|line| import.add_line(line));
+    import.flush(&mut tx, ws).await?;
+    tx.commit().await?;
+    Ok(Json(import.summary))
+}
+
+/// 415 unless the body is declared NDJSON.
+fn require_ndjson(headers: &HeaderMap) -> ApiResult<()> {
+    let media_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .map(str::trim);
+    match media_type {
+        Some(media) if media.eq_ignore_ascii_case("application/x-ndjson") => Ok(()),
+        _ => Err(ApiError::UnsupportedMediaType(
+            "expected a request body with Content-Type: application/x-ndjson".into(),
+        )),
+    }
+}
+
+/// One line of an NDJSON body: its number and bytes, or that it was too long.
+struct Line<'a> {
+    number: u64,
+    bytes: Result<&'a [u8], ()>,
+}
+
+/// Splits a body arriving in pieces into lines, without keeping more than one partial
+/// line (at most [`MAX_IMPORT_LINE_BYTES`]) between pieces.
+#[derive(Default)]
+struct LineSplitter {
+    partial: Vec<u8>,
+    /// Lines seen so far (the number of the line being read, minus one).
+    lines: u64,
+    /// The current line is over the limit: its bytes are dropped until its end.
+    overlong: bool,
+}
+
+impl LineSplitter {
+    /// Feeds a piece of the body; calls `on_line` for each line it completes.
+    fn push(&mut self, mut bytes: &[u8], mut on_line: impl FnMut(Line<'_>)) {
+        while let Some(end) = bytes.iter().position(|&b| b == b'\n') {
+            let (head, rest) = (&bytes[..end], &bytes[end + 1..]);
+            self.lines += 1;
+            if self.overlong {
+                on_line(Line { number: self.lines, bytes: Err(()) });
+            } else if self.partial.is_empty() {
+                let line = if head.len() > MAX_IMPORT_LINE_BYTES { Err(()) } else { Ok(head) };
+                on_line(Line { number: self.lines, bytes: line });
+            } else {
+                self.partial.extend_from_slice(head);
+                let partial = std::mem::take(&mut self.partial);
+                let line = if partial.len() > MAX_IMPORT_LINE_BYTES { Err(()) } else { Ok(&partial[..]) };
+                on_line(Line { number: self.lines, bytes: line });
+                self.partial = partial;
+                self.partial.clear();
+            }
+            self.overlong = false;
+            bytes = rest;
+        }
+        if !self.overlong {
+            if self.partial.len() + bytes.len() > MAX_IMPORT_LINE_BYTES {
+                self.overlong = true;
+                self.partial = Vec::new();
+            } else {
+                self.partial.extend_from_slice(bytes);
+            }
+        }
+    }
+
+    /// Ends the body: a last line without a newline still counts.
+    fn finish(mut self, mut on_line: impl FnMut(Line<'_>)) {
+        if self.overlong || !self.partial.is_empty() {
+            let number = self.lines + 1;
+            let bytes = if self.overlong { Err(()) } else { Ok(&self.partial[..]) };
+            on_line(Line { number, bytes });
+            self.partial.clear();
+        }
+    }
+}
+
+/// An import in progress: the lines waiting to be upserted, and the tally so far.
+#[derive(Default)]
+struct UserImport {
+    /// Valid profiles of the current chunk, with their line numbers.
+    lines: Vec<u64>,
+    profiles: Vec<Profile>,
+    chunk_bytes: usize,
+    /// Failures of the current chunk, reported in line order when it is flushed.
+    chunk_errors: Vec<(u64, String)>,
+    summary: ImportSummary,
+}
+
+impl UserImport {
+    /// Parses one line into the current chunk; a bad line is counted and reported.
+    fn add_line(&mut self, line: Line<'_>) {
+        let bytes = match line.bytes {
+            Ok(bytes) => bytes.trim_ascii(),
+            Err(()) => {
+                let message = format!("line is longer than {MAX_IMPORT_LINE_BYTES} bytes");
+                return self.fail(line.number, message);
+            }
+        };
+        if bytes.is_empty() {
+            return; // Blank lines (a trailing newline, a separator) are not profiles.
+        }
+        match serde_json::from_slice::<ProfileFields>(bytes) {
+            Err(error) => self.fail(line.number, format!("invalid JSON: {error}")),
+            Ok(fields) => match Profile::parse(fields) {
+                Err(error) => self.fail(line.number, error.message("")),
+                Ok(profile) => {
+                    self.chunk_bytes += bytes.len();
+                    self.lines.push(line.number);
+                    self.profiles.push(profile);
+                }
+            },
+        }
+    }
+
+    fn fail(&mut self, line: u64, message: String) {
+        self.summary.failed += 1;
+        self.chunk_errors.push((line, message));
+    }
+
+    fn chunk_is_full(&self) -> bool {
+        self.profiles.len() >= IMPORT_CHUNK_LINES || self.chunk_bytes >= IMPORT_CHUNK_BYTES
+    }
+
+    /// Upserts the current chunk and reports its failures.
+    async fn flush(&mut self, conn: &mut PgConnection, workspace_id: Uuid) -> ApiResult<()> {
+        if !self.profiles.is_empty() {
+            let outcomes = store::users::upsert_profiles(conn, workspace_id, &self.profiles).await?;
+            for (line, outcome) in self.lines.iter().zip(outcomes) {
+                match outcome {
+                    UpsertOutcome::Created(_) => self.summary.created += 1,
+                    UpsertOutcome::Updated(_) => self.summary.updated += 1,
+                    UpsertOutcome::Failed(reason) => {
+                        self.summary.failed += 1;
+                        self.chunk_errors.push((*line, reason));
+                    }
+                }
+            }
+        }
+        self.chunk_errors.sort_by_key(|(line, _)| *line);
+        let room = MAX_IMPORT_ERRORS.saturating_sub(self.summary.errors.len());
+        let reported = self.chunk_errors.drain(..).take(room).map(|(line, message)| ImportError { line, message });
+        self.summary.errors.extend(reported);
+        self.lines.clear();
+        self.profiles.clear();
+        self.chunk_bytes = 0;
+        Ok(())
+    }
+}
+
+/// Query of `GET …/users`: exactly one identifier.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UserQuery {
+    /// Find the user with this external id.
+    pub external_id: Option<String>,
+    /// Find the user with this device id.
+    pub device_id: Option<String>,
+    /// Find the user with this alias (with `alias_name`).
+    pub alias_label: Option<String>,
+    /// Find the user with this alias (with `alias_label`).
+    pub alias_name: Option<String>,
+}
+
+impl UserQuery {
+    /// The lookup the query asks for; 400 unless it names exactly one valid identifier.
+    fn into_lookup(self) -> ApiResult<UserLookup> {
+        let invalid = |field: &'static str| move |error: IdentifierError| ApiError::bad_request(error.for_field(field));
+        match (self.external_id, self.device_id, self.alias_label, self.alias_name) {
+            (Some(external_id), None, None, None) => {
+                Ok(UserLookup::ExternalId(ExternalId::parse(external_id).map_err(invalid("external_id"))?))
+            }
+            (None, Some(device_id), None, None) => {
+                Ok(UserLookup::DeviceId(DeviceId::parse(device_id).map_err(invalid("device_id"))?))
+            }
+            (None, None, Some(label), Some(name)) => Ok(UserLookup::Alias(
+                Alias::parse(label, name).map_err(|(field, error)| ApiError::bad_request(error.for_field(field)))?,
+            )),
+            (None, None, None, None) => Err(ApiError::bad_request(
+                "give one of the query parameters external_id, device_id, or alias_label with alias_name",
+            )),
+            _ => Err(ApiError::bad_request(
+                "give exactly one of the query parameters external_id, device_id, or alias_label with alias_name",
+            )),
+        }
+    }
+}
+
+/// Finds a user by external id, device id, or alias.
+#[utoipa::path(get, path = "/admin/workspaces/{ws}/users", tag = "admin", security(("admin_token" = [])),
+    params(("ws" = Uuid, Path, description = "Workspace id"), UserQuery),
+    responses((status = 200, body = UserProfile), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn find_user(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path(ws): Path<Uuid>,
+    Query(query): Query<UserQuery>,
+) -> ApiResult<Json<UserProfile>> {
+    let lookup = query.into_lookup()?;
+    require_workspace(&state, ws).await?;
+    store::users::find_profile(&state.pool, ws, &lookup)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("no user matches the lookup"))
+}
+
+/// One user, by braze_id.
+#[utoipa::path(get, path = "/admin/workspaces/{ws}/users/{braze_id}", tag = "admin", security(("admin_token" = [])),
+    params(("ws" = Uuid, Path, description = "Workspace id"), ("braze_id" = Uuid, Path, description = "The user's braze_id")),
+    responses((status = 200, body = UserProfile), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn get_user(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path((ws, braze_id)): Path<(Uuid, Uuid)>,
+) -> ApiResult<Json<UserProfile>> {
+    require_workspace(&state, ws).await?;
+    Ok(Json(require_profile(&state, ws, braze_id).await?))
+}
+
+/// The profile of `braze_id`, or 404.
+async fn require_profile(state: &AppState, ws: Uuid, braze_id: Uuid) -> ApiResult<UserProfile> {
+    store::users::find_profile(&state.pool, ws, &UserLookup::BrazeId(braze_id))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("unknown user {braze_id}")))
+}
+
+/// Body of `POST …/users/{braze_id}/identify`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdentifyRequest {
+    /// The external id the anonymous user gets.
+    pub external_id: String,
+}
+
+/// Identifies an anonymous user: it gets the external id. Giving a user the external id
+/// it already has changes nothing.
+#[utoipa::path(post, path = "/admin/workspaces/{ws}/users/{braze_id}/identify", tag = "admin",
+    security(("admin_token" = [])),
+    params(("ws" = Uuid, Path, description = "Workspace id"), ("braze_id" = Uuid, Path, description = "The user's braze_id")),
+    request_body = IdentifyRequest,
+    responses((status = 200, body = UserProfile), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn identify_user(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path((ws, braze_id)): Path<(Uuid, Uuid)>,
+    Json(body): Json<IdentifyRequest>,
+) -> ApiResult<Json<UserProfile>> {
+    let external_id =
+        ExternalId::parse(body.external_id).map_err(|error| ApiError::bad_request(error.for_field("external_id")))?;
+    require_workspace(&state, ws).await?;
+    match store::users::identify(&state.pool, ws, braze_id, &external_id).await? {
+        IdentifyOutcome::Identified => Ok(Json(require_profile(&state, ws, braze_id).await?)),
+        IdentifyOutcome::NotFound => Err(ApiError::not_found(format!("unknown user {braze_id}"))),
+        IdentifyOutcome::HasOtherExternalId => {
+            Err(ApiError::conflict(format!("user {braze_id} already has a different external_id")))
+        }
+        IdentifyOutcome::TakenBy(owner) => {
+            Err(ApiError::conflict(format!("external_id already belongs to another user ({owner})")))
+        }
+    }
+}
+
+/// Deletes a user: its profile, identifiers and cohort memberships; the cohorts' member
+/// counts drop with it.
+#[utoipa::path(delete, path = "/admin/workspaces/{ws}/users/{braze_id}", tag = "admin", security(("admin_token" = [])),
+    params(("ws" = Uuid, Path, description = "Workspace id"), ("braze_id" = Uuid, Path, description = "The user's braze_id")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn delete_user(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path((ws, braze_id)): Path<(Uuid, Uuid)>,
+) -> ApiResult<StatusCode> {
+    require_workspace(&state, ws).await?;
+    if store::users::delete(&state.pool, ws, braze_id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("unknown user {braze_id}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(pieces: &[&[u8]]) -> Vec<(u64, Option<Vec<u8>>)> {
+        let mut lines = Vec::new();
+        let mut splitter = LineSplitter::default();
+        let mut record = |line: Line<'_>| lines.push((line.number, line.bytes.ok().map(<[u8]>::to_vec)));
+        for piece in pieces {
+            splitter.push(piece, &mut record);
+        }
+        splitter.finish(&mut record);
+        lines
+    }
+
+    #[test]
+    fn splits_lines_across_pieces() {
+        let lines = split(&[b"ab\nc", b"d", b"\n\nef"]);
+        assert_eq!(
+            lines,
+            vec![
+                (1, Some(b"ab".to_vec())),
+                (2, Some(b"cd".to_vec())),
+                (3, Some(Vec::new())),
+                (4, Some(b"ef".to_vec()))
+            ]
+        );
+    }
+
+    #[test]
+    fn overlong_lines_are_reported_and_skipped() {
+        let long = vec![b'x'; MAX_IMPORT_LINE_BYTES + 1];
+        let lines = split(&[b"a\n", &long[..10], &long[10..], b"\nb\n"]);
+        assert_eq!(lines, vec![(1, Some(b"a".to_vec())), (2, None), (3, Some(b"b".to_vec()))]);
+        let lines = split(&[&long, b"\nc"]);
+        assert_eq!(lines, vec![(1, None), (2, Some(b"c".to_vec()))]);
+    }
 }

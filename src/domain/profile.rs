@@ -1,0 +1,465 @@
+//! User profiles as the batch upsert and the NDJSON import receive them, and the rules
+//! that upsert a sequence of them into the user store.
+//!
+//! The rules run in memory ([`Upserter`]) over what the store already knows about the
+//! identifiers at hand, one profile after the other, so a later profile sees the effects
+//! of the earlier ones; the store then writes the outcome ([`UserStoreChanges`]) with a
+//! constant number of set-based statements.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Deserialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{Alias, DeviceId, ExternalId, IdentifierError};
+
+/// A profile as sent: one batch item or one NDJSON line.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileFields {
+    /// The customer's id for the user; unique per workspace.
+    #[serde(default)]
+    pub external_id: Option<String>,
+    /// Aliases (label + name), each unique per workspace.
+    #[serde(default)]
+    pub aliases: Option<Vec<AliasFields>>,
+    /// Device ids, each unique per workspace.
+    #[serde(default)]
+    pub device_ids: Option<Vec<String>>,
+}
+
+/// An alias as sent.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AliasFields {
+    /// The name within the label.
+    pub alias_name: String,
+    /// The label (namespace).
+    pub alias_label: String,
+}
+
+/// A valid profile: at least one identifier, each valid, none repeated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    /// The external id, if any.
+    pub external_id: Option<ExternalId>,
+    /// Distinct aliases, in the order sent.
+    pub aliases: Vec<Alias>,
+    /// Distinct device ids, in the order sent.
+    pub device_ids: Vec<DeviceId>,
+}
+
+/// Why a profile is invalid, with the field at fault relative to the profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProfileError {
+    /// An identifier is invalid; `field` is e.g. `aliases[0].alias_name`.
+    Identifier {
+        /// Path of the field within the profile.
+        field: String,
+        /// What is wrong with it.
+        error: IdentifierError,
+    },
+    /// The profile has no identifier at all: it could never be found again.
+    NoIdentifier,
+}
+
+impl ProfileError {
+    /// The client message, with the fields named under `prefix` (e.g. `users[3]`) or, with
+    /// an empty prefix, relative to the profile itself.
+    pub fn message(&self, prefix: &str) -> String {
+        match (self, prefix.is_empty()) {
+            (ProfileError::Identifier { field, error }, true) => error.for_field(field),
+            (ProfileError::Identifier { field, error }, false) => error.for_field(format_args!("{prefix}.{field}")),
+            (ProfileError::NoIdentifier, true) => "profile must have an external_id, an alias or a device_id".into(),
+            (ProfileError::NoIdentifier, false) => {
+                format!("{prefix} must have an external_id, an alias or a device_id")
+            }
+        }
+    }
+}
+
+impl Profile {
+    /// Parses every identifier of `fields`; drops repeats within the profile.
+    pub fn parse(fields: ProfileFields) -> Result<Profile, ProfileError> {
+        let invalid = |field: String| move |error| ProfileError::Identifier { field, error };
+        let external_id =
+            fields.external_id.map(ExternalId::parse).transpose().map_err(invalid("external_id".into()))?;
+        let mut aliases = Vec::new();
+        for (i, alias) in fields.aliases.unwrap_or_default().into_iter().enumerate() {
+            let alias = Alias::parse(alias.alias_label, alias.alias_name)
+                .map_err(|(half, error)| ProfileError::Identifier { field: format!("aliases[{i}].{half}"), error })?;
+            if !aliases.contains(&alias) {
+                aliases.push(alias);
+            }
+        }
+        let mut device_ids = Vec::new();
+        for (i, device_id) in fields.device_ids.unwrap_or_default().into_iter().enumerate() {
+            let device_id = DeviceId::parse(device_id).map_err(invalid(format!("device_ids[{i}]")))?;
+            if !device_ids.contains(&device_id) {
+                device_ids.push(device_id);
+            }
+        }
+        if external_id.is_none() && aliases.is_empty() && device_ids.is_empty() {
+            return Err(ProfileError::NoIdentifier);
+        }
+        Ok(Profile { external_id, aliases, device_ids })
+    }
+}
+
+/// Every distinct identifier of a set of profiles: what the store must look up before
+/// [`Upserter`] can decide.
+#[derive(Debug, Default)]
+pub struct IdentifierKeys<'a> {
+    /// Distinct external ids.
+    pub external_ids: Vec<&'a str>,
+    /// Labels of the distinct aliases (parallel to `alias_names`).
+    pub alias_labels: Vec<&'a str>,
+    /// Names of the distinct aliases (parallel to `alias_labels`).
+    pub alias_names: Vec<&'a str>,
+    /// Distinct device ids.
+    pub device_ids: Vec<&'a str>,
+}
+
+impl<'a> IdentifierKeys<'a> {
+    /// The identifiers of `profiles`, each once.
+    pub fn of(profiles: impl IntoIterator<Item = &'a Profile>) -> Self {
+        let mut keys = IdentifierKeys::default();
+        let (mut externals, mut aliases, mut devices) = (HashSet::new(), HashSet::new(), HashSet::new());
+        for profile in profiles {
+            if let Some(external_id) = &profile.external_id
+                && externals.insert(external_id)
+            {
+                keys.external_ids.push(external_id.as_str());
+            }
+            for alias in &profile.aliases {
+                if aliases.insert(alias) {
+                    keys.alias_labels.push(alias.alias_label.as_str());
+                    keys.alias_names.push(alias.alias_name.as_str());
+                }
+            }
+            for device_id in &profile.device_ids {
+                if devices.insert(device_id) {
+                    keys.device_ids.push(device_id.as_str());
+                }
+            }
+        }
+        keys
+    }
+}
+
+/// A user already stored, as the upsert rules need to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredUser {
+    /// Internal id.
+    pub id: i64,
+    /// Public id.
+    pub braze_id: Uuid,
+    /// Its external id, if identified.
+    pub external_id: Option<ExternalId>,
+}
+
+/// An identifier that already belongs to a stored user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredIdentifier {
+    /// An external id (the user's own).
+    ExternalId(ExternalId),
+    /// An alias.
+    Alias(Alias),
+    /// A device id.
+    DeviceId(DeviceId),
+}
+
+/// What happened to one profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpsertOutcome {
+    /// No user matched: a new one was created.
+    Created(Uuid),
+    /// It matched this existing user (or one created by an earlier profile).
+    Updated(Uuid),
+    /// It conflicts with the store; nothing of it was applied.
+    Failed(String),
+}
+
+/// A user of the changes: stored before, or created by them (index into
+/// [`UserStoreChanges::new_users`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UserRef {
+    /// `users.id` of a stored user.
+    Stored(i64),
+    /// Index of a user to create.
+    New(usize),
+}
+
+/// A user to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewUser {
+    /// Its public id, chosen here.
+    pub braze_id: Uuid,
+    /// Its external id; none for an anonymous user.
+    pub external_id: Option<ExternalId>,
+}
+
+/// Everything an upsert writes: the store applies it in a few set-based statements.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct UserStoreChanges {
+    /// Users to create.
+    pub new_users: Vec<NewUser>,
+    /// Stored users whose identifiers changed, with the external id they gain, if any.
+    pub changed_users: Vec<(i64, Option<ExternalId>)>,
+    /// Aliases to add, each new to the store.
+    pub new_aliases: Vec<(UserRef, Alias)>,
+    /// Device ids to add, each new to the store.
+    pub new_device_ids: Vec<(UserRef, DeviceId)>,
+}
+
+/// A user as the rules see it while they run.
+#[derive(Debug)]
+struct KnownUser {
+    /// `users.id`; none for a user this upsert creates.
+    stored_id: Option<i64>,
+    braze_id: Uuid,
+    external_id: Option<ExternalId>,
+    /// Stored users only: the external id this upsert gives it.
+    gained_external_id: bool,
+    /// Stored users only: whether this upsert adds anything to it.
+    changed: bool,
+}
+
+/// Applies the upsert rules to profiles one after the other, in memory, starting from
+/// what the store knows about their identifiers ([`Upserter::know`]).
+///
+/// A profile matches a user by its external id, else by its first alias that belongs to
+/// someone, else by its first device id that does. Its identifiers are added to that
+/// user, or to a new one when nothing matched. It fails, changing nothing, when one of
+/// its identifiers belongs to another user, or when it brings an external id to a user
+/// that has a different one.
+#[derive(Debug, Default)]
+pub struct Upserter {
+    users: Vec<KnownUser>,
+    stored: HashMap<i64, usize>,
+    by_external_id: HashMap<ExternalId, usize>,
+    by_alias: HashMap<Alias, usize>,
+    by_device_id: HashMap<DeviceId, usize>,
+    new_aliases: Vec<(usize, Alias)>,
+    new_device_ids: Vec<(usize, DeviceId)>,
+}
+
+impl Upserter {
+    /// Rules that know nothing yet.
+    pub fn new() -> Self {
+        Upserter::default()
+    }
+
+    /// Records that `identifier` belongs to the stored `user`.
+    pub fn know(&mut self, user: StoredUser, identifier: StoredIdentifier) {
+        let slot = match self.stored.get(&user.id) {
+            Some(&slot) => slot,
+            None => {
+                let slot = self.users.len();
+                if let Some(external_id) = &user.external_id {
+                    self.by_external_id.insert(external_id.clone(), slot);
+                }
+                self.users.push(KnownUser {
+                    stored_id: Some(user.id),
+                    braze_id: user.braze_id,
+                    external_id: user.external_id,
+                    gained_external_id: false,
+                    changed: false,
+                });
+                self.stored.insert(user.id, slot);
+                slot
+            }
+        };
+        match identifier {
+            StoredIdentifier::ExternalId(external_id) => self.by_external_id.insert(external_id, slot),
+            StoredIdentifier::Alias(alias) => self.by_alias.insert(alias, slot),
+            StoredIdentifier::DeviceId(device_id) => self.by_device_id.insert(device_id, slot),
+        };
+    }
+
+    /// Upserts one profile, after every earlier one.
+    pub fn upsert(&mut self, profile: &Profile) -> UpsertOutcome {
+        let matched = profile
+            .external_id
+            .as_ref()
+            .and_then(|external_id| self.by_external_id.get(external_id))
+            .or_else(|| profile.aliases.iter().find_map(|alias| self.by_alias.get(alias)))
+            .or_else(|| profile.device_ids.iter().find_map(|device_id| self.by_device_id.get(device_id)))
+            .copied();
+        if let Err(reason) = self.check_conflicts(profile, matched) {
+            return UpsertOutcome::Failed(reason);
+        }
+
+        let slot = matched.unwrap_or_else(|| {
+            self.users.push(KnownUser {
+                stored_id: None,
+                braze_id: Uuid::new_v4(),
+                external_id: None,
+                gained_external_id: false,
+                changed: false,
+            });
+            self.users.len() - 1
+        });
+        let mut changed = false;
+        if let Some(external_id) = &profile.external_id
+            && self.users[slot].external_id.is_none()
+        {
+            self.users[slot].external_id = Some(external_id.clone());
+            self.users[slot].gained_external_id = true;
+            self.by_external_id.insert(external_id.clone(), slot);
+            changed = true;
+        }
+        for alias in &profile.aliases {
+            if !self.by_alias.contains_key(alias) {
+                self.by_alias.insert(alias.clone(), slot);
+                self.new_aliases.push((slot, alias.clone()));
+                changed = true;
+            }
+        }
+        for device_id in &profile.device_ids {
+            if !self.by_device_id.contains_key(device_id) {
+                self.by_device_id.insert(device_id.clone(), slot);
+                self.new_device_ids.push((slot, device_id.clone()));
+                changed = true;
+            }
+        }
+        let user = &mut self.users[slot];
+        user.changed |= changed;
+        match matched {
+            Some(_) => UpsertOutcome::Updated(user.braze_id),
+            None => UpsertOutcome::Created(user.braze_id),
+        }
+    }
+
+    /// Why the profile cannot be applied to the matched user (or to a new one), if so.
+    fn check_conflicts(&self, profile: &Profile, matched: Option<usize>) -> Result<(), String> {
+        if let (Some(external_id), Some(slot)) = (&profile.external_id, matched) {
+            let user = &self.users[slot];
+            if user.external_id.as_ref().is_some_and(|current| current != external_id) {
+                return Err(format!(
+                    "external_id conflicts: the matched user {} already has a different external_id",
+                    user.braze_id
+                ));
+            }
+        }
+        let owned_by_another = |owner: Option<&usize>| owner.is_some_and(|&owner| Some(owner) != matched);
+        for (i, alias) in profile.aliases.iter().enumerate() {
+            if owned_by_another(self.by_alias.get(alias)) {
+                let owner = self.users[self.by_alias[alias]].braze_id;
+                return Err(format!("aliases[{i}] belongs to another user ({owner})"));
+            }
+        }
+        for (i, device_id) in profile.device_ids.iter().enumerate() {
+            if owned_by_another(self.by_device_id.get(device_id)) {
+                let owner = self.users[self.by_device_id[device_id]].braze_id;
+                return Err(format!("device_ids[{i}] belongs to another user ({owner})"));
+            }
+        }
+        Ok(())
+    }
+
+    /// What the profiles upserted so far write to the store.
+    pub fn into_changes(self) -> UserStoreChanges {
+        let mut changes = UserStoreChanges::default();
+        // Slot -> reference in the changes: new users are numbered in creation order.
+        let mut refs = Vec::with_capacity(self.users.len());
+        for user in self.users {
+            match user.stored_id {
+                Some(id) => {
+                    if user.changed {
+                        changes.changed_users.push((id, user.external_id.filter(|_| user.gained_external_id)));
+                    }
+                    refs.push(UserRef::Stored(id));
+                }
+                None => {
+                    refs.push(UserRef::New(changes.new_users.len()));
+                    changes.new_users.push(NewUser { braze_id: user.braze_id, external_id: user.external_id });
+                }
+            }
+        }
+        changes.new_aliases = self.new_aliases.into_iter().map(|(slot, alias)| (refs[slot], alias)).collect();
+        changes.new_device_ids =
+            self.new_device_ids.into_iter().map(|(slot, device_id)| (refs[slot], device_id)).collect();
+        changes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(external_id: Option<&str>, aliases: &[(&str, &str)], device_ids: &[&str]) -> Profile {
+        Profile::parse(ProfileFields {
+            external_id: external_id.map(Into::into),
+            aliases: Some(
+                aliases
+                    .iter()
+                    .map(|(label, name)| AliasFields { alias_label: (*label).into(), alias_name: (*name).into() })
+                    .collect(),
+            ),
+            device_ids: Some(device_ids.iter().map(|d| (*d).into()).collect()),
+        })
+        .unwrap()
+    }
+
+    fn stored(id: i64, external_id: Option<&str>) -> StoredUser {
+        StoredUser {
+            id,
+            braze_id: Uuid::from_u128(id as u128),
+            external_id: external_id.map(|e| ExternalId::parse(e.into()).unwrap()),
+        }
+    }
+
+    fn device(d: &str) -> StoredIdentifier {
+        StoredIdentifier::DeviceId(DeviceId::parse(d.into()).unwrap())
+    }
+
+    #[test]
+    fn parse_names_the_field_and_drops_repeats() {
+        let fields = ProfileFields {
+            aliases: Some(vec![AliasFields { alias_label: "l".into(), alias_name: "a".repeat(513) }]),
+            ..Default::default()
+        };
+        assert_eq!(
+            Profile::parse(fields).unwrap_err().message("users[3]"),
+            "users[3].aliases[0].alias_name must be at most 512 bytes"
+        );
+        assert_eq!(Profile::parse(ProfileFields::default()), Err(ProfileError::NoIdentifier));
+        assert_eq!(profile(None, &[], &["d", "d"]).device_ids.len(), 1);
+    }
+
+    #[test]
+    fn later_profiles_see_earlier_ones() {
+        let mut upserter = Upserter::new();
+        let UpsertOutcome::Created(first) = upserter.upsert(&profile(None, &[], &["d1"])) else { panic!() };
+        assert_eq!(upserter.upsert(&profile(Some("e1"), &[], &["d1", "d2"])), UpsertOutcome::Updated(first));
+        assert_eq!(upserter.upsert(&profile(Some("e1"), &[("l", "n")], &[])), UpsertOutcome::Updated(first));
+        let changes = upserter.into_changes();
+        assert_eq!(changes.new_users.len(), 1);
+        assert_eq!(changes.new_users[0].external_id.as_ref().map(ExternalId::as_str), Some("e1"));
+        assert_eq!(changes.new_device_ids.len(), 2);
+        assert_eq!(changes.new_aliases.len(), 1);
+    }
+
+    #[test]
+    fn conflicts_fail_the_profile_only() {
+        let mut upserter = Upserter::new();
+        upserter.know(stored(1, Some("e1")), device("d1"));
+        upserter.know(stored(2, None), device("d2"));
+        // d2 belongs to user 2, the profile matched user 1 by external id.
+        assert!(
+            matches!(upserter.upsert(&profile(Some("e1"), &[], &["d2"])), UpsertOutcome::Failed(m) if m.starts_with("device_ids[0] belongs"))
+        );
+        // Matched user 1 by device, which has another external id.
+        assert!(
+            matches!(upserter.upsert(&profile(Some("e9"), &[], &["d1"])), UpsertOutcome::Failed(m) if m.starts_with("external_id conflicts"))
+        );
+        // Nothing of the failed profiles was applied: e9 is still free, d2 still user 2's.
+        assert_eq!(upserter.upsert(&profile(None, &[], &["d2", "d3"])), UpsertOutcome::Updated(Uuid::from_u128(2)));
+        let changes = upserter.into_changes();
+        assert!(changes.new_users.is_empty());
+        assert_eq!(changes.changed_users, vec![(2, None)]);
+        assert_eq!(changes.new_device_ids, vec![(UserRef::Stored(2), DeviceId::parse("d3".into()).unwrap())]);
+    }
+}
