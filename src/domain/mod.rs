@@ -1,6 +1,7 @@
 //! Domain types: input parsed once at the edge into values that cannot be invalid.
 
 pub mod cohort;
+pub mod filter;
 pub mod identifiers;
 pub mod names;
 pub mod profile;
