@@ -17,8 +17,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::domain::{
-    Alias, DeviceId, ExternalId,
-    filter::{CohortId, CohortOp, Expr, Filter},
+    Alias, CohortId, DeviceId, ExternalId,
+    filter::{CohortOp, Expr, Filter},
 };
 
 // ---- the cohort dropdown ----------------------------------------------------------
@@ -152,7 +152,8 @@ pub async fn prepare(
             match lookup(leaf.partner().as_str(), id) {
                 (Some(cohort_ref), _) => refs.push(cohort_ref),
                 (None, _) => {
-                    let missing = UnknownCohort { partner: leaf.partner().to_string(), cohort_id: id.to_string() };
+                    let missing =
+                        UnknownCohort { partner: leaf.partner().to_string(), cohort_id: id.as_str().to_owned() };
                     if !unknown.contains(&missing) {
                         unknown.push(missing);
                     }

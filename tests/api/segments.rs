@@ -714,3 +714,38 @@ async fn a_key_never_sees_another_workspace() {
     assert_eq!(body["results"][2]["braze_id"], our_u1.to_string());
     assert_eq!(body["results"][2]["matches"], true);
 }
+
+// ---- with the partner import --------------------------------------------------------
+
+#[tokio::test]
+async fn memberships_imported_by_a_partner_are_what_segments_see() {
+    let app = TestApp::spawn().await;
+    let setup = app.partner_setup("kubit").await;
+    let key = app.create_api_key(setup.workspace, &["segments.read"]).await;
+    let s = Segments { app, workspace: setup.workspace, key };
+    s.users(s.workspace, &["u1", "u2", "u3"]).await;
+    let import = |cohort_id: &'static str, user_ids: Vec<&'static str>, remove: bool| {
+        json!({
+            "partner_api_key": setup.partner_api_key,
+            "client_secret": setup.client_secret,
+            "cohort_id": cohort_id,
+            "cohort_changes": [{"user_ids": user_ids, "should_remove": remove}],
+        })
+    };
+    let name = json!({
+        "partner_api_key": setup.partner_api_key, "client_secret": setup.client_secret,
+        "cohort_id": "A", "name": "Churn risk", "created_at": "2024-03-01T12:00:00Z",
+    });
+    let partner_post = |body: Value| s.app.client.post(s.app.url("/partners/kubit/cohorts/users")).json(&body).send();
+    let named = s.app.client.post(s.app.url("/partners/kubit/cohorts")).json(&name).send().await.unwrap();
+    assert_eq!(named.status(), 200);
+    assert_eq!(partner_post(import("A", vec!["u1", "u2", "u3"], false)).await.unwrap().status(), 200);
+    assert_eq!(partner_post(import("A", vec!["u2"], true)).await.unwrap().status(), 200);
+
+    assert_eq!(s.members(&includes(&["A"])).await, names(&["u1", "u3"]));
+    assert_eq!(s.members(&excludes(&["A"])).await, names(&["u2"]));
+    let listed = expect_json(s.get("/v1/cohorts?partner=kubit").await, 200).await;
+    assert_eq!(listed["cohorts"][0]["name"], "Churn risk");
+    assert_eq!(listed["cohorts"][0]["member_count"], 2);
+    assert!(listed["cohorts"][0]["last_import_at"].is_string());
+}
