@@ -1,0 +1,140 @@
+//! `cohort-bench`: measures the service against a raw-PostgreSQL baseline in the same run
+//! (issue 5). See BENCHMARKS.md for how to run it and what it reports.
+//!
+//! It creates a fresh database, starts `cohort-ingest` on it as a child process, then:
+//! seeds users through the NDJSON import, drives cohort changes over HTTP with concurrent
+//! clients, applies the same changes with hand-written SQL, measures the segment filter
+//! API against hand-written SQL, and reads the service's peak memory. The database is
+//! dropped at the end, also on failure or Ctrl-C.
+
+mod api;
+mod baseline;
+mod data;
+mod database;
+mod filter;
+mod ingest;
+mod report;
+mod seed;
+mod service;
+mod stats;
+
+use std::{process::ExitCode, time::Instant};
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::{api::Api, database::BenchDatabase, report::BenchReport, service::Service};
+
+/// The admin token the child service is started with (it only listens on localhost and
+/// lives as long as the run).
+const ADMIN_TOKEN: &str = "cohort-bench-admin-token";
+
+/// Command line.
+#[derive(Debug, Parser)]
+#[command(name = "cohort-bench", about = "Benchmarks cohort-ingest against a raw-PostgreSQL baseline.")]
+struct Args {
+    /// Users seeded through the NDJSON import.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(10..))]
+    users: u64,
+    /// Cohort changes (identifiers) sent, 1,000 a request.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    changes: u64,
+    /// Concurrent HTTP clients sending the changes.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    concurrency: u64,
+    /// PostgreSQL server to create the benchmark's database on.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres", hide_default_value = false)]
+    database_url: String,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args).await {
+        Ok(report) => {
+            println!("{}", report.table());
+            for problem in &report.problems {
+                println!("PROBLEM {problem}");
+            }
+            println!("{}", report.bench_line());
+            if report.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        Err(error) => {
+            eprintln!("cohort-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Creates the database, runs the steps, and drops the database whatever happened.
+async fn run(args: &Args) -> anyhow::Result<BenchReport> {
+    let database = BenchDatabase::create(&args.database_url).await?;
+    eprintln!("cohort-bench: database {}", database.name());
+    let outcome = tokio::select! {
+        outcome = run_steps(args, &database) => outcome,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    // The service (killed on drop) is gone by now; FORCE ends any connection left over.
+    let dropped = database.drop_now().await;
+    let report = outcome?;
+    dropped?;
+    Ok(report)
+}
+
+/// The steps of the issue, in order.
+async fn run_steps(args: &Args, database: &BenchDatabase) -> anyhow::Result<BenchReport> {
+    let started = Instant::now();
+    let client = reqwest::Client::builder().build().context("cannot build the HTTP client")?;
+    let service = Service::start(&database.url(), ADMIN_TOKEN, &client).await?;
+    let api = Api::new(client, &service.base_url, ADMIN_TOKEN);
+    let pool = database.pool().await?;
+    let setup = api.set_up().await?;
+
+    progress(&format!("seeding {} users", args.users));
+    let seed = seed::seed_users(&api, setup.workspace, args.users).await?;
+    // A production database has planner statistics; a bulk load only gets them when
+    // autovacuum comes by. Not timed.
+    sqlx::query("ANALYZE").execute(&pool).await?;
+
+    let requests = data::change_requests(args.users, args.changes);
+    progress(&format!("sending {} changes in {} requests, {} clients", args.changes, requests.len(), args.concurrency));
+    ingest::name_cohorts(&api, &setup).await?;
+    let ingest = ingest::drive_changes(&api, &setup, &requests, args.concurrency as usize).await?;
+
+    progress("applying the same changes with raw SQL");
+    let baseline = baseline::apply_changes(&pool, setup.workspace, &requests).await?;
+    drop(requests);
+    let members = (
+        baseline::members_of(&pool, setup.workspace, "cohort-").await?,
+        baseline::members_of(&pool, setup.workspace, "baseline-").await?,
+    );
+    let mut problems = Vec::new();
+    let counted = ingest.outcome.added as i64 - ingest.outcome.removed as i64;
+    if members.0 != counted {
+        problems.push(format!("the service reported {counted} memberships added net, its cohorts hold {}", members.0));
+    }
+
+    progress("measuring the segment filter API");
+    let mut filter = filter::measure_filters(&api, &setup, &pool, args.users).await?;
+    problems.append(&mut filter.problems);
+
+    let rss_mb = service.peak_rss_mb()?;
+    service.stop().await;
+    pool.close().await;
+    Ok(BenchReport {
+        concurrency: args.concurrency as usize,
+        seed,
+        ingest,
+        baseline,
+        members,
+        filter,
+        rss_mb,
+        problems,
+        total: started.elapsed(),
+    })
+}
+
+/// A progress line on stderr (stdout is kept for the results).
+fn progress(step: &str) {
+    eprintln!("cohort-bench: {step}");
+}

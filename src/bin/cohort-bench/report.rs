@@ -1,0 +1,139 @@
+//! The printed result: a table for people, then one `BENCH …` line for scripts.
+
+use std::time::Duration;
+
+use crate::{
+    baseline::BaselineReport,
+    filter::{Comparison, FilterReport},
+    ingest::IngestReport,
+    seed::SeedReport,
+    stats::ms,
+};
+
+/// Everything one run measured.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    pub concurrency: usize,
+    pub seed: SeedReport,
+    pub ingest: IngestReport,
+    pub baseline: BaselineReport,
+    /// Memberships of the service's cohorts and of the baseline's after both runs.
+    pub members: (i64, i64),
+    pub filter: FilterReport,
+    pub rss_mb: f64,
+    /// Answers that contradict each other or SQL: the figures are printed, the run fails.
+    pub problems: Vec<String>,
+    pub total: Duration,
+}
+
+impl BenchReport {
+    /// Service changes/s ÷ baseline changes/s.
+    pub fn ingest_ratio(&self) -> f64 {
+        self.ingest.per_second() / self.baseline.per_second().max(1e-9)
+    }
+
+    /// The table.
+    pub fn table(&self) -> String {
+        let mut rows: Vec<[String; 4]> = Vec::new();
+        let mut row =
+            |what: &str, service: String, sql: String, ratio: String| rows.push([what.to_owned(), service, sql, ratio]);
+        let seed = &self.seed;
+        row(
+            &format!("seed {} users (NDJSON import)", seed.users),
+            rate(seed.per_second(), "users/s"),
+            "-".into(),
+            "-".into(),
+        );
+        let ingest = &self.ingest;
+        row(
+            &format!("ingest {} changes, {} requests, C={}", ingest.changes, ingest.requests, self.concurrency),
+            rate(ingest.per_second(), "changes/s"),
+            rate(self.baseline.per_second(), "changes/s"),
+            format!("{:.2}", self.ingest_ratio()),
+        );
+        let latencies = &ingest.latencies;
+        row(
+            "  request latency p50 / p99 / max",
+            format!("{:.1} / {:.1} / {:.1} ms", ms(latencies.p50), ms(latencies.p99), ms(latencies.max)),
+            format!("{} statements", self.baseline.statements),
+            "-".into(),
+        );
+        let outcome = &ingest.outcome;
+        row(
+            "  added / removed / unchanged / unmatched",
+            format!("{} / {} / {} / {}", outcome.added, outcome.removed, outcome.unchanged, outcome.unmatched),
+            format!("{} / {} / - / -", self.baseline.added, self.baseline.removed),
+            "-".into(),
+        );
+        row("  members after", self.members.0.to_string(), self.members.1.to_string(), "-".into());
+        let filter = &self.filter;
+        comparison_row(&mut row, &format!("count A ({} members)", filter.members_a), filter.count);
+        comparison_row(&mut row, &format!("count A and not B ({})", filter.members_a_not_b), filter.andnot);
+        comparison_row(&mut row, &format!("page through A, limit {}", 10_000), filter.page);
+        comparison_row(&mut row, "export A (NDJSON)", filter.export);
+        comparison_row(&mut row, "check 1,000 users against A", filter.check);
+        row("service peak RSS (VmHWM)", format!("{:.0} MiB", self.rss_mb), "-".into(), "-".into());
+        row("whole run", format!("{:.1} s", self.total.as_secs_f64()), "-".into(), "-".into());
+        render(&["step", "service", "raw SQL", "ratio"], &rows)
+    }
+
+    /// The final machine-readable line.
+    pub fn bench_line(&self) -> String {
+        let filter = &self.filter;
+        let service = |figure: Option<Comparison>, decimals: usize| match figure {
+            Some(figure) => format!("{:.*}", decimals, figure.service()),
+            None => "na".to_owned(),
+        };
+        format!(
+            "BENCH seed_per_s={:.0} ingest_per_s={:.0} ingest_ratio={:.2} p50_ms={:.1} p99_ms={:.1} count_ms={} andnot_ms={} \
+             page_per_s={} export_per_s={} check_ms={} rss_mb={:.0}",
+            self.seed.per_second(),
+            self.ingest.per_second(),
+            self.ingest_ratio(),
+            ms(self.ingest.latencies.p50),
+            ms(self.ingest.latencies.p99),
+            service(filter.count, 2),
+            service(filter.andnot, 1),
+            service(filter.page, 0),
+            service(filter.export, 0),
+            service(filter.check, 1),
+            self.rss_mb,
+        )
+    }
+}
+
+/// A filter figure's row: `na` when the endpoint does not exist yet. The ratio is the
+/// service's speed as a fraction of hand-written SQL's.
+fn comparison_row(row: &mut impl FnMut(&str, String, String, String), what: &str, figure: Option<Comparison>) {
+    match figure {
+        Some(figure @ Comparison::Millis { service, sql }) => {
+            row(what, format!("{service:.2} ms"), format!("{sql:.2} ms"), format!("{:.2}", figure.ratio()))
+        }
+        Some(figure @ Comparison::PerSecond { service, sql }) => {
+            row(what, rate(service, "users/s"), rate(sql, "users/s"), format!("{:.2}", figure.ratio()))
+        }
+        None => row(what, "na".into(), "na".into(), "na".into()),
+    }
+}
+
+/// A rate with a unit, without decimals.
+fn rate(value: f64, unit: &str) -> String {
+    format!("{value:.0} {unit}")
+}
+
+/// Left-aligned columns separated by two spaces.
+fn render(header: &[&str; 4], rows: &[[String; 4]]) -> String {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; 4]| {
+        let padded: Vec<String> = cells.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        padded.join("  ").trim_end().to_owned()
+    };
+    let mut out = vec![line(*header), widths.map(|width| "-".repeat(width)).join("  ")];
+    out.extend(rows.iter().map(|row| line([&row[0], &row[1], &row[2], &row[3]])));
+    out.join("\n")
+}
