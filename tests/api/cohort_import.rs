@@ -645,3 +645,164 @@ async fn a_workspace_key_never_touches_another_workspace() {
     assert_eq!(name_b, "same-id");
     assert_member_counts_exact(&app).await;
 }
+
+// ---- operator endpoints -----------------------------------------------------------
+
+#[tokio::test]
+async fn operators_list_and_fetch_cohorts() {
+    let app = TestApp::spawn().await;
+    let kubit = app.partner_setup("kubit").await;
+    let segment_key = app.create_partner("segment").await;
+    let segment = PartnerSetup {
+        partner: "segment".into(),
+        partner_api_key: segment_key,
+        workspace: kubit.workspace,
+        client_secret: app.create_data_import_key(kubit.workspace, "segment").await,
+    };
+    add_identified(&app, kubit.workspace, "u", 3).await;
+    expect_json(post_name(&app, &kubit, "k/1", "Beta").await, 200).await;
+    expect_counts(post_users(&app, &kubit, "k/1", json!([{ "user_ids": ["u0", "u1"] }])).await, 2, 0, 0, 0).await;
+    expect_json(post_name(&app, &kubit, "k2", "Alpha").await, 200).await;
+    expect_counts(post_users(&app, &segment, "s1", json!([{ "user_ids": ["u2"] }])).await, 1, 0, 0, 0).await;
+    let ws = kubit.workspace;
+
+    let all = expect_json(app.admin_get(&format!("/admin/workspaces/{ws}/cohorts")).await, 200).await;
+    let listed: Vec<(&str, &str, &str, i64)> = all["cohorts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["partner"].as_str().unwrap(),
+                c["cohort_id"].as_str().unwrap(),
+                c["name"].as_str().unwrap(),
+                c["member_count"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(listed, vec![("kubit", "k2", "Alpha", 0), ("kubit", "k/1", "Beta", 2), ("segment", "s1", "s1", 1)]);
+    let first = &all["cohorts"][0];
+    for field in ["created_at", "updated_at"] {
+        assert!(first[field].is_string(), "{field}: {first}");
+    }
+    assert_eq!(first["last_import_at"], Value::Null, "never imported");
+    assert!(all["cohorts"][1]["last_import_at"].is_string());
+
+    let only_segment =
+        expect_json(app.admin_get(&format!("/admin/workspaces/{ws}/cohorts?partner=segment")).await, 200).await;
+    assert_eq!(only_segment["cohorts"].as_array().unwrap().len(), 1);
+    assert_eq!(only_segment["cohorts"][0]["cohort_id"], "s1");
+
+    // A cohort id with a slash travels percent-encoded.
+    let one = expect_json(app.admin_get(&format!("/admin/workspaces/{ws}/cohorts/kubit/k%2F1")).await, 200).await;
+    assert_eq!(one, all["cohorts"][1]);
+    let missing = app.admin_get(&format!("/admin/workspaces/{ws}/cohorts/kubit/nope")).await;
+    expect_error(missing, 404, "unknown cohort nope of partner kubit").await;
+    let other_ws = Uuid::new_v4();
+    let missing_ws = app.admin_get(&format!("/admin/workspaces/{other_ws}/cohorts")).await;
+    expect_error(missing_ws, 404, &format!("unknown workspace {other_ws}")).await;
+    let no_token = app.client.get(app.url(&format!("/admin/workspaces/{ws}/cohorts"))).send().await.unwrap();
+    assert_eq!(no_token.status(), 401);
+}
+
+#[tokio::test]
+async fn the_import_log_pages_newest_first_with_the_member_count_after_each() {
+    let app = TestApp::spawn().await;
+    let setup = app.partner_setup("kubit").await;
+    add_identified(&app, setup.workspace, "u", 5).await;
+    for i in 0..5 {
+        let changes = json!([{ "user_ids": [format!("u{i}"), "ghost"] }]);
+        expect_counts(post_users(&app, &setup, "c1", changes).await, 1, 0, 0, 1).await;
+    }
+    expect_counts(
+        post_users(&app, &setup, "c1", json!([{ "user_ids": ["u0"], "should_remove": true }])).await,
+        0,
+        1,
+        0,
+        0,
+    )
+    .await;
+    let path = format!("/admin/workspaces/{}/cohorts/kubit/c1/imports", setup.workspace);
+
+    let page = expect_json(app.admin_get(&format!("{path}?limit=4")).await, 200).await;
+    let imports = page["imports"].as_array().unwrap();
+    let after: Vec<i64> = imports.iter().map(|i| i["member_count_after"].as_i64().unwrap()).collect();
+    assert_eq!(after, vec![4, 5, 4, 3]);
+    assert_eq!((imports[0]["removed"].as_i64(), imports[0]["added"].as_i64()), (Some(1), Some(0)));
+    assert_eq!((imports[1]["added"].as_i64(), imports[1]["unmatched"].as_i64()), (Some(1), Some(1)));
+    for field in ["id", "request_id", "received_at", "unchanged"] {
+        assert!(!imports[0][field].is_null(), "{field}");
+    }
+    let next = page["next_before"].as_i64().unwrap();
+    let rest = expect_json(app.admin_get(&format!("{path}?limit=4&before={next}")).await, 200).await;
+    let after: Vec<i64> =
+        rest["imports"].as_array().unwrap().iter().map(|i| i["member_count_after"].as_i64().unwrap()).collect();
+    assert_eq!(after, vec![2, 1]);
+    assert_eq!(rest["next_before"], Value::Null);
+
+    let all = expect_json(app.admin_get(&path).await, 200).await;
+    assert_eq!(all["imports"].as_array().unwrap().len(), 6);
+    for bad in ["limit=0", "limit=1001", "limit=x", "before=x"] {
+        assert_eq!(app.admin_get(&format!("{path}?{bad}")).await.status(), 400, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn members_page_with_an_opaque_cursor() {
+    let app = TestApp::spawn().await;
+    let setup = app.partner_setup("kubit").await;
+    add_identified(&app, setup.workspace, "u", 5).await;
+    add_user(&app, setup.workspace, None, &[], &["phone"]).await;
+    let changes = json!([{ "user_ids": ["u0", "u1", "u2", "u3", "u4"], "device_ids": ["phone"] }]);
+    expect_counts(post_users(&app, &setup, "c1", changes).await, 6, 0, 0, 0).await;
+    let path = format!("/admin/workspaces/{}/cohorts/kubit/c1/members", setup.workspace);
+
+    let mut seen: Vec<Value> = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let url = match &cursor {
+            Some(c) => format!("{path}?limit=4&cursor={c}"),
+            None => format!("{path}?limit=4"),
+        };
+        let page = expect_json(app.admin_get(&url).await, 200).await;
+        pages += 1;
+        seen.extend(page["members"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 2);
+    let external: Vec<Value> = seen.iter().map(|m| m["external_id"].clone()).collect();
+    assert_eq!(external, vec![json!("u0"), json!("u1"), json!("u2"), json!("u3"), json!("u4"), Value::Null]);
+    for member in &seen {
+        assert!(Uuid::parse_str(member["braze_id"].as_str().unwrap()).is_ok());
+        assert!(member["added_at"].is_string());
+        assert_eq!(member.as_object().unwrap().len(), 3, "no internal id: {member}");
+    }
+    let bad = app.admin_get(&format!("{path}?cursor=42")).await;
+    expect_error(bad, 400, "cursor is not valid: pass the next_cursor of the previous page").await;
+    let unknown = app.admin_get(&format!("/admin/workspaces/{}/cohorts/kubit/nope/members", setup.workspace)).await;
+    assert_eq!(unknown.status(), 404);
+}
+
+#[tokio::test]
+async fn deleting_a_cohort_removes_its_members_and_log() {
+    let app = TestApp::spawn().await;
+    let setup = app.partner_setup("kubit").await;
+    add_identified(&app, setup.workspace, "u", 2).await;
+    expect_counts(post_users(&app, &setup, "gone", json!([{ "user_ids": ["u0", "u1"] }])).await, 2, 0, 0, 0).await;
+    expect_counts(post_users(&app, &setup, "kept", json!([{ "user_ids": ["u0"] }])).await, 1, 0, 0, 0).await;
+    let path = format!("/admin/workspaces/{}/cohorts/kubit/gone", setup.workspace);
+    assert_eq!(app.admin_delete(&path).await.status(), 204);
+    expect_error(app.admin_get(&path).await, 404, "unknown cohort gone of partner kubit").await;
+    expect_error(app.admin_delete(&path).await, 404, "unknown cohort gone of partner kubit").await;
+    assert_eq!(count(&app, "cohorts").await, 1);
+    assert_eq!(count(&app, "cohort_memberships").await, 1);
+    assert_eq!(count(&app, "cohort_imports").await, 1);
+    assert_eq!(count(&app, "users").await, 2, "users stay");
+    // The partner may post the cohort again: it starts afresh.
+    expect_counts(post_users(&app, &setup, "gone", json!([{ "user_ids": ["u1"] }])).await, 1, 0, 0, 0).await;
+    assert_member_counts_exact(&app).await;
+}
