@@ -1,11 +1,16 @@
 //! SQL for the segment filter API: the cohort dropdown, and filter expressions compiled
 //! to SQL that PostgreSQL evaluates (memberships never come into the service's memory).
 //!
-//! A [`Filter`] becomes a predicate over `users u`: a leaf is `EXISTS` (or `NOT EXISTS`)
-//! over `cohort_memberships`, probing its primary key (workspace_id, cohort_ref, user_id);
-//! `and`/`or`/`not` become the SQL operators. The SQL text comes only from the
-//! expression's structure (leaf `k` is always `$n` for a fixed `n`); every value —
-//! workspace, cohort refs, cursor, limits, identifiers — is a bound parameter.
+//! A [`Filter`] becomes a predicate: a leaf is `EXISTS` (or `NOT EXISTS`) over
+//! `cohort_memberships`, probing its primary key (workspace_id, cohort_ref, user_id);
+//! `and`/`or` become the SQL operators, `not` is pushed onto the leaves. The rows tested
+//! are the workspace's users, or — when a top-level conjunct includes a single cohort —
+//! that cohort's memberships (the smallest such), read from the primary key in user order:
+//! `A includes AND B does_not_include` reads A's members, not every user.
+//!
+//! The SQL text comes only from the expression's structure (leaf `k` is always `$n` for a
+//! fixed `n`); every value — workspace, cohort refs, cursor, limits, identifiers — is a
+//! bound parameter.
 
 use std::collections::HashMap;
 
@@ -17,7 +22,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::domain::{
-    Alias, CohortId, DeviceId, ExternalId,
+    Alias, DeviceId, ExternalId,
     filter::{CohortOp, Expr, Filter},
 };
 
@@ -88,11 +93,62 @@ pub async fn list_cohorts(
 #[derive(Debug, Clone)]
 pub struct SegmentQuery {
     workspace_id: Uuid,
-    root: Expr,
-    /// The internal cohort ids of each leaf, in leaf order (left to right).
-    leaf_refs: Vec<Vec<i64>>,
-    /// When the whole filter is `includes_value` of one cohort: its member count.
-    single_cohort_members: Option<i64>,
+    /// The expression with `not` pushed onto the leaves.
+    root: Node,
+    /// Each leaf's internal cohort ids, by leaf index (left to right in the filter).
+    leaves: Vec<LeafCohorts>,
+    /// Each leaf's summed member counts: how many membership rows driving from it reads.
+    leaf_members: Vec<i64>,
+}
+
+/// A leaf's cohorts as bound: one cohort binds a scalar, so that PostgreSQL sees
+/// `cohort_ref = $n` and can read the primary key in user order.
+#[derive(Debug, Clone)]
+enum LeafCohorts {
+    One(i64),
+    Many(Vec<i64>),
+}
+
+/// The filter in negation normal form: `not` is pushed down onto the leaves (De Morgan),
+/// so every leaf says plainly whether it includes or excludes, and nested `and`s are
+/// flattened. A conjunct that includes a single cohort can then drive the whole query from
+/// that cohort's memberships instead of from every user of the workspace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Node {
+    Leaf { index: usize, includes: bool },
+    And(Vec<Node>),
+    Or(Vec<Node>),
+}
+
+impl Node {
+    fn from_expr(expr: &Expr, negated: bool, next_leaf: &mut usize) -> Node {
+        match expr {
+            Expr::Cohort(leaf) => {
+                let index = *next_leaf;
+                *next_leaf += 1;
+                Node::Leaf { index, includes: (leaf.op() == CohortOp::IncludesValue) != negated }
+            }
+            Expr::And(operands) | Expr::Or(operands) => {
+                let conjunction = matches!(expr, Expr::And(_)) != negated;
+                let mut children = Vec::with_capacity(operands.len());
+                for operand in operands {
+                    match (Node::from_expr(operand, negated, next_leaf), conjunction) {
+                        (Node::And(grandchildren), true) | (Node::Or(grandchildren), false) => {
+                            children.extend(grandchildren)
+                        }
+                        (child, _) => children.push(child),
+                    }
+                }
+                if children.len() == 1
+                    && let Some(only) = children.pop()
+                {
+                    return only;
+                }
+                if conjunction { Node::And(children) } else { Node::Or(children) }
+            }
+            Expr::Not(operand) => Node::from_expr(operand, !negated, next_leaf),
+        }
+    }
 }
 
 /// A filter leaf names a cohort the workspace does not have.
@@ -138,20 +194,24 @@ pub async fn prepare(
     .bind(&cohort_ids)
     .fetch_all(pool)
     .await?;
-    let found: HashMap<(&str, &str), &ResolvedCohort> =
-        rows.iter().map(|r| ((r.partner.as_str(), r.cohort_id.as_str()), r)).collect();
-    let lookup = |partner: &str, id: &CohortId| {
-        found.get(&(partner, id.as_str())).map_or((None, None), |r| (r.id, r.member_count))
-    };
+    let found: HashMap<(&str, &str), (i64, i64)> = rows
+        .iter()
+        .filter_map(|r| Some(((r.partner.as_str(), r.cohort_id.as_str()), (r.id?, r.member_count?))))
+        .collect();
 
     let mut unknown: Vec<UnknownCohort> = Vec::new();
-    let mut leaf_refs = Vec::with_capacity(leaves.len());
+    let mut leaf_cohorts = Vec::with_capacity(leaves.len());
+    let mut leaf_members = Vec::with_capacity(leaves.len());
     for leaf in &leaves {
         let mut refs = Vec::with_capacity(leaf.cohort_ids().len());
+        let mut members = 0i64;
         for id in leaf.cohort_ids() {
-            match lookup(leaf.partner().as_str(), id) {
-                (Some(cohort_ref), _) => refs.push(cohort_ref),
-                (None, _) => {
+            match found.get(&(leaf.partner().as_str(), id.as_str())) {
+                Some(&(cohort_ref, member_count)) => {
+                    refs.push(cohort_ref);
+                    members = members.saturating_add(member_count);
+                }
+                None => {
                     let missing =
                         UnknownCohort { partner: leaf.partner().to_string(), cohort_id: id.as_str().to_owned() };
                     if !unknown.contains(&missing) {
@@ -160,80 +220,153 @@ pub async fn prepare(
                 }
             }
         }
-        leaf_refs.push(refs);
+        leaf_cohorts.push(if let [one] = refs[..] { LeafCohorts::One(one) } else { LeafCohorts::Many(refs) });
+        leaf_members.push(members);
     }
     if !unknown.is_empty() {
         return Ok(Err(unknown));
     }
-    let single_cohort_members = match filter.root() {
-        Expr::Cohort(leaf) if leaf.op() == CohortOp::IncludesValue && leaf.cohort_ids().len() == 1 => {
-            lookup(leaf.partner().as_str(), &leaf.cohort_ids()[0]).1
-        }
-        _ => None,
-    };
-    Ok(Ok(SegmentQuery { workspace_id, root: filter.root().clone(), leaf_refs, single_cohort_members }))
+    let root = Node::from_expr(filter.root(), false, &mut 0);
+    Ok(Ok(SegmentQuery { workspace_id, root, leaves: leaf_cohorts, leaf_members }))
+}
+
+/// Where the matching users come from, as SQL text: tables, conditions, and the column
+/// holding a matching user's internal id.
+struct Source {
+    /// The single-cohort leaf whose memberships drive the query, if any.
+    driver: Option<usize>,
+    /// Conditions on the source rows (the filter, or what is left of it besides the
+    /// driver), joined with AND; never empty.
+    conditions: String,
+    /// `d.user_id` when driven by a leaf, else `u.id`.
+    id_column: &'static str,
 }
 
 impl SegmentQuery {
-    /// The filter as a SQL predicate over `u.id` (a user of the workspace bound as `$1`),
-    /// with leaf `k`'s cohort refs at `$(first_param + k)`.
-    fn predicate(&self, first_param: usize) -> String {
-        fn write(expr: &Expr, next_leaf: &mut usize, first_param: usize, out: &mut String) {
-            match expr {
-                Expr::Cohort(leaf) => {
-                    let param = first_param + *next_leaf;
-                    *next_leaf += 1;
-                    if leaf.op() == CohortOp::DoesNotIncludeValue {
-                        out.push_str("NOT ");
-                    }
-                    out.push_str(&format!(
-                        "EXISTS (SELECT 1 FROM cohort_memberships m WHERE m.workspace_id = $1 \
-                         AND m.cohort_ref = ANY(${param}::bigint[]) AND m.user_id = u.id)"
-                    ));
+    /// The single-cohort `includes_value` leaf with the fewest members among the top-level
+    /// conjuncts (or the root itself), and the conjuncts left once it is taken out.
+    fn driver(&self) -> Option<(usize, Vec<&Node>)> {
+        let conjuncts: Vec<&Node> = match &self.root {
+            Node::And(children) => children.iter().collect(),
+            other => vec![other],
+        };
+        let (position, index) = conjuncts
+            .iter()
+            .enumerate()
+            .filter_map(|(position, node)| match node {
+                Node::Leaf { index, includes: true } if matches!(self.leaves[*index], LeafCohorts::One(_)) => {
+                    Some((position, *index))
                 }
-                Expr::And(operands) | Expr::Or(operands) => {
-                    let joiner = if matches!(expr, Expr::And(_)) { " AND " } else { " OR " };
-                    out.push('(');
-                    for (i, operand) in operands.iter().enumerate() {
-                        if i > 0 {
-                            out.push_str(joiner);
-                        }
-                        write(operand, next_leaf, first_param, out);
-                    }
-                    out.push(')');
-                }
-                Expr::Not(operand) => {
-                    out.push_str("NOT (");
-                    write(operand, next_leaf, first_param, out);
-                    out.push(')');
-                }
-            }
-        }
-        let mut out = String::new();
-        write(&self.root, &mut 0, first_param, &mut out);
-        out
+                _ => None,
+            })
+            .min_by_key(|&(_, index)| self.leaf_members[index])?;
+        let mut rest = conjuncts;
+        rest.remove(position);
+        Some((index, rest))
     }
 
-    /// Binds the workspace (`$1`) and, after `extra` parameters the caller binds, each
-    /// leaf's cohort refs; see [`SegmentQuery::predicate`].
+    /// When the whole filter is `includes_value` of one cohort: that cohort's member count.
+    fn single_cohort_members(&self) -> Option<i64> {
+        match self.root {
+            Node::Leaf { index, includes: true } if matches!(self.leaves[index], LeafCohorts::One(_)) => {
+                Some(self.leaf_members[index])
+            }
+            _ => None,
+        }
+    }
+
+    /// The source of matching users. Leaf `k`'s cohorts are `$(first_leaf_param + k)`;
+    /// `after`, when given, is the parameter of a keyset lower bound on the user id.
+    fn source(&self, first_leaf_param: usize, after: Option<usize>) -> Source {
+        let mut conditions = Vec::new();
+        let (driver, id_column, rest) = match self.driver() {
+            Some((index, rest)) => {
+                conditions.push(format!("d.workspace_id = $1 AND d.cohort_ref = ${}", first_leaf_param + index));
+                (Some(index), "d.user_id", rest)
+            }
+            None => {
+                conditions.push("u.workspace_id = $1".to_owned());
+                (None, "u.id", vec![&self.root])
+            }
+        };
+        if let Some(after) = after {
+            conditions.push(format!("{id_column} > ${after}"));
+        }
+        for node in rest {
+            conditions.push(self.predicate(node, id_column, first_leaf_param, after));
+        }
+        Source { driver, conditions: conditions.join(" AND "), id_column }
+    }
+
+    /// `node` as a SQL predicate on the user whose internal id is `id_column`.
+    ///
+    /// `after` repeats the keyset bound inside each membership probe: redundant for the
+    /// result, but it lets PostgreSQL start a merge over memberships at the page instead
+    /// of at the workspace's first user.
+    fn predicate(&self, node: &Node, id_column: &str, first_leaf_param: usize, after: Option<usize>) -> String {
+        match node {
+            Node::Leaf { index, includes } => {
+                let param = first_leaf_param + index;
+                let cohorts = match self.leaves[*index] {
+                    LeafCohorts::One(_) => format!("m.cohort_ref = ${param}"),
+                    LeafCohorts::Many(_) => format!("m.cohort_ref = ANY(${param}::bigint[])"),
+                };
+                let bound = after.map(|after| format!(" AND m.user_id > ${after}")).unwrap_or_default();
+                format!(
+                    "{}EXISTS (SELECT 1 FROM cohort_memberships m WHERE m.workspace_id = $1 AND {cohorts} \
+                     AND m.user_id = {id_column}{bound})",
+                    if *includes { "" } else { "NOT " }
+                )
+            }
+            Node::And(children) | Node::Or(children) => {
+                let joiner = if matches!(node, Node::And(_)) { " AND " } else { " OR " };
+                let parts: Vec<String> =
+                    children.iter().map(|c| self.predicate(c, id_column, first_leaf_param, after)).collect();
+                format!("({})", parts.join(joiner))
+            }
+        }
+    }
+
+    /// Binds each leaf's cohorts, in leaf order, after the parameters already bound.
     fn bind_leaves<'q, O>(
         &'q self,
         mut query: QueryAs<'q, sqlx::Postgres, O, PgArguments>,
     ) -> QueryAs<'q, sqlx::Postgres, O, PgArguments> {
-        for refs in &self.leaf_refs {
-            query = query.bind(refs);
+        for cohorts in &self.leaves {
+            query = match cohorts {
+                LeafCohorts::One(cohort_ref) => query.bind(*cohort_ref),
+                LeafCohorts::Many(cohort_refs) => query.bind(cohort_refs),
+            };
         }
         query
+    }
+
+    /// The SQL selecting matching users' `id, braze_id, external_id` in id order, with
+    /// the leaves' parameters from `first_leaf_param` and an optional keyset bound.
+    fn users_sql(&self, first_leaf_param: usize, after: Option<usize>, limit: Option<usize>) -> String {
+        let source = self.source(first_leaf_param, after);
+        let from = if source.driver.is_some() {
+            "cohort_memberships d JOIN users u ON u.workspace_id = $1 AND u.id = d.user_id"
+        } else {
+            "users u"
+        };
+        let limit = limit.map(|param| format!(" LIMIT ${param}")).unwrap_or_default();
+        format!(
+            "SELECT u.id, u.braze_id, u.external_id FROM {from} WHERE {} ORDER BY {}{limit}",
+            source.conditions, source.id_column
+        )
     }
 }
 
 /// Number of users of the workspace matching the filter, exact.
 pub async fn count(pool: &PgPool, query: &SegmentQuery) -> sqlx::Result<i64> {
-    if let Some(members) = query.single_cohort_members {
+    if let Some(members) = query.single_cohort_members() {
         // Maintained in the same transaction as every membership change: exact.
         return Ok(members);
     }
-    let sql = format!("SELECT count(*) FROM users u WHERE u.workspace_id = $1 AND {}", query.predicate(2));
+    let source = query.source(2, None);
+    let from = if source.driver.is_some() { "cohort_memberships d" } else { "users u" };
+    let sql = format!("SELECT count(*) FROM {from} WHERE {}", source.conditions);
     let statement = sqlx::query_as::<_, (i64,)>(AssertSqlSafe(sql)).bind(query.workspace_id);
     // Generated text varies per filter: an unnamed statement, planned for these values.
     let (n,) = query.bind_leaves(statement).persistent(false).fetch_one(pool).await?;
@@ -253,12 +386,7 @@ pub struct SegmentUser {
 
 /// Up to `limit` matching users with an internal id above `after`, in id order.
 pub async fn page(pool: &PgPool, query: &SegmentQuery, after: i64, limit: i64) -> sqlx::Result<Vec<SegmentUser>> {
-    let sql = format!(
-        "SELECT u.id, u.braze_id, u.external_id FROM users u
-          WHERE u.workspace_id = $1 AND u.id > $2 AND {}
-          ORDER BY u.id LIMIT $3",
-        query.predicate(4)
-    );
+    let sql = query.users_sql(4, Some(2), Some(3));
     let statement = sqlx::query_as(AssertSqlSafe(sql)).bind(query.workspace_id).bind(after).bind(limit);
     query.bind_leaves(statement).persistent(false).fetch_all(pool).await
 }
@@ -269,10 +397,7 @@ pub fn export<'e>(
     connection: &'e mut PgConnection,
     query: &'e SegmentQuery,
 ) -> BoxStream<'e, sqlx::Result<SegmentUser>> {
-    let sql = format!(
-        "SELECT u.id, u.braze_id, u.external_id FROM users u WHERE u.workspace_id = $1 AND {} ORDER BY u.id",
-        query.predicate(2)
-    );
+    let sql = query.users_sql(2, None, None);
     let statement = sqlx::query_as(AssertSqlSafe(sql)).bind(query.workspace_id);
     query.bind_leaves(statement).persistent(false).fetch(connection).boxed()
 }
@@ -343,7 +468,7 @@ pub async fn check(pool: &PgPool, query: &SegmentQuery, refs: &[UserRef]) -> sql
                 LIMIT 1
            ) u ON true
           ORDER BY r.ord",
-        query.predicate(7)
+        query.predicate(&query.root, "u.id", 7, None)
     );
     let statement = sqlx::query_as(AssertSqlSafe(sql))
         .bind(query.workspace_id)
@@ -353,4 +478,77 @@ pub async fn check(pool: &PgPool, query: &SegmentQuery, refs: &[UserRef]) -> sql
         .bind(labels)
         .bind(names);
     query.bind_leaves(statement).persistent(false).fetch_all(pool).await
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn query(filter: serde_json::Value, leaves: Vec<LeafCohorts>, leaf_members: Vec<i64>) -> SegmentQuery {
+        let filter = Filter::parse(&filter).unwrap();
+        SegmentQuery {
+            workspace_id: Uuid::nil(),
+            root: Node::from_expr(filter.root(), false, &mut 0),
+            leaves,
+            leaf_members,
+        }
+    }
+
+    fn leaf(op: &str, id: &str) -> serde_json::Value {
+        json!({"cohort": {"partner": "kubit", "op": op, "cohort_ids": [id]}})
+    }
+
+    #[test]
+    fn not_is_pushed_onto_the_leaves_and_ands_are_flattened() {
+        let q = query(
+            json!({"not": {"or": [
+                {"not": leaf("includes_value", "A")},
+                {"and": [leaf("includes_value", "B"), {"not": leaf("does_not_include_value", "C")}]}
+            ]}}),
+            vec![LeafCohorts::One(1), LeafCohorts::One(2), LeafCohorts::One(3)],
+            vec![10, 20, 30],
+        );
+        // not(not A or (B and not(not C))) = A and (not B or not C)
+        assert_eq!(
+            q.root,
+            Node::And(vec![
+                Node::Leaf { index: 0, includes: true },
+                Node::Or(vec![Node::Leaf { index: 1, includes: false }, Node::Leaf { index: 2, includes: false }]),
+            ])
+        );
+        let q = query(json!({"not": {"not": leaf("includes_value", "A")}}), vec![LeafCohorts::One(1)], vec![7]);
+        assert_eq!(q.single_cohort_members(), Some(7));
+    }
+
+    #[test]
+    fn the_smallest_single_cohort_includes_conjunct_drives() {
+        let q = query(
+            json!({"and": [leaf("includes_value", "A"), leaf("does_not_include_value", "B"), leaf("includes_value", "C")]}),
+            vec![LeafCohorts::One(1), LeafCohorts::One(2), LeafCohorts::One(3)],
+            vec![500, 10, 300],
+        );
+        assert_eq!(q.driver().map(|(index, rest)| (index, rest.len())), Some((2, 2)));
+        assert_eq!(
+            q.source(2, None).conditions,
+            "d.workspace_id = $1 AND d.cohort_ref = $4 \
+             AND EXISTS (SELECT 1 FROM cohort_memberships m WHERE m.workspace_id = $1 AND m.cohort_ref = $2 AND m.user_id = d.user_id) \
+             AND NOT EXISTS (SELECT 1 FROM cohort_memberships m WHERE m.workspace_id = $1 AND m.cohort_ref = $3 AND m.user_id = d.user_id)"
+        );
+        // A leaf of several cohorts does not drive (its members are not one index range).
+        let q = query(
+            json!({"and": [json!({"cohort": {"partner": "kubit", "op": "includes_value", "cohort_ids": ["A", "B"]}}), leaf("does_not_include_value", "C")]}),
+            vec![LeafCohorts::Many(vec![1, 2]), LeafCohorts::One(3)],
+            vec![5, 5],
+        );
+        assert!(q.driver().is_none());
+        assert_eq!(
+            q.users_sql(4, Some(2), Some(3)),
+            "SELECT u.id, u.braze_id, u.external_id FROM users u WHERE u.workspace_id = $1 AND u.id > $2 \
+             AND (EXISTS (SELECT 1 FROM cohort_memberships m WHERE m.workspace_id = $1 AND m.cohort_ref = ANY($4::bigint[]) AND m.user_id = u.id AND m.user_id > $2) \
+             AND NOT EXISTS (SELECT 1 FROM cohort_memberships m WHERE m.workspace_id = $1 AND m.cohort_ref = $5 AND m.user_id = u.id AND m.user_id > $2)) \
+             ORDER BY u.id LIMIT $3"
+        );
+    }
 }

@@ -258,6 +258,15 @@ async fn each_operator_and_their_nesting_select_the_right_users() {
         ),
         (json!({"and": [{"or": [includes(&["A"]), includes(&["C"])]}, excludes(&["B"])]}), vec!["u1", "u4"]),
         (json!({"and": [includes(&["A"]), includes(&["C"])]}), vec![]),
+        // Shapes a single-cohort conjunct drives, after `not` is pushed onto the leaves.
+        (json!({"not": {"or": [excludes(&["A"]), includes(&["B"])]}}), vec!["u1"]),
+        (
+            json!({"and": [{"and": [excludes(&["C"]), includes(&["B"])]}, {"or": [includes(&["A"]), excludes(&["A"])]}]}),
+            vec!["u2", "u3"],
+        ),
+        (json!({"and": [includes(&["B"]), includes(&["A", "C"])]}), vec!["u2"]),
+        (json!({"and": [includes(&["A", "B"]), excludes(&["B"])]}), vec!["u1"]),
+        (json!({"not": {"not": includes(&["C"])}}), vec!["u4"]),
     ];
     for (filter, expected) in cases {
         assert_eq!(s.members(&filter).await, names(&expected), "for {filter}");
