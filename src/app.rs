@@ -1,21 +1,40 @@
-//! The one place that wires things: shared state, routes and tower layers.
+//! The one place that wires things: shared state, routes, the OpenAPI document, the
+//! operational endpoints and the tower layers.
 
 use std::sync::Arc;
 
 use axum::{
-    Json, Router,
-    error_handling::HandleErrorLayer,
-    extract::DefaultBodyLimit,
-    http::{Method, Uri},
+    Extension, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, State},
+    http::{Method, Uri, header},
+    middleware,
     response::IntoResponse,
-    routing::get,
 };
 use sqlx::PgPool;
-use tower::{BoxError, ServiceBuilder};
-use tower_http::trace::TraceLayer;
-use utoipa::openapi::OpenApi;
+use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::{
+    Modify, OpenApi as DeriveOpenApi,
+    openapi::{
+        Content, ObjectBuilder, OpenApi, Ref, RefOr, Response, ResponseBuilder, Type,
+        header::Header,
+        path::Operation,
+        security::{Http, HttpAuthScheme, SecurityScheme},
+    },
+};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{auth::KeyUsage, config::Config, error::ApiError, http};
+use crate::{
+    auth::KeyUsage,
+    config::Config,
+    error::{ApiError, ErrorBody},
+    http::{
+        self,
+        limits::{self, Limits},
+        rate_limit::RateLimiter,
+    },
+    metrics, telemetry,
+};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -26,52 +45,327 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// When keys' `last_used_at` was last written.
     pub key_usage: Arc<KeyUsage>,
+    /// `PARTNER_RATE_LIMIT`, per data import key: checked where partner credentials
+    /// are resolved.
+    pub partner_rate_limit: Arc<RateLimiter>,
 }
 
 impl AppState {
     /// State for a pool and configuration.
     pub fn new(pool: PgPool, config: Config) -> Self {
-        AppState { pool, config: Arc::new(config), key_usage: Arc::default() }
+        let partner_rate_limit = Arc::new(RateLimiter::new(config.partner_rate_limit));
+        AppState { pool, config: Arc::new(config), key_usage: Arc::default(), partner_rate_limit }
     }
 }
 
-/// The OpenAPI document of every route, as collected from the handlers.
-pub fn openapi() -> OpenApi {
-    http::routes().split_for_parts().1
+/// Name of the admin bearer token's security scheme (`security(("admin_token" = []))`).
+pub const ADMIN_TOKEN_SCHEME: &str = "admin_token";
+/// Name of the REST API key's security scheme (`security(("api_key" = []))`).
+pub const API_KEY_SCHEME: &str = "api_key";
+
+/// The document's fixed parts: title, security schemes, the error body.
+#[derive(DeriveOpenApi)]
+#[openapi(
+    info(
+        title = "cohort-ingest",
+        description = "Partner cohort imports (Braze partner cohort-import contract), a user store, and segment filters. \
+                       Every error is JSON `{\"message\": …}`; 503 and 429 carry `Retry-After`."
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&SecuritySchemes)
+)]
+struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let bearer = |format: &str, description: &str| {
+            SecurityScheme::Http(
+                Http::builder()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format(format)
+                    .description(Some(description))
+                    .build(),
+            )
+        };
+        components.add_security_scheme(
+            ADMIN_TOKEN_SCHEME,
+            bearer("ADMIN_TOKEN", "The operator's ADMIN_TOKEN, for everything under /admin."),
+        );
+        components.add_security_scheme(
+            API_KEY_SCHEME,
+            bearer("rak_…", "A REST API key of the workspace (segment filter API), created under /admin."),
+        );
+    }
 }
+
+/// Every route with its OpenAPI description: the resource handlers plus the two
+/// operational endpoints defined here. Everything is mounted with `routes!`, which is
+/// what puts a route in the document.
+fn documented_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(http::routes())
+        .routes(routes!(openapi_json))
+        .routes(routes!(prometheus_metrics))
+}
+
+/// The OpenAPI document of every route, as collected from the handlers, with the error
+/// responses every operation can give.
+pub fn openapi() -> OpenApi {
+    let mut document = documented_routes().split_for_parts().1;
+    add_common_error_responses(&mut document);
+    document
+}
+
+/// The serialized document, served by `/openapi.json`.
+#[derive(Clone)]
+struct OpenApiJson(Bytes);
 
 /// The complete service: routes, the OpenAPI document, and the layers around them.
 pub fn router(state: AppState) -> Router {
-    let (routes, openapi) = http::routes().split_for_parts();
-    let openapi = Arc::new(openapi);
+    // Before the first request: what is recorded without a recorder is lost.
+    metrics::prometheus();
+    let (routes, mut document) = documented_routes().split_for_parts();
+    add_common_error_responses(&mut document);
+    let document = OpenApiJson(serde_json::to_vec(&document).expect("the OpenAPI document serializes").into());
     let config = state.config.clone();
-
-    routes
-        .route("/openapi.json", get(move || async move { Json(openapi.as_ref().clone()) }))
+    let routes = routes
         .fallback(no_such_route)
-        .with_state(state)
+        // After every route: it applies to the method routers that exist when called.
+        .method_not_allowed_fallback(limits::method_not_allowed)
+        .layer(Extension(document))
+        .with_state(state);
+    with_layers(routes, &config)
+}
+
+/// The layers every route runs in, innermost first. `Router::layer` wraps each route
+/// (and the fallbacks) after routing, so the matched route template is known to them.
+/// - a panic becomes a JSON 500 (and is counted and logged as one by the layers outside);
+/// - the body limit that `Json` extractors enforce (413; a route may set its own);
+/// - load shedding and the request deadline (503 + `Retry-After`);
+/// - the request span, request id and HTTP metrics, outermost so they see every answer.
+pub fn with_layers(routes: Router, config: &Config) -> Router {
+    let limits = Limits::new(config.max_in_flight, config.request_timeout());
+    routes
+        .layer(CatchPanicLayer::custom(limits::panic_response))
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
-        .layer(
-            ServiceBuilder::new()
-                .layer(TraceLayer::new_for_http())
-                .layer(HandleErrorLayer::new(middleware_error))
-                .load_shed()
-                .concurrency_limit(config.max_in_flight)
-                .timeout(config.request_timeout()),
-        )
+        .layer(middleware::from_fn_with_state(limits, limits::enforce_limits))
+        .layer(middleware::from_fn(telemetry::observe_request))
 }
 
 async fn no_such_route(method: Method, uri: Uri) -> ApiError {
     ApiError::not_found(format!("no route for {method} {}", uri.path()))
 }
 
-/// Turns the failures of the load-shedding and timeout layers into JSON 503s.
-async fn middleware_error(error: BoxError) -> impl IntoResponse {
-    if error.is::<tower::timeout::error::Elapsed>() {
-        ApiError::Overloaded("request timed out, retry later".into()).into_response()
-    } else if error.is::<tower::load_shed::error::Overloaded>() {
-        ApiError::Overloaded("server is at capacity, retry later".into()).into_response()
-    } else {
-        ApiError::Internal(anyhow::anyhow!("middleware error: {error}")).into_response()
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI document of this service", content_type = "application/json")))]
+async fn openapi_json(Extension(document): Extension<OpenApiJson>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], document.0)
+}
+
+/// Prometheus metrics: requests by route template and status with latency histograms,
+/// identifiers imported by partner and outcome, and the database pool (sampled now).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Metrics in the Prometheus text format", content_type = "text/plain")))]
+async fn prometheus_metrics(State(state): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics::render(&state.pool))
+}
+
+/// Adds to every operation the error responses the layers and extractors can give, when
+/// its handler did not describe them itself: 500 and 503 everywhere; 400, 413 and 415
+/// with a request body; 401 with a security requirement; 401 and 429 on the partner
+/// endpoints (body credentials, per-key rate limit).
+fn add_common_error_responses(document: &mut OpenApi) {
+    let components = document.components.get_or_insert_with(Default::default);
+    for (name, response) in [
+        ("BadRequest", error_response("Malformed or invalid input; the message names the field", false)),
+        ("Unauthorized", error_response("Missing or invalid credentials", false)),
+        ("PayloadTooLarge", error_response("The body is over the size limit", false)),
+        ("UnsupportedMediaType", error_response("The body is not of the expected content type", false)),
+        ("TooManyRequests", error_response("Rate limit of the key exceeded; retry after Retry-After seconds", true)),
+        ("InternalError", error_response("A bug; details are logged, never sent", false)),
+        (
+            "Unavailable",
+            error_response(
+                "At capacity, timed out, or the database is unavailable; retry after Retry-After seconds",
+                true,
+            ),
+        ),
+    ] {
+        components.responses.entry(name.to_owned()).or_insert(RefOr::T(response));
+    }
+    for (path, item) in document.paths.paths.iter_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+            &mut item.query,
+        ];
+        for operation in operations.into_iter().flatten().chain(item.additional_operations.values_mut()) {
+            let mut expected = vec![("500", "InternalError"), ("503", "Unavailable")];
+            if operation.request_body.is_some() {
+                expected.extend([("400", "BadRequest"), ("413", "PayloadTooLarge"), ("415", "UnsupportedMediaType")]);
+            }
+            if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                expected.push(("401", "Unauthorized"));
+            }
+            if path.starts_with("/partners/") {
+                expected.extend([("401", "Unauthorized"), ("429", "TooManyRequests")]);
+            }
+            add_responses(operation, &expected);
+        }
+    }
+}
+
+fn add_responses(operation: &mut Operation, expected: &[(&str, &str)]) {
+    for (status, name) in expected {
+        operation.responses.responses.entry((*status).to_owned()).or_insert(RefOr::Ref(Ref::from_response_name(*name)));
+    }
+}
+
+fn error_response(description: &str, retry_after: bool) -> Response {
+    let mut response = ResponseBuilder::new()
+        .description(description)
+        .content("application/json", Content::new(Some(Ref::from_schema_name("ErrorBody"))));
+    if retry_after {
+        let seconds = ObjectBuilder::new().schema_type(Type::Integer).build();
+        response = response.header(
+            "Retry-After",
+            Header::builder().schema(Some(seconds)).description(Some("Seconds to wait before retrying")).build(),
+        );
+    }
+    response.build()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::{
+        body::Body,
+        http::{HeaderMap, Request, StatusCode},
+        routing::{get, post},
+    };
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::telemetry::REQUEST_ID;
+
+    fn config(timeout_secs: u64, max_in_flight: usize) -> Config {
+        let mut config = Config::defaults();
+        config.request_timeout_secs = timeout_secs;
+        config.max_in_flight = max_in_flight;
+        config
+    }
+
+    async fn call(router: &Router, method: Method, path: &str) -> axum::response::Response {
+        router.clone().oneshot(Request::builder().method(method).uri(path).body(Body::empty()).unwrap()).await.unwrap()
+    }
+
+    async fn body_json(response: axum::response::Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_a_bare_json_500() {
+        async fn boom() -> &'static str {
+            panic!("secret dik_0123456789 leaked into a panic")
+        }
+        let router = with_layers(Router::new().route("/boom", get(boom)), &config(30, 8));
+        let response = call(&router, Method::GET, "/boom").await;
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(response.headers().contains_key(&REQUEST_ID));
+        assert_eq!(body_json(response).await, serde_json::json!({"message": "internal error"}));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_request_answers_503_with_retry_after_unless_its_route_streams() {
+        async fn slow() -> &'static str {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            "done"
+        }
+        let router = with_layers(
+            Router::new().route("/slow", get(slow)).route("/v1/segments/export", post(slow)),
+            &config(1, 8),
+        );
+        let response = call(&router, Method::GET, "/slow").await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(body_json(response).await["message"], "request timed out, retry later");
+        // The streamed export is exempt from the deadline.
+        assert_eq!(call(&router, Method::POST, "/v1/segments/export").await.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn requests_over_max_in_flight_are_shed_but_probes_are_not() {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let waiting = release.clone();
+        let router = with_layers(
+            Router::new()
+                .route(
+                    "/wait",
+                    get(move || async move {
+                        waiting.notified().await;
+                        "done"
+                    }),
+                )
+                .route("/healthz", get(|| async { "ok" })),
+            &config(30, 1),
+        );
+        let first = tokio::spawn({
+            let router = router.clone();
+            async move { call(&router, Method::GET, "/wait").await }
+        });
+        // Let the first request take the only slot.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let shed = call(&router, Method::GET, "/wait").await;
+        assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(shed.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(body_json(shed).await["message"], "server is at capacity, retry later");
+        assert_eq!(call(&router, Method::GET, "/healthz").await.status(), StatusCode::OK);
+        release.notify_one();
+        assert_eq!(first.await.unwrap().status(), StatusCode::OK);
+        // The slot is free again.
+        let again = tokio::spawn({
+            let router = router.clone();
+            async move { call(&router, Method::GET, "/wait").await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        release.notify_one();
+        assert_eq!(again.await.unwrap().status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn handlers_see_the_request_id_that_is_echoed() {
+        async fn echo(headers: HeaderMap) -> String {
+            headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("none").to_owned()
+        }
+        let router = with_layers(Router::new().route("/echo", get(echo)), &config(30, 8));
+
+        let given = Request::builder().uri("/echo").header(REQUEST_ID, "req-42").body(Body::empty()).unwrap();
+        let response = router.clone().oneshot(given).await.unwrap();
+        assert_eq!(response.headers()[&REQUEST_ID], "req-42");
+        assert_eq!(axum::body::to_bytes(response.into_body(), 100).await.unwrap(), "req-42");
+
+        // Absent or unreasonable ids are replaced by a generated UUID, seen by both sides.
+        for given in [None, Some("has spaces"), Some(&*"x".repeat(500))] {
+            let mut request = Request::builder().uri("/echo");
+            if let Some(id) = given {
+                request = request.header(REQUEST_ID, id);
+            }
+            let response = router.clone().oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+            let echoed = response.headers()[&REQUEST_ID].to_str().unwrap().to_owned();
+            assert!(uuid::Uuid::parse_str(&echoed).is_ok(), "{echoed}");
+            assert_eq!(axum::body::to_bytes(response.into_body(), 100).await.unwrap(), echoed);
+        }
     }
 }

@@ -24,6 +24,8 @@ pub enum Command {
     Serve,
     /// Create the database if needed, apply migrations, exit.
     Migrate,
+    /// Exit 0 if the instance at LISTEN_ADDR answers `GET /healthz` (container health check).
+    Healthcheck,
 }
 
 /// Every setting of the service, with its default.

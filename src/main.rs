@@ -29,6 +29,7 @@ async fn main() -> ExitCode {
     let outcome = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => startup::serve(cli.config).await,
         Command::Migrate => startup::migrate(&cli.config).await,
+        Command::Healthcheck => startup::healthcheck(&cli.config).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,39 @@
-//! Application metrics, recorded through the `metrics` facade. The Prometheus exporter
-//! (installed by the app) renders them at `GET /metrics`; without it these are no-ops.
+//! Application metrics, recorded through the `metrics` facade and rendered in the
+//! Prometheus text format at `GET /metrics` (no separate listener: the service's own
+//! router serves them, so they share its port, limits and logs).
+//!
+//! The recorder is process-wide: [`prometheus`] installs it on first use. Label values
+//! are bounded by construction (route templates, not raw paths; a fixed set of methods),
+//! so a scanner requesting random URLs cannot blow up the series count.
+
+use std::{sync::OnceLock, time::Duration};
+
+use axum::http::{Method, StatusCode};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sqlx::PgPool;
+
+/// Requests served, by method, route template and status.
+pub const HTTP_REQUESTS: &str = "cohort_ingest_http_requests_total";
+/// Request latency (to the response head) in seconds, by method, route template and status.
+pub const HTTP_DURATION: &str = "cohort_ingest_http_request_duration_seconds";
+/// Requests being handled right now.
+pub const HTTP_IN_FLIGHT: &str = "cohort_ingest_http_requests_in_flight";
+/// Identifiers processed by partner imports, by partner and outcome.
+pub const IDENTIFIERS: &str = "cohort_ingest_identifiers_total";
+/// Connections the pool holds (in use plus idle).
+pub const POOL_SIZE: &str = "cohort_ingest_db_pool_connections";
+/// Idle connections in the pool.
+pub const POOL_IDLE: &str = "cohort_ingest_db_pool_idle_connections";
+/// Connections checked out by requests (size minus idle).
+pub const POOL_IN_USE: &str = "cohort_ingest_db_pool_in_use_connections";
+/// The pool's configured maximum.
+pub const POOL_MAX: &str = "cohort_ingest_db_pool_max_connections";
+
+/// Latency buckets, in seconds: from a cached lookup to a bulk import.
+const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// How often histogram samples are folded into buckets when nobody scrapes.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Outcome counts of one cohort import request, by partner.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -24,5 +58,88 @@ pub fn record_import(partner: &str, outcome: ImportOutcome) {
     ] {
         metrics::counter!("cohort_ingest_identifiers_total", "partner" => partner.to_owned(), "outcome" => label)
             .increment(count);
+    }
+}
+
+/// The process-wide Prometheus recorder, installed on first call. If another recorder
+/// was installed first (an embedding program's), ours still renders, just empty.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.to_owned()), LATENCY_BUCKETS)
+            .expect("the latency buckets are a non-empty constant")
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics will not show this service's metrics");
+        }
+        // Without the exporter's HTTP listener nothing drains histogram samples between
+        // scrapes; do it on a plain thread so memory stays flat when nobody scrapes.
+        let upkeep = handle.clone();
+        let spawned = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                upkeep.run_upkeep();
+            }
+        });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "cannot start the metrics upkeep thread");
+        }
+        handle
+    })
+}
+
+/// Renders every metric in the Prometheus text format, sampling the pool first so its
+/// gauges are as of the scrape.
+pub fn render(pool: &PgPool) -> String {
+    let handle = prometheus();
+    let size = pool.size();
+    let idle = u32::try_from(pool.num_idle()).unwrap_or(u32::MAX);
+    metrics::gauge!(POOL_SIZE).set(size);
+    metrics::gauge!(POOL_IDLE).set(idle);
+    metrics::gauge!(POOL_IN_USE).set(size.saturating_sub(idle));
+    metrics::gauge!(POOL_MAX).set(pool.options().get_max_connections());
+    handle.render()
+}
+
+/// Records one served request. `route` is the matched route template (or `unmatched`).
+pub fn record_request(method: &Method, route: &str, status: StatusCode, latency: Duration) {
+    let labels =
+        [("method", method_label(method)), ("route", route.to_owned()), ("status", status.as_str().to_owned())];
+    metrics::counter!(HTTP_REQUESTS, &labels).increment(1);
+    metrics::histogram!(HTTP_DURATION, &labels).record(latency.as_secs_f64());
+}
+
+/// Adjusts the in-flight gauge by one request starting (`+1.0`) or ending (`-1.0`).
+pub fn track_in_flight(delta: f64) {
+    metrics::gauge!(HTTP_IN_FLIGHT).increment(delta);
+}
+
+/// The method as a label: the standard ones by name, anything else (HTTP allows any
+/// token) as `other`, to keep the label set bounded.
+fn method_label(method: &Method) -> String {
+    const KNOWN: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    if KNOWN.contains(method) { method.as_str().to_owned() } else { "other".to_owned() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        assert_eq!(method_label(&Method::POST), "POST");
+        assert_eq!(method_label(&Method::from_bytes(b"FROBNICATE").unwrap()), "other");
     }
 }

@@ -4,7 +4,9 @@
 pub mod admin;
 pub mod extract;
 pub mod health;
+pub mod limits;
 pub mod partners;
+pub mod rate_limit;
 pub mod segments;
 
 use utoipa_axum::router::OpenApiRouter;

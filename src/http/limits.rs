@@ -1,0 +1,84 @@
+//! Load shedding, the request deadline, and the JSON answers for failures that happen
+//! outside handlers (a panic, a method the route does not have).
+
+use std::{any::Any, sync::Arc, time::Duration};
+
+use axum::{
+    extract::{MatchedPath, Request, State},
+    http::{Method, StatusCode},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use tokio::sync::Semaphore;
+
+use crate::error::{ApiError, ErrorBody};
+
+/// Routes allowed to run past the request timeout: they stream large bodies whose
+/// duration grows with the data, not with a fault (the bulk NDJSON user load and the
+/// segment export).
+pub const UNBOUNDED_ROUTES: &[(Method, &str)] =
+    &[(Method::POST, "/admin/workspaces/{ws}/users/import"), (Method::POST, "/v1/segments/export")];
+
+/// Routes that are never shed: probes and scrapes must keep answering when the service
+/// is at capacity (a liveness probe failing under load would get the instance killed).
+pub const UNSHED_ROUTES: &[(Method, &str)] = &[(Method::GET, "/healthz"), (Method::GET, "/metrics")];
+
+/// What [`enforce_limits`] needs: one semaphore shared by every route.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    in_flight: Arc<Semaphore>,
+    timeout: Duration,
+}
+
+impl Limits {
+    /// At most `max_in_flight` requests at once, each within `timeout`.
+    pub fn new(max_in_flight: usize, timeout: Duration) -> Self {
+        Limits { in_flight: Arc::new(Semaphore::new(max_in_flight)), timeout }
+    }
+}
+
+/// Middleware: sheds the request with 503 + `Retry-After` when `max_in_flight` requests
+/// are already running (waiting would only add latency to an overloaded service), and
+/// answers 503 + `Retry-After` when it runs past the timeout. Dropping the handler's
+/// future on timeout drops its open transaction, which PostgreSQL rolls back: a timed-out
+/// request changes nothing.
+pub async fn enforce_limits(State(limits): State<Limits>, request: Request, next: Next) -> Response {
+    let (unbounded, unshed) = {
+        let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+        let listed = |list: &[(Method, &str)]| {
+            route.is_some_and(|route| list.iter().any(|(m, r)| m == request.method() && *r == route))
+        };
+        (listed(UNBOUNDED_ROUTES), listed(UNSHED_ROUTES))
+    };
+    let _permit = if unshed {
+        None
+    } else {
+        match limits.in_flight.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => return ApiError::Overloaded("server is at capacity, retry later".into()).into_response(),
+        }
+    };
+    if unbounded {
+        return next.run(request).await;
+    }
+    match tokio::time::timeout(limits.timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(timeout_secs = limits.timeout.as_secs(), "request timed out");
+            ApiError::Overloaded("request timed out, retry later".into()).into_response()
+        }
+    }
+}
+
+/// The answer to a panicking handler: a bare JSON 500 (the panic itself is reported by
+/// the panic hook; nothing of it reaches the client).
+pub fn panic_response(_payload: Box<dyn Any + Send + 'static>) -> Response {
+    tracing::error!("request handler panicked");
+    (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(ErrorBody { message: "internal error".into() })).into_response()
+}
+
+/// The answer to a known path with a method it does not have (axum adds `Allow`).
+pub async fn method_not_allowed(method: Method) -> Response {
+    let message = format!("method {method} is not allowed on this path");
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(ErrorBody { message })).into_response()
+}
