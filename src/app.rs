@@ -176,8 +176,9 @@ async fn prometheus_metrics(State(state): State<AppState>) -> impl IntoResponse 
 
 /// Adds to every operation the error responses the layers and extractors can give, when
 /// its handler did not describe them itself: 500 and 503 everywhere; 400, 413 and 415
-/// with a request body; 401 with a security requirement; 401 and 429 on the partner
-/// endpoints (body credentials, per-key rate limit).
+/// with a request body (not 415 on the partner endpoints, which read any body as JSON);
+/// 401 with a security requirement; 401 and 429 on the partner endpoints (body
+/// credentials, per-key rate limit).
 fn add_common_error_responses(document: &mut OpenApi) {
     let components = document.components.get_or_insert_with(Default::default);
     for (name, response) in [
@@ -212,7 +213,11 @@ fn add_common_error_responses(document: &mut OpenApi) {
         for operation in operations.into_iter().flatten().chain(item.additional_operations.values_mut()) {
             let mut expected = vec![("500", "InternalError"), ("503", "Unavailable")];
             if operation.request_body.is_some() {
-                expected.extend([("400", "BadRequest"), ("413", "PayloadTooLarge"), ("415", "UnsupportedMediaType")]);
+                expected.extend([("400", "BadRequest"), ("413", "PayloadTooLarge")]);
+                // The partner contract reads its body as JSON whatever the content type.
+                if !path.starts_with("/partners/") {
+                    expected.push(("415", "UnsupportedMediaType"));
+                }
             }
             if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
                 expected.push(("401", "Unauthorized"));

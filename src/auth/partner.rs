@@ -124,6 +124,7 @@ async fn authenticate(state: &AppState, partner: String, fields: &BodyFields<'_>
             mask(&client_secret)
         )));
     }
+    state.partner_rate_limit.check(import_key_id)?;
     state.key_usage.record(&state.pool, UsedKey::PartnerApi(partner_key_id));
     state.key_usage.record(&state.pool, UsedKey::DataImport { workspace_id, id: import_key_id });
     Ok(PartnerCaller { partner, workspace_id })
