@@ -67,7 +67,8 @@ pub struct Config {
     #[arg(long, env = "IMPORT_BODY_LIMIT_BYTES", default_value_t = 4 * 1024 * 1024 * 1024, global = true)]
     pub import_body_limit_bytes: usize,
 
-    /// Time a request may take before it answers 503 (the bulk user import is exempt).
+    /// Time a request may take before it answers 503 (the streamed bulk user import and
+    /// segment export are exempt).
     #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 30, global = true)]
     pub request_timeout_secs: u64,
 

@@ -14,7 +14,8 @@ use std::{
 
 use cohort_ingest::{
     app::{self, AppState},
-    config::{Config, LogFormat},
+    config::{Cli, Config, LogFormat},
+    http::limits,
     telemetry,
 };
 use futures::StreamExt as _;
@@ -254,6 +255,14 @@ async fn openapi_document_has_security_schemes_and_error_responses() {
                 operation.path
             );
         }
+    }
+    // The routes the limits treat specially exist (a renamed route would silently lose
+    // its exemption).
+    for (method, path) in limits::UNBOUNDED_ROUTES.iter().chain(limits::UNSHED_ROUTES) {
+        assert!(
+            operations.iter().any(|o| o.method.as_str() == method.as_str() && o.path == *path),
+            "{method} {path} is listed in http::limits but not a documented route"
+        );
     }
     let unavailable = &document["components"]["responses"]["Unavailable"];
     assert!(unavailable["headers"].get("Retry-After").is_some(), "{unavailable}");
@@ -1086,4 +1095,36 @@ async fn without_a_partner_rate_limit_bursts_pass() {
         let response = app.client.post(app.url("/partners/unlimited/cohorts/users")).json(&body).send().await.unwrap();
         assert_eq!(response.status(), 200);
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// README
+// ---------------------------------------------------------------------------------------
+
+/// The README's configuration table has a row per flag, with its environment variable
+/// and default, and no row for a flag that does not exist.
+#[test]
+fn readme_configuration_table_matches_the_flags() {
+    use clap::CommandFactory;
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let rows: Vec<&str> = readme.lines().filter(|line| line.starts_with("| `--")).collect();
+    let mut flags = 0;
+    for arg in Cli::command().get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if matches!(long, "help" | "version") {
+            continue;
+        }
+        flags += 1;
+        let row = rows
+            .iter()
+            .find(|row| row.starts_with(&format!("| `--{long}` |")))
+            .unwrap_or_else(|| panic!("README's configuration table lacks --{long}"));
+        if let Some(env) = arg.get_env() {
+            assert!(row.contains(&format!("`{}`", env.to_string_lossy())), "--{long}: wrong variable in {row}");
+        }
+        for default in arg.get_default_values() {
+            assert!(row.contains(&*default.to_string_lossy()), "--{long}: default {default:?} not in {row}");
+        }
+    }
+    assert_eq!(rows.len(), flags, "README lists a flag that does not exist");
 }
