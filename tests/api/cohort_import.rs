@@ -11,8 +11,8 @@ const SHAPE_MESSAGE: &str = "cohort_changes must be an array of objects each wit
 
 // ---- fixtures ---------------------------------------------------------------------
 
-/// Inserts a user straight into the user store (the import never creates users);
-/// returns its internal id.
+/// Creates a user through the user store's batch endpoint (the import never creates
+/// users); returns its internal id, which memberships reference.
 async fn add_user(
     app: &TestApp,
     ws: Uuid,
@@ -20,45 +20,52 @@ async fn add_user(
     aliases: &[(&str, &str)],
     devices: &[&str],
 ) -> i64 {
-    let id: i64 =
-        sqlx::query_scalar("INSERT INTO users (workspace_id, braze_id, external_id) VALUES ($1, $2, $3) RETURNING id")
-            .bind(ws)
-            .bind(Uuid::new_v4())
-            .bind(external_id)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    for (label, name) in aliases {
-        sqlx::query(
-            "INSERT INTO user_aliases (workspace_id, alias_label, alias_name, user_id) VALUES ($1, $2, $3, $4)",
-        )
+    let braze_id = add_user_profile(app, ws, external_id, aliases, devices).await;
+    sqlx::query_scalar("SELECT id FROM users WHERE workspace_id = $1 AND braze_id = $2")
         .bind(ws)
-        .bind(label)
-        .bind(name)
-        .bind(id)
-        .execute(&app.pool)
+        .bind(braze_id)
+        .fetch_one(&app.pool)
         .await
-        .unwrap();
-    }
-    for device in devices {
-        sqlx::query("INSERT INTO user_device_ids (workspace_id, device_id, user_id) VALUES ($1, $2, $3)")
-            .bind(ws)
-            .bind(device)
-            .bind(id)
-            .execute(&app.pool)
-            .await
-            .unwrap();
-    }
-    id
+        .unwrap()
 }
 
-/// Identified users `u0..u{n}` with external ids `prefix0..`.
-async fn add_identified(app: &TestApp, ws: Uuid, prefix: &str, n: usize) -> Vec<i64> {
-    let mut ids = Vec::with_capacity(n);
-    for i in 0..n {
-        ids.push(add_user(app, ws, Some(&format!("{prefix}{i}")), &[], &[]).await);
+/// Creates a user through `POST /admin/workspaces/{ws}/users/batch`; returns its braze_id.
+async fn add_user_profile(
+    app: &TestApp,
+    ws: Uuid,
+    external_id: Option<&str>,
+    aliases: &[(&str, &str)],
+    devices: &[&str],
+) -> Uuid {
+    let aliases: Vec<Value> =
+        aliases.iter().map(|(label, name)| json!({ "alias_label": label, "alias_name": name })).collect();
+    let mut profile = json!({ "aliases": aliases, "device_ids": devices });
+    if let Some(external_id) = external_id {
+        profile["external_id"] = json!(external_id);
     }
-    ids
+    let path = format!("/admin/workspaces/{ws}/users/batch");
+    let body = expect_json(app.admin_post(&path, &json!({ "users": [profile] })).await, 200).await;
+    assert_eq!(body["results"][0]["status"], "created", "{body}");
+    body["results"][0]["braze_id"].as_str().unwrap().parse().unwrap()
+}
+
+/// Identified users with external ids `{prefix}0..{prefix}{n-1}`, in one batch; their
+/// internal ids in that order.
+async fn add_identified(app: &TestApp, ws: Uuid, prefix: &str, n: usize) -> Vec<i64> {
+    let users: Vec<Value> = (0..n).map(|i| json!({ "external_id": format!("{prefix}{i}") })).collect();
+    let path = format!("/admin/workspaces/{ws}/users/batch");
+    let body = expect_json(app.admin_post(&path, &json!({ "users": users })).await, 200).await;
+    assert_eq!(body["created"], n, "{body}");
+    let external_ids: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    let ids: Vec<(String, i64)> =
+        sqlx::query_as("SELECT external_id, id FROM users WHERE workspace_id = $1 AND external_id = ANY($2)")
+            .bind(ws)
+            .bind(&external_ids)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    let by_external_id: std::collections::HashMap<String, i64> = ids.into_iter().collect();
+    external_ids.iter().map(|e| by_external_id[e]).collect()
 }
 
 async fn post_users(app: &TestApp, setup: &PartnerSetup, cohort_id: &str, changes: Value) -> Response {
@@ -450,6 +457,30 @@ async fn identifiers_match_as_the_partner_documentation_says() {
 }
 
 #[tokio::test]
+async fn a_device_id_stops_matching_once_its_user_is_identified() {
+    let app = TestApp::spawn().await;
+    let setup = app.partner_setup("kubit").await;
+    let ws = setup.workspace;
+    let braze_id = add_user_profile(&app, ws, None, &[("amplitude_id", "a-1")], &["phone-1"]).await;
+    expect_counts(post_users(&app, &setup, "c1", json!([{ "device_ids": ["phone-1"] }])).await, 1, 0, 0, 0).await;
+
+    let identify = format!("/admin/workspaces/{ws}/users/{braze_id}/identify");
+    expect_json(app.admin_post(&identify, &json!({ "external_id": "ext-1" })).await, 200).await;
+    // The device id no longer reaches the user, neither to add nor to remove it...
+    let remove_by_device = json!([{ "device_ids": ["phone-1"], "should_remove": true }]);
+    expect_counts(post_users(&app, &setup, "c1", remove_by_device).await, 0, 0, 0, 1).await;
+    expect_counts(post_users(&app, &setup, "c2", json!([{ "device_ids": ["phone-1"] }])).await, 0, 0, 0, 1).await;
+    assert_eq!(members(&app, ws, "c1").await.len(), 1);
+    assert!(members(&app, ws, "c2").await.is_empty());
+    // ...its external_id and its alias do.
+    let by_external_id = json!([{ "user_ids": ["ext-1"], "should_remove": true }]);
+    expect_counts(post_users(&app, &setup, "c1", by_external_id).await, 0, 1, 0, 0).await;
+    let by_alias = json!([{ "aliases": [{ "alias_label": "amplitude_id", "alias_name": "a-1" }] }]);
+    expect_counts(post_users(&app, &setup, "c2", by_alias).await, 1, 0, 0, 0).await;
+    assert_member_counts_exact(&app).await;
+}
+
+#[tokio::test]
 async fn the_last_change_reaching_a_user_wins_and_duplicates_count_once() {
     let app = TestApp::spawn().await;
     let setup = app.partner_setup("kubit").await;
@@ -524,7 +555,7 @@ async fn retrying_a_request_is_harmless_and_every_import_is_logged() {
 async fn a_request_that_fails_partway_leaves_nothing_changed() {
     let app = TestApp::spawn().await;
     let setup = app.partner_setup("kubit").await;
-    add_identified(&app, setup.workspace, "u", 4).await;
+    let users = add_identified(&app, setup.workspace, "u", 4).await;
     expect_counts(post_users(&app, &setup, "c1", json!([{ "user_ids": ["u0", "u1"] }])).await, 2, 0, 0, 0).await;
 
     // Make the last write of an import (its log entry) fail, after the memberships and
@@ -540,8 +571,9 @@ async fn a_request_that_fails_partway_leaves_nothing_changed() {
     expect_error(post_users(&app, &setup, "c1", changes.clone()).await, 500, "internal error").await;
     expect_error(post_users(&app, &setup, "c2", changes.clone()).await, 500, "internal error").await;
 
-    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM users ORDER BY id").fetch_all(&app.pool).await.unwrap();
-    assert_eq!(members(&app, setup.workspace, "c1").await, ids[..2].to_vec());
+    let mut before = users[..2].to_vec();
+    before.sort();
+    assert_eq!(members(&app, setup.workspace, "c1").await, before);
     let cohorts: Vec<(String, i64)> =
         sqlx::query_as("SELECT cohort_id, member_count FROM cohorts").fetch_all(&app.pool).await.unwrap();
     assert_eq!(cohorts, vec![("c1".to_owned(), 2)], "c2 was not created");
@@ -559,7 +591,7 @@ async fn concurrent_imports_on_one_cohort_end_exactly_right() {
     let ws = setup.workspace;
     // 0..60: added by several requests each; 60..100: members first, then removed by
     // several requests while no request adds them.
-    add_identified(&app, ws, "u", 100).await;
+    let users = add_identified(&app, ws, "u", 100).await;
     let initial: Vec<String> = (60..100).map(|i| format!("u{i}")).collect();
     expect_counts(post_users(&app, &setup, "c1", json!([{ "user_ids": initial }])).await, 40, 0, 0, 0).await;
 
@@ -590,9 +622,11 @@ async fn concurrent_imports_on_one_cohort_end_exactly_right() {
     assert_eq!(added as usize, added_set.len());
     assert_eq!(removed as usize, removed_set.len());
 
-    let all: Vec<i64> = sqlx::query_scalar("SELECT id FROM users ORDER BY id").fetch_all(&app.pool).await.unwrap();
-    let expected: Vec<i64> =
-        (0..100).filter(|i| added_set.contains(i) || (*i >= 60 && !removed_set.contains(i))).map(|i| all[i]).collect();
+    let mut expected: Vec<i64> = (0..100)
+        .filter(|i| added_set.contains(i) || (*i >= 60 && !removed_set.contains(i)))
+        .map(|i| users[i])
+        .collect();
+    expected.sort();
     assert_eq!(members(&app, ws, "c1").await, expected);
     assert_member_counts_exact(&app).await;
     assert_eq!(count(&app, "cohort_imports").await, 17);
