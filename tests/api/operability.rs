@@ -343,10 +343,12 @@ async fn metrics_count_requests_by_route_template_and_report_the_pool() {
     assert_eq!(response.status(), 404);
     let scanned = Uuid::new_v4();
     app.client.get(app.url(&format!("/scanner/{scanned}"))).send().await.unwrap();
-    cohort_ingest::metrics::record_import(
-        "metrics_test_partner",
-        cohort_ingest::metrics::ImportOutcome { added: 3, removed: 1, unchanged: 0, unmatched: 2 },
-    );
+    // A partner import of two unknown users: the import records its outcome.
+    let setup = app.partner_setup("metrics_partner").await;
+    let import = json!({"partner_api_key": setup.partner_api_key, "client_secret": setup.client_secret,
+                        "cohort_id": "c1", "cohort_changes": [{"user_ids": ["nobody", "no one"]}]});
+    let response = app.client.post(app.url("/partners/metrics_partner/cohorts/users")).json(&import).send().await;
+    assert_eq!(expect_json(response.unwrap(), 200).await["unmatched"], 2);
 
     let response = app.client.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(response.status(), 200);
@@ -362,10 +364,10 @@ async fn metrics_count_requests_by_route_template_and_report_the_pool() {
     assert!(line("cohort_ingest_http_requests_total{", &[r#"route="unmatched""#]).is_some());
     // Raw paths never become labels.
     assert!(!text.contains(&unknown_workspace.to_string()) && !text.contains(&scanned.to_string()));
-    for (outcome, count) in [("added", 3), ("removed", 1), ("unmatched", 2)] {
+    for (outcome, count) in [("added", 0), ("removed", 0), ("unchanged", 0), ("unmatched", 2)] {
         let found = line(
             "cohort_ingest_identifiers_total{",
-            &[r#"partner="metrics_test_partner""#, &format!(r#"outcome="{outcome}""#)],
+            &[r#"partner="metrics_partner""#, &format!(r#"outcome="{outcome}""#)],
         )
         .unwrap_or_else(|| panic!("no {outcome} counter:\n{text}"));
         assert!(found.ends_with(&format!(" {count}")), "{found}");
@@ -385,13 +387,35 @@ async fn metrics_count_requests_by_route_template_and_report_the_pool() {
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn the_request_id_is_echoed_or_generated() {
+async fn the_request_id_is_echoed_or_generated_and_reaches_the_import_log() {
     let app = TestApp::spawn().await;
     let given = app.client.get(app.url("/healthz")).header("x-request-id", "trace-me-1").send().await.unwrap();
     assert_eq!(given.headers()["x-request-id"], "trace-me-1");
     let generated = app.client.get(app.url("/nope")).send().await.unwrap();
     let id = generated.headers()["x-request-id"].to_str().unwrap();
     assert!(Uuid::parse_str(id).is_ok(), "{id}");
+
+    // Handlers see the same id: the import log stores the one the response echoes.
+    let setup = app.partner_setup("traced").await;
+    let import = json!({"partner_api_key": setup.partner_api_key, "client_secret": setup.client_secret,
+                        "cohort_id": "c1", "cohort_changes": [{"user_ids": ["u1"]}]});
+    let url = app.url("/partners/traced/cohorts/users");
+    let mut echoed = Vec::new();
+    for given in [Some("import-42"), None] {
+        let mut request = app.client.post(&url).json(&import);
+        if let Some(id) = given {
+            request = request.header("x-request-id", id);
+        }
+        let response = request.send().await.unwrap();
+        echoed.push(response.headers()["x-request-id"].to_str().unwrap().to_owned());
+        expect_json(response, 200).await;
+    }
+    assert_eq!(echoed[0], "import-42");
+    let logged: Vec<String> = sqlx::query_scalar("SELECT request_id FROM cohort_imports ORDER BY received_at")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(logged, echoed);
 }
 
 thread_local! {
@@ -474,34 +498,38 @@ async fn no_secret_reaches_the_logs_at_any_level() {
         ]
     };
 
+    // Every key as the bearer token (and in another header), with itself as body
+    // credentials; then, with the token that opens the route, every body shape with
+    // good, bad and crossed credentials.
     let mut requests = 0;
     for operation in operations(&document) {
         let url = app.url(&fixture.path(&operation.path));
+        let mut cases: Vec<(&str, String)> = Vec::new();
         for token in &secrets {
-            for (a, b) in [(&secrets[1], &secrets[2]), (&secrets[4], &secrets[5]), (token, token)] {
-                let bodies =
-                    if operation.body_types.is_empty() { vec![String::new()] } else { credential_bodies(a, b) };
-                for body in bodies {
-                    let response = app
-                        .client
-                        .request(operation.method.clone(), &url)
-                        .bearer_auth(token)
-                        .header("content-type", "application/json")
-                        .header("x-api-key", token.as_str())
-                        .body(body)
-                        .send()
-                        .await
-                        .unwrap();
-                    assert!(
-                        response.status().as_u16() < 500,
-                        "{} {}: {}",
-                        operation.method,
-                        operation.path,
-                        response.status()
-                    );
-                    requests += 1;
-                }
+            cases.push((token, credential_bodies(token, token).swap_remove(0)));
+        }
+        if !operation.body_types.is_empty() {
+            let opener =
+                if operation.security.iter().any(|s| s == app::API_KEY_SCHEME) { &secrets[3] } else { &secrets[0] };
+            for (a, b) in [(&secrets[1], &secrets[2]), (&secrets[4], &secrets[5]), (&secrets[0], &secrets[3])] {
+                cases.extend(credential_bodies(a, b).into_iter().map(|body| (opener.as_str(), body)));
             }
+        }
+        for (token, body) in cases {
+            let body = if operation.body_types.is_empty() { String::new() } else { body };
+            let response = app
+                .client
+                .request(operation.method.clone(), &url)
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .header("x-api-key", token)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            assert!(status.as_u16() < 500, "{} {}: {status}", operation.method, operation.path);
+            requests += 1;
         }
     }
     // Let background work (key usage bookkeeping) log what it logs.
