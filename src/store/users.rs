@@ -218,10 +218,14 @@ async fn apply_changes(conn: &mut PgConnection, workspace_id: Uuid, changes: &Us
     let new_ids: Vec<i64> = if changes.new_users.is_empty() {
         Vec::new()
     } else {
-        sqlx::query_scalar("SELECT nextval(pg_get_serial_sequence('users', 'id')) FROM generate_series(1, $1)")
-            .bind(changes.new_users.len() as i64)
-            .fetch_all(&mut *conn)
-            .await?
+        // The sequence is looked up once, not per row (that would triple the cost).
+        sqlx::query_scalar(
+            "WITH s AS MATERIALIZED (SELECT pg_get_serial_sequence('users', 'id')::regclass AS seq)
+             SELECT nextval(s.seq) FROM s, generate_series(1, $1)",
+        )
+        .bind(changes.new_users.len() as i64)
+        .fetch_all(&mut *conn)
+        .await?
     };
     let id_of = |user: UserRef| match user {
         UserRef::Stored(id) => id,
@@ -369,9 +373,27 @@ pub async fn identify(
     Ok(IdentifyOutcome::Identified)
 }
 
+/// Attempts at a user deletion that loses a deadlock to a concurrent cohort import.
+const DELETE_ATTEMPTS: u32 = 3;
+
 /// Deletes the user `braze_id` with its identifiers and memberships, and takes it off
 /// the `member_count` of every cohort it was in, in one transaction. False if no such user.
 pub async fn delete(pool: &PgPool, workspace_id: Uuid, braze_id: Uuid) -> sqlx::Result<bool> {
+    let mut attempt = 1;
+    loop {
+        match try_delete(pool, workspace_id, braze_id).await {
+            // A cohort import locks its cohort then the users it adds; this locks the user
+            // then its cohorts. The rare deadlock between them is retried, not answered.
+            Err(sqlx::Error::Database(db)) if attempt < DELETE_ATTEMPTS && db.code().as_deref() == Some("40P01") => {
+                tracing::debug!(attempt, "user deletion deadlocked with a cohort import; retrying");
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+async fn try_delete(pool: &PgPool, workspace_id: Uuid, braze_id: Uuid) -> sqlx::Result<bool> {
     let mut tx = begin_writes(pool, workspace_id).await?;
     // The row lock makes a concurrent cohort import that adds this user wait for us (its
     // foreign-key check locks the user row) and then fail, instead of adding a membership
