@@ -9,6 +9,7 @@ use axum::{
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
+use tokio::sync::mpsc;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{
     router::{OpenApiRouter, UtoipaMethodRouterExt},
@@ -203,26 +204,48 @@ async fn import_users(
     }
     require_workspace(&state, ws).await?;
 
-    let mut tx = store::users::begin_writes(&state.pool, ws).await?;
-    let mut import = UserImport::default();
-    let mut lines = LineSplitter::default();
-    let mut received = 0usize;
-    let mut stream = body.into_data_stream();
-    while let Some(bytes) = stream.next().await {
-        let bytes = bytes.map_err(|_| ApiError::bad_request("the request body could not be read to its end"))?;
-        received = received.saturating_add(bytes.len());
-        if received > limit {
-            return Err(too_large());
+    // Reading and parsing (here) overlap with upserting the previous chunk (the writer
+    // task, which owns the transaction); the channel holds one chunk, so memory is flat.
+    let tx = store::users::begin_writes(&state.pool, ws).await?;
+    let (chunks, mut pending) = mpsc::channel::<ImportChunk>(1);
+    let writer = tokio::spawn(async move {
+        let mut tx = tx;
+        let mut summary = ImportSummary::default();
+        while let Some(chunk) = pending.recv().await {
+            chunk.upsert(&mut tx, ws, &mut summary).await?;
         }
-        lines.push(&bytes, |line| import.add_line(line));
-        if import.chunk_is_full() {
-            import.flush(&mut tx, ws).await?;
+        Ok::<_, ApiError>((tx, summary))
+    });
+
+    let read = async {
+        let mut chunk = ImportChunk::default();
+        let mut lines = LineSplitter::default();
+        let mut received = 0usize;
+        let mut stream = body.into_data_stream();
+        while let Some(bytes) = stream.next().await {
+            let bytes = bytes.map_err(|_| ApiError::bad_request("the request body could not be read to its end"))?;
+            received = received.saturating_add(bytes.len());
+            if received > limit {
+                return Err(too_large());
+            }
+            lines.push(&bytes, |line| chunk.add_line(line));
+            if chunk.is_full() && chunks.send(std::mem::take(&mut chunk)).await.is_err() {
+                return Ok(()); // The writer failed: its error is the answer.
+            }
         }
-    }
-    lines.finish(|line| import.add_line(line));
-    import.flush(&mut tx, ws).await?;
+        lines.finish(|line| chunk.add_line(line));
+        let _ = chunks.send(chunk).await;
+        Ok(())
+    };
+    let read: ApiResult<()> = read.await;
+    // Closing the channel lets the writer finish what it holds and hand back the
+    // transaction; on any error it is dropped, which rolls the whole import back.
+    drop(chunks);
+    let written = writer.await.map_err(|e| ApiError::Internal(anyhow::anyhow!("import writer failed: {e}")))?;
+    read?;
+    let (tx, summary) = written?;
     tx.commit().await?;
-    Ok(Json(import.summary))
+    Ok(Json(summary))
 }
 
 /// 415 unless the body is declared NDJSON.
@@ -300,37 +323,38 @@ impl LineSplitter {
     }
 }
 
-/// An import in progress: the lines waiting to be upserted, and the tally so far.
+/// Lines of an import parsed and waiting to be upserted together.
 #[derive(Default)]
-struct UserImport {
-    /// Valid profiles of the current chunk, with their line numbers.
+struct ImportChunk {
+    /// Line numbers of `profiles`.
     lines: Vec<u64>,
+    /// The valid profiles, in line order.
     profiles: Vec<Profile>,
-    chunk_bytes: usize,
-    /// Failures of the current chunk, reported in line order when it is flushed.
-    chunk_errors: Vec<(u64, String)>,
-    summary: ImportSummary,
+    /// Their size in the body.
+    bytes: usize,
+    /// Lines that failed to parse, by number.
+    errors: Vec<(u64, String)>,
 }
 
-impl UserImport {
-    /// Parses one line into the current chunk; a bad line is counted and reported.
+impl ImportChunk {
+    /// Parses one line into the chunk; a bad line is kept as an error.
     fn add_line(&mut self, line: Line<'_>) {
         let bytes = match line.bytes {
             Ok(bytes) => bytes.trim_ascii(),
             Err(()) => {
                 let message = format!("line is longer than {MAX_IMPORT_LINE_BYTES} bytes");
-                return self.fail(line.number, message);
+                return self.errors.push((line.number, message));
             }
         };
         if bytes.is_empty() {
             return; // Blank lines (a trailing newline, a separator) are not profiles.
         }
         match serde_json::from_slice::<ProfileFields>(bytes) {
-            Err(error) => self.fail(line.number, format!("invalid JSON: {error}")),
+            Err(error) => self.errors.push((line.number, format!("invalid JSON: {error}"))),
             Ok(fields) => match Profile::parse(fields) {
-                Err(error) => self.fail(line.number, error.message("")),
+                Err(error) => self.errors.push((line.number, error.message(""))),
                 Ok(profile) => {
-                    self.chunk_bytes += bytes.len();
+                    self.bytes += bytes.len();
                     self.lines.push(line.number);
                     self.profiles.push(profile);
                 }
@@ -338,37 +362,32 @@ impl UserImport {
         }
     }
 
-    fn fail(&mut self, line: u64, message: String) {
-        self.summary.failed += 1;
-        self.chunk_errors.push((line, message));
+    fn is_full(&self) -> bool {
+        self.profiles.len() >= IMPORT_CHUNK_LINES || self.bytes >= IMPORT_CHUNK_BYTES
     }
 
-    fn chunk_is_full(&self) -> bool {
-        self.profiles.len() >= IMPORT_CHUNK_LINES || self.chunk_bytes >= IMPORT_CHUNK_BYTES
-    }
-
-    /// Upserts the current chunk and reports its failures.
-    async fn flush(&mut self, conn: &mut PgConnection, workspace_id: Uuid) -> ApiResult<()> {
+    /// Upserts the chunk and adds its outcomes to `summary`, failures in line order.
+    async fn upsert(
+        mut self,
+        conn: &mut PgConnection,
+        workspace_id: Uuid,
+        summary: &mut ImportSummary,
+    ) -> ApiResult<()> {
         if !self.profiles.is_empty() {
             let outcomes = store::users::upsert_profiles(conn, workspace_id, &self.profiles).await?;
-            for (line, outcome) in self.lines.iter().zip(outcomes) {
+            for (line, outcome) in self.lines.into_iter().zip(outcomes) {
                 match outcome {
-                    UpsertOutcome::Created(_) => self.summary.created += 1,
-                    UpsertOutcome::Updated(_) => self.summary.updated += 1,
-                    UpsertOutcome::Failed(reason) => {
-                        self.summary.failed += 1;
-                        self.chunk_errors.push((*line, reason));
-                    }
+                    UpsertOutcome::Created(_) => summary.created += 1,
+                    UpsertOutcome::Updated(_) => summary.updated += 1,
+                    UpsertOutcome::Failed(reason) => self.errors.push((line, reason)),
                 }
             }
         }
-        self.chunk_errors.sort_by_key(|(line, _)| *line);
-        let room = MAX_IMPORT_ERRORS.saturating_sub(self.summary.errors.len());
-        let reported = self.chunk_errors.drain(..).take(room).map(|(line, message)| ImportError { line, message });
-        self.summary.errors.extend(reported);
-        self.lines.clear();
-        self.profiles.clear();
-        self.chunk_bytes = 0;
+        summary.failed += self.errors.len() as u64;
+        self.errors.sort_by_key(|(line, _)| *line);
+        let room = MAX_IMPORT_ERRORS.saturating_sub(summary.errors.len());
+        let reported = self.errors.into_iter().take(room).map(|(line, message)| ImportError { line, message });
+        summary.errors.extend(reported);
         Ok(())
     }
 }
