@@ -350,6 +350,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_streamed_response_holds_its_in_flight_slot_until_its_body_ends() {
+        let (send, receive) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+        let receive = Arc::new(std::sync::Mutex::new(Some(receive)));
+        let export = move || {
+            let receive = receive.lock().unwrap().take().unwrap();
+            async move {
+                let chunks = futures::stream::unfold(receive, |mut r| async { r.recv().await.map(|c| (c, r)) });
+                Body::from_stream(chunks)
+            }
+        };
+        let router = with_layers(
+            Router::new().route("/v1/segments/export", post(export)).route("/other", get(|| async { "ok" })),
+            &config(30, 1),
+        );
+        let streaming = call(&router, Method::POST, "/v1/segments/export").await;
+        assert_eq!(streaming.status(), StatusCode::OK);
+        assert_eq!(call(&router, Method::GET, "/other").await.status(), StatusCode::SERVICE_UNAVAILABLE);
+        send.send(Ok(Bytes::from_static(b"line\n"))).await.unwrap();
+        drop(send);
+        assert_eq!(axum::body::to_bytes(streaming.into_body(), 100).await.unwrap(), "line\n");
+        assert_eq!(call(&router, Method::GET, "/other").await.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
     async fn handlers_see_the_request_id_that_is_echoed() {
         async fn echo(headers: HeaderMap) -> String {
             headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("none").to_owned()

@@ -111,9 +111,23 @@ pub fn record_request(method: &Method, route: &str, status: StatusCode, latency:
     metrics::histogram!(HTTP_DURATION, &labels).record(latency.as_secs_f64());
 }
 
-/// Adjusts the in-flight gauge by one request starting (`+1.0`) or ending (`-1.0`).
-pub fn track_in_flight(delta: f64) {
-    metrics::gauge!(HTTP_IN_FLIGHT).increment(delta);
+/// One request counted in the in-flight gauge until dropped (also when the client goes
+/// away and the request's future is dropped unfinished).
+#[derive(Debug)]
+pub struct InFlight(());
+
+impl InFlight {
+    /// Counts a request that starts.
+    pub fn start() -> Self {
+        metrics::gauge!(HTTP_IN_FLIGHT).increment(1.0);
+        InFlight(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(HTTP_IN_FLIGHT).decrement(1.0);
+    }
 }
 
 /// The method as a label: the standard ones by name, anything else (HTTP allows any

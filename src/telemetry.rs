@@ -99,9 +99,9 @@ pub async fn observe_request(mut request: Request, next: Next) -> Response {
         latency_ms = Empty,
     );
 
-    metrics::track_in_flight(1.0);
+    let in_flight = metrics::InFlight::start();
     let mut response = next.run(request).instrument(span.clone()).await;
-    metrics::track_in_flight(-1.0);
+    drop(in_flight);
 
     let latency = started.elapsed();
     let status = response.status();

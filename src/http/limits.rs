@@ -4,11 +4,13 @@
 use std::{any::Any, sync::Arc, time::Duration};
 
 use axum::{
+    body::Body,
     extract::{MatchedPath, Request, State},
     http::{Method, StatusCode},
     middleware::Next,
     response::{IntoResponse, Response},
 };
+use futures::StreamExt;
 use tokio::sync::Semaphore;
 
 use crate::error::{ApiError, ErrorBody};
@@ -38,7 +40,7 @@ impl Limits {
 }
 
 /// Middleware: sheds the request with 503 + `Retry-After` when `max_in_flight` requests
-/// are already running (waiting would only add latency to an overloaded service), and
+/// are already running (a streamed response counts until its body ends) (waiting would only add latency to an overloaded service), and
 /// answers 503 + `Retry-After` when it runs past the timeout. Dropping the handler's
 /// future on timeout drops its open transaction, which PostgreSQL rolls back: a timed-out
 /// request changes nothing.
@@ -50,7 +52,7 @@ pub async fn enforce_limits(State(limits): State<Limits>, request: Request, next
         };
         (listed(UNBOUNDED_ROUTES), listed(UNSHED_ROUTES))
     };
-    let _permit = if unshed {
+    let permit = if unshed {
         None
     } else {
         match limits.in_flight.clone().try_acquire_owned() {
@@ -59,7 +61,17 @@ pub async fn enforce_limits(State(limits): State<Limits>, request: Request, next
         }
     };
     if unbounded {
-        return next.run(request).await;
+        // A streamed body is still work in flight: the slot is freed when it ends.
+        let response = next.run(request).await;
+        return match permit {
+            Some(permit) => response.map(|body| {
+                Body::from_stream(body.into_data_stream().map(move |chunk| {
+                    let _slot = &permit;
+                    chunk
+                }))
+            }),
+            None => response,
+        };
     }
     match tokio::time::timeout(limits.timeout, next.run(request)).await {
         Ok(response) => response,

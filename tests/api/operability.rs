@@ -377,6 +377,7 @@ async fn metrics_count_requests_by_route_template_and_report_the_pool() {
         "cohort_ingest_db_pool_idle_connections",
         "cohort_ingest_db_pool_in_use_connections",
         "cohort_ingest_db_pool_max_connections",
+        "cohort_ingest_http_requests_in_flight",
     ] {
         assert!(text.lines().any(|l| l.starts_with(&format!("{gauge} "))), "no {gauge}:\n{text}");
     }
