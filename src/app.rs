@@ -114,9 +114,13 @@ fn documented_routes() -> OpenApiRouter<AppState> {
 /// The OpenAPI document of every route, as collected from the handlers, with the error
 /// responses every operation can give.
 pub fn openapi() -> OpenApi {
-    let mut document = documented_routes().split_for_parts().1;
+    routes_and_document().1
+}
+
+fn routes_and_document() -> (Router<AppState>, OpenApi) {
+    let (routes, mut document) = documented_routes().split_for_parts();
     add_common_error_responses(&mut document);
-    document
+    (routes, document)
 }
 
 /// The serialized document, served by `/openapi.json`.
@@ -127,8 +131,7 @@ struct OpenApiJson(Bytes);
 pub fn router(state: AppState) -> Router {
     // Before the first request: what is recorded without a recorder is lost.
     metrics::prometheus();
-    let (routes, mut document) = documented_routes().split_for_parts();
-    add_common_error_responses(&mut document);
+    let (routes, document) = routes_and_document();
     let document = OpenApiJson(serde_json::to_vec(&document).expect("the OpenAPI document serializes").into());
     let config = state.config.clone();
     let routes = routes

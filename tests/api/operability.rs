@@ -1048,6 +1048,15 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     let (mut child, address) = start_binary(&db, 10);
     let client = reqwest::Client::new();
     assert_eq!(client.get(format!("{address}/healthz")).send().await.unwrap().status(), 200);
+    let healthcheck = || {
+        Command::new(env!("CARGO_BIN_EXE_cohort-ingest"))
+            .arg("healthcheck")
+            .env("LISTEN_ADDR", address.trim_start_matches("http://"))
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+    };
+    assert!(healthcheck().success(), "the container health check fails on a healthy instance");
 
     let (finish, in_flight) = slow_workspace_post(&client, &address, "in flight at SIGTERM");
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1063,6 +1072,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     let status = wait_for_exit(&mut child, Duration::from_secs(5)).await;
     assert_eq!(status.code(), Some(0));
     assert_eq!(workspace_names(&pool).await, ["in flight at SIGTERM"]);
+    assert!(!healthcheck().success(), "the health check passes with no instance");
     pool.close().await;
 }
 
