@@ -15,6 +15,7 @@ use axum::{
 use futures::{SinkExt, StreamExt, channel::mpsc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tracing::Instrument;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -277,7 +278,9 @@ async fn export_segment(
 
     let (mut sender, mut chunks) = mpsc::channel::<Result<Bytes, sqlx::Error>>(2);
     let pool = state.pool.clone();
-    tokio::spawn(async move {
+    // The task outlives the handler: it carries the request's span, so its log lines keep
+    // the request id.
+    let task = async move {
         let mut connection = match pool.acquire().await {
             Ok(connection) => connection,
             Err(error) => {
@@ -291,7 +294,8 @@ async fn export_segment(
             // hand the pool one that must first drain them.
             connection.close_on_drop();
         }
-    });
+    };
+    tokio::spawn(task.instrument(tracing::Span::current()));
 
     // Wait for the first chunk, so a failure before any row is still a proper error.
     let first = match chunks.next().await {
