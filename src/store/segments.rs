@@ -477,7 +477,10 @@ pub async fn check(pool: &PgPool, query: &SegmentQuery, refs: &[UserRef]) -> sql
         .bind(device_ids)
         .bind(labels)
         .bind(names);
-    query.bind_leaves(statement).persistent(false).fetch_all(pool).await
+    // Unlike the set-wide statements, this one's best plan does not depend on the values
+    // (index probes per reference, whatever the cohorts' sizes): a prepared statement,
+    // cached per connection, saves its planning (a few ms) on every check.
+    query.bind_leaves(statement).fetch_all(pool).await
 }
 
 #[cfg(test)]
