@@ -259,9 +259,10 @@ async fn list_segment_users(
 ///
 /// The rows come from one streamed query on a connection of its own and go out in
 /// 64 KiB chunks through a channel of two, so the service holds a few chunks whatever the
-/// segment's size. The request timeout ends when the response starts: a long export is
-/// not cut; instead, a client that stops reading for a minute ends it. An error after the
-/// first chunk aborts the response (the client sees a truncated body, never a clean end).
+/// segment's size. The route is exempt from the request timeout (see
+/// [`crate::http::limits::UNBOUNDED_ROUTES`]); instead, a client that stops reading for a
+/// minute ends it. An error after the first chunk aborts the response (the client sees a
+/// truncated body, never a clean end).
 #[utoipa::path(post, path = "/v1/segments/export", tag = "segments", security(("api_key" = [])),
     request_body = SegmentRequest,
     responses((status = 200, content_type = "application/x-ndjson", body = SegmentMember,
