@@ -480,3 +480,23 @@ async fn unknown_workspace_is_404_everywhere() {
     expect_error(app.admin_delete(&users_path(ws, &format!("/{user}"))).await, 404, &message).await;
     assert_eq!(count(&app, "users").await, 0);
 }
+
+#[tokio::test]
+async fn users_need_an_existing_workspace_and_go_with_it() {
+    let app = TestApp::spawn().await;
+    let ws = app.create_workspace("acme").await;
+    batch(&app, ws, json!([{ "external_id": "e1", "device_ids": ["d1"] }])).await;
+
+    // The per-statement check that replaces the per-row foreign key.
+    let orphan = sqlx::query("INSERT INTO users (workspace_id, braze_id) VALUES ($1, $2)")
+        .bind(Uuid::new_v4())
+        .bind(Uuid::new_v4())
+        .execute(&app.pool)
+        .await
+        .unwrap_err();
+    assert_eq!(orphan.as_database_error().and_then(|e| e.code()).as_deref(), Some("23503"));
+
+    sqlx::query("DELETE FROM workspaces WHERE id = $1").bind(ws).execute(&app.pool).await.unwrap();
+    assert_eq!(count(&app, "users").await, 0);
+    assert_eq!(count(&app, "user_device_ids").await, 0);
+}
