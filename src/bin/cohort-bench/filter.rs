@@ -471,20 +471,23 @@ async fn sql_check(
         device_ids.push(device_id);
         alias_names.push(alias);
     }
-    let rows: Vec<(bool,)> = sqlx::query_as(
-        "SELECT EXISTS (SELECT 1 FROM cohort_memberships m
-                         WHERE m.workspace_id = $1 AND m.cohort_ref = $2 AND m.user_id = u.user_id)
+    // Like the API, it answers each reference's braze_id along with the verdict.
+    let rows: Vec<(Option<Uuid>, bool)> = sqlx::query_as(
+        "SELECT u.braze_id,
+                EXISTS (SELECT 1 FROM cohort_memberships m
+                         WHERE m.workspace_id = $1 AND m.cohort_ref = $2 AND m.user_id = u.id)
            FROM unnest($3::text[], $4::uuid[], $5::text[], $6::text[]) WITH ORDINALITY
                 AS r (external_id, braze_id, device_id, alias_name, ord)
            LEFT JOIN LATERAL (
-                SELECT id AS user_id FROM users WHERE workspace_id = $1 AND external_id = r.external_id
+                SELECT id, braze_id FROM users WHERE workspace_id = $1 AND external_id = r.external_id
                 UNION ALL
-                SELECT id FROM users WHERE workspace_id = $1 AND braze_id = r.braze_id
+                SELECT id, braze_id FROM users WHERE workspace_id = $1 AND braze_id = r.braze_id
                 UNION ALL
-                SELECT user_id FROM user_device_ids WHERE workspace_id = $1 AND device_id = r.device_id
+                SELECT x.id, x.braze_id FROM user_device_ids d JOIN users x ON x.workspace_id = $1 AND x.id = d.user_id
+                 WHERE d.workspace_id = $1 AND d.device_id = r.device_id
                 UNION ALL
-                SELECT user_id FROM user_aliases
-                 WHERE workspace_id = $1 AND alias_label = $7 AND alias_name = r.alias_name
+                SELECT x.id, x.braze_id FROM user_aliases a JOIN users x ON x.workspace_id = $1 AND x.id = a.user_id
+                 WHERE a.workspace_id = $1 AND a.alias_label = $7 AND a.alias_name = r.alias_name
                 LIMIT 1) u ON true
           ORDER BY r.ord",
     )
@@ -497,5 +500,5 @@ async fn sql_check(
     .bind(ALIAS_LABEL)
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().map(|(matches,)| matches).collect())
+    Ok(rows.into_iter().map(|(_, matches)| matches).collect())
 }

@@ -33,6 +33,8 @@ pub struct IngestReport {
     pub elapsed: Duration,
     pub latencies: Latencies,
     pub outcome: ImportCounts,
+    /// CPU time the service process (not PostgreSQL) used meanwhile.
+    pub service_cpu: Duration,
 }
 
 impl IngestReport {
@@ -113,7 +115,14 @@ pub async fn drive_changes(
     if let Some(error) = first_error {
         return Err(error);
     }
-    Ok(IngestReport { changes, requests: requests.len(), elapsed, latencies: Latencies::of(latencies), outcome })
+    Ok(IngestReport {
+        changes,
+        requests: requests.len(),
+        elapsed,
+        latencies: Latencies::of(latencies),
+        outcome,
+        service_cpu: Duration::ZERO,
+    })
 }
 
 /// What one client measured.

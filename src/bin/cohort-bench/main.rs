@@ -99,7 +99,9 @@ async fn run_steps(args: &Args, database: &BenchDatabase) -> anyhow::Result<Benc
     let requests = data::change_requests(args.users, args.changes);
     progress(&format!("sending {} changes in {} requests, {} clients", args.changes, requests.len(), args.concurrency));
     ingest::name_cohorts(&api, &setup).await?;
-    let ingest = ingest::drive_changes(&api, &setup, &requests, args.concurrency as usize).await?;
+    let cpu_before = service.cpu_time()?;
+    let mut ingest = ingest::drive_changes(&api, &setup, &requests, args.concurrency as usize).await?;
+    ingest.service_cpu = service.cpu_time()?.saturating_sub(cpu_before);
 
     progress("applying the same changes with raw SQL");
     let baseline = baseline::apply_changes(&pool, setup.workspace, &requests).await?;

@@ -65,6 +65,12 @@ impl BenchReport {
             format!("{} / {} / - / -", self.baseline.added, self.baseline.removed),
             "-".into(),
         );
+        row(
+            "  service process CPU / wall (SQL: wall)",
+            format!("{:.1} s of {:.1} s", ingest.service_cpu.as_secs_f64(), ingest.elapsed.as_secs_f64()),
+            format!("{:.1} s", self.baseline.elapsed.as_secs_f64()),
+            "-".into(),
+        );
         row("  members after", self.members.0.to_string(), self.members.1.to_string(), "-".into());
         let filter = &self.filter;
         comparison_row(&mut row, &format!("count A ({} members)", filter.members_a), filter.count);

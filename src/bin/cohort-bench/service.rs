@@ -76,6 +76,19 @@ impl Service {
         Ok(kib / 1024.0)
     }
 
+    /// CPU time the service has used so far (user + system), from `/proc/<pid>/stat`.
+    pub fn cpu_time(&self) -> anyhow::Result<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .context("cannot read the service's /proc stat")?;
+        // Fields after the parenthesised command name; utime and stime are the 12th and
+        // 13th of them, in clock ticks (100 a second on Linux).
+        let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).context("malformed /proc stat")?;
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks = |index: usize| fields.get(index).and_then(|field| field.parse::<u64>().ok());
+        let total = ticks(11).zip(ticks(12)).map(|(user, system)| user + system).context("malformed /proc stat")?;
+        Ok(Duration::from_millis(total * 10))
+    }
+
     /// Stops the service and waits for it to exit.
     pub async fn stop(mut self) {
         let _ = self.child.start_kill();
