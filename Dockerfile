@@ -17,6 +17,7 @@ RUN mkdir -p src/bin \
 
 # The crate itself. Migrations are embedded at compile time (sqlx::migrate!); queries
 # are checked at run time, so no sqlx offline data is needed.
+COPY build.rs ./
 COPY src ./src
 COPY migrations ./migrations
 RUN touch src/main.rs src/lib.rs \
