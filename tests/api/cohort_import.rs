@@ -840,3 +840,28 @@ async fn deleting_a_cohort_removes_its_members_and_log() {
     expect_counts(post_users(&app, &setup, "gone", json!([{ "user_ids": ["u1"] }])).await, 1, 0, 0, 0).await;
     assert_member_counts_exact(&app).await;
 }
+
+#[tokio::test]
+async fn a_user_deleted_under_an_import_is_retried_into_unmatched() {
+    let app = TestApp::spawn().await;
+    let setup = app.partner_setup("kubit").await;
+    let users = add_identified(&app, setup.workspace, "u", 2).await;
+    // Hold the user row as a deletion does, so the import's insert waits on it...
+    let mut deletion = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE").bind(users[1]).execute(&mut *deletion).await.unwrap();
+    let import = tokio::spawn({
+        let (client, url) = (app.client.clone(), app.url("/partners/kubit/cohorts/users"));
+        let body = json!({ "partner_api_key": setup.partner_api_key, "client_secret": setup.client_secret,
+            "cohort_id": "c1", "cohort_changes": [{ "user_ids": ["u0", "u1"] }] });
+        async move { client.post(url).json(&body).send().await.unwrap() }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // ...then delete it: the import's first attempt fails its foreign-key check, and the
+    // server retries it, where u1 no longer exists.
+    sqlx::query("DELETE FROM users WHERE id = $1").bind(users[1]).execute(&mut *deletion).await.unwrap();
+    deletion.commit().await.unwrap();
+    expect_counts(import.await.unwrap(), 1, 0, 0, 1).await;
+    assert_eq!(members(&app, setup.workspace, "c1").await, vec![users[0]]);
+    assert_eq!(count(&app, "cohort_imports").await, 1, "the failed attempt left no log entry");
+    assert_member_counts_exact(&app).await;
+}
