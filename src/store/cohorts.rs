@@ -5,6 +5,8 @@
 //! or locks the cohort row (imports of one cohort run one after the other, so member
 //! counts are exact and no two imports wait on each other's membership rows), the second
 //! resolves every identifier, applies the changes, updates the count and writes the log.
+//! (Resolving before taking the lock was measured too: it lets a request overtake one on
+//! the same cohort sent just before it, and under load it made the tail latency worse.)
 
 use std::time::Duration;
 
