@@ -5,6 +5,7 @@ pub mod admin;
 pub mod extract;
 pub mod health;
 pub mod limits;
+pub mod paging;
 pub mod partners;
 pub mod rate_limit;
 pub mod segments;

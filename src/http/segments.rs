@@ -25,7 +25,10 @@ use crate::{
     auth::ApiKeyAuth,
     domain::{Alias, DeviceId, ExternalId, PartnerName, Scope, filter::Filter},
     error::{ApiError, ApiResult, ErrorBody},
-    http::extract::{Json, Query},
+    http::{
+        extract::{Json, Query},
+        paging::{cursor, invalid_cursor, next_page, page_limit},
+    },
     store::{
         self,
         segments::{CheckResult, CohortPosition, CohortSummary, SegmentQuery, SegmentUser, UserRef},
@@ -130,19 +133,14 @@ async fn list_cohorts(
         limit + 1,
     )
     .await?;
-    let next_cursor = if cohorts.len() as i64 > limit {
-        cohorts.truncate(limit as usize);
-        cohorts.last().map(|last| {
-            let position = CohortPosition {
-                name: last.name.clone(),
-                partner: last.partner.clone(),
-                cohort_id: last.cohort_id.clone(),
-            };
-            cursor::seal(&context, &serde_json::to_vec(&position).unwrap_or_default())
-        })
-    } else {
-        None
-    };
+    let next_cursor = next_page(&mut cohorts, limit).map(|last| {
+        let position = CohortPosition {
+            name: last.name.clone(),
+            partner: last.partner.clone(),
+            cohort_id: last.cohort_id.clone(),
+        };
+        cursor::seal(&context, &serde_json::to_vec(&position).unwrap_or_default())
+    });
     Ok(Json(CohortList { cohorts, next_cursor }))
 }
 
@@ -243,12 +241,7 @@ async fn list_segment_users(
     };
     let query = prepare(&state, &auth, &filter).await?;
     let mut users = store::segments::page(&state.pool, &query, after, limit + 1).await?;
-    let next_cursor = if users.len() as i64 > limit {
-        users.truncate(limit as usize);
-        users.last().map(|last| cursor::seal(&context, &last.id.to_be_bytes()))
-    } else {
-        None
-    };
+    let next_cursor = next_page(&mut users, limit).map(|last| cursor::seal(&context, &last.id.to_be_bytes()));
     Ok(Json(SegmentPage { users: users.into_iter().map(SegmentMember::from).collect(), next_cursor }))
 }
 
@@ -468,81 +461,4 @@ async fn prepare(state: &AppState, auth: &ApiKeyAuth, filter: &Filter) -> ApiRes
             unknown.iter().map(|c| format!("{} {}", c.partner, Value::String(c.cohort_id.clone()))).collect();
         ApiError::bad_request(format!("filter: cohorts unknown in this workspace: {}", listed.join(", ")))
     })
-}
-
-fn page_limit(limit: Option<i64>, default: i64, max: i64) -> ApiResult<i64> {
-    match limit {
-        None => Ok(default),
-        Some(n) if (1..=max).contains(&n) => Ok(n),
-        Some(_) => Err(ApiError::bad_request(format!("limit: must be between 1 and {max}"))),
-    }
-}
-
-fn invalid_cursor() -> ApiError {
-    ApiError::bad_request("cursor: invalid, or from another filter or search; start again without a cursor")
-}
-
-/// Opaque page cursors: a position plus a checksum over the position and its context
-/// (workspace, filter or search), base64url-encoded.
-///
-/// The checksum makes a cursor tamper-evident and tied to its context, so an edited
-/// cursor, or one used with another filter, is refused instead of silently paging from
-/// somewhere else. It is not a secret-keyed MAC: a client who forged one would only page
-/// its own workspace from another position, which it may do anyway.
-mod cursor {
-    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-    use sha2::{Digest, Sha256};
-
-    const CHECKSUM_BYTES: usize = 12;
-    /// Longest cursor text accepted (a cohort position holds three strings of ≤512 bytes).
-    const MAX_CURSOR_CHARS: usize = 4096;
-
-    fn checksum(context: &[u8], position: &[u8]) -> [u8; CHECKSUM_BYTES] {
-        let mut hasher = Sha256::new();
-        hasher.update(b"cohort-ingest cursor v1\0");
-        hasher.update((context.len() as u64).to_be_bytes());
-        hasher.update(context);
-        hasher.update(position);
-        let digest = hasher.finalize();
-        let mut out = [0; CHECKSUM_BYTES];
-        out.copy_from_slice(&digest[..CHECKSUM_BYTES]);
-        out
-    }
-
-    /// The cursor text for `position` in `context`.
-    pub fn seal(context: &[u8], position: &[u8]) -> String {
-        URL_SAFE_NO_PAD.encode([position, &checksum(context, position)].concat())
-    }
-
-    /// The position of a cursor made by [`seal`] for the same context; `None` otherwise.
-    pub fn open(context: &[u8], text: &str) -> Option<Vec<u8>> {
-        if text.len() > MAX_CURSOR_CHARS {
-            return None;
-        }
-        let mut bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
-        let split = bytes.len().checked_sub(CHECKSUM_BYTES)?;
-        let presented = bytes.split_off(split);
-        (presented == checksum(context, &bytes)).then_some(bytes)
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn round_trips_in_its_context_only() {
-            let sealed = seal(b"ctx", &42i64.to_be_bytes());
-            assert_eq!(open(b"ctx", &sealed), Some(42i64.to_be_bytes().to_vec()));
-            assert_eq!(open(b"other", &sealed), None);
-            assert_eq!(open(b"ctx", ""), None);
-            assert_eq!(open(b"ctx", "not base64!"), None);
-            // Every single-character edit is caught.
-            for i in 0..sealed.len() {
-                let mut edited = sealed.clone().into_bytes();
-                edited[i] = if edited[i] == b'A' { b'B' } else { b'A' };
-                let edited = String::from_utf8(edited).unwrap();
-                assert_eq!(open(b"ctx", &edited), None, "{edited}");
-            }
-        }
-    }
 }

@@ -816,7 +816,12 @@ async fn members_page_with_an_opaque_cursor() {
         assert_eq!(member.as_object().unwrap().len(), 3, "no internal id: {member}");
     }
     let bad = app.admin_get(&format!("{path}?cursor=42")).await;
-    expect_error(bad, 400, "cursor is not valid: pass the next_cursor of the previous page").await;
+    expect_error(
+        bad,
+        400,
+        "cursor: invalid, or from another query; pass the previous page's next_cursor or start again",
+    )
+    .await;
     let unknown = app.admin_get(&format!("/admin/workspaces/{}/cohorts/kubit/nope/members", setup.workspace)).await;
     assert_eq!(unknown.status(), 404);
 }

@@ -542,8 +542,12 @@ async fn cohorts_are_listed_by_name_with_search_partner_and_paging() {
     let page = expect_json(s.get("/v1/cohorts?limit=1").await, 200).await;
     let cursor = page["next_cursor"].as_str().unwrap();
     let elsewhere = s.get(&format!("/v1/cohorts?limit=1&q=churn&cursor={cursor}")).await;
-    expect_error(elsewhere, 400, "cursor: invalid, or from another filter or search; start again without a cursor")
-        .await;
+    expect_error(
+        elsewhere,
+        400,
+        "cursor: invalid, or from another query; pass the previous page's next_cursor or start again",
+    )
+    .await;
     expect_error(s.get("/v1/cohorts?limit=0").await, 400, "limit: must be between 1 and 1000").await;
     expect_error(s.get("/v1/cohorts?limit=1001").await, 400, "limit: must be between 1 and 1000").await;
     expect_error(
@@ -661,7 +665,7 @@ async fn page_limits_and_cursors_are_checked() {
     }
     let page = expect_json(s.post("/v1/segments/users", &json!({"filter": filter, "limit": 1})).await, 200).await;
     let cursor = page["next_cursor"].as_str().unwrap().to_owned();
-    let bad_cursor = "cursor: invalid, or from another filter or search; start again without a cursor";
+    let bad_cursor = "cursor: invalid, or from another query; pass the previous page's next_cursor or start again";
 
     // The same filter written differently keeps the cursor valid.
     let same = json!({"filter": includes(&["B", "A"]), "limit": 1, "cursor": cursor});

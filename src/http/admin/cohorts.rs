@@ -3,7 +3,6 @@
 //! time, result and the cohort's size after it), its members, and deletion.
 
 use axum::{extract::State, http::StatusCode};
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -14,7 +13,10 @@ use crate::{
     app::AppState,
     auth::AdminAuth,
     error::{ApiError, ApiResult, ErrorBody},
-    http::extract::{Json, Path, Query},
+    http::{
+        extract::{Json, Path, Query},
+        paging::{cursor, invalid_cursor, next_page, page_limit},
+    },
     store::{
         self,
         cohorts::{Cohort, CohortKey, ImportRecord, Member},
@@ -25,8 +27,6 @@ use crate::{
 const DEFAULT_PAGE: i64 = 100;
 /// Largest page size accepted.
 const MAX_PAGE: i64 = 1000;
-/// Marks a members cursor, so a cursor of another kind or version is refused.
-const MEMBERS_CURSOR_TAG: &str = "m1:";
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -133,7 +133,7 @@ async fn list_imports(
     Path((ws, partner, cohort_id)): Path<(Uuid, String, String)>,
     Query(page): Query<ImportsPage>,
 ) -> ApiResult<Json<ImportList>> {
-    let limit = page_limit(page.limit)?;
+    let limit = page_limit(page.limit, DEFAULT_PAGE, MAX_PAGE)?;
     require_workspace(&state, ws).await?;
     let key = CohortKey { workspace_id: ws, partner: &partner, cohort_id: &cohort_id };
     // One more than asked tells whether there is a next page.
@@ -156,13 +156,22 @@ async fn list_members(
     Path((ws, partner, cohort_id)): Path<(Uuid, String, String)>,
     Query(page): Query<MembersPage>,
 ) -> ApiResult<Json<MemberList>> {
-    let limit = page_limit(page.limit)?;
-    let after = page.cursor.as_deref().map(decode_members_cursor).transpose()?;
-    require_workspace(&state, ws).await?;
+    let limit = page_limit(page.limit, DEFAULT_PAGE, MAX_PAGE)?;
     let key = CohortKey { workspace_id: ws, partner: &partner, cohort_id: &cohort_id };
+    // A cursor belongs to one cohort.
+    let context = [b"members".as_slice(), ws.as_bytes(), partner.as_bytes(), b"\0", cohort_id.as_bytes()].concat();
+    let after = match &page.cursor {
+        Some(text) => Some(
+            cursor::open(&context, text)
+                .and_then(|position| Some(i64::from_be_bytes(position.try_into().ok()?)))
+                .ok_or_else(invalid_cursor)?,
+        ),
+        None => None,
+    };
+    require_workspace(&state, ws).await?;
     let mut members =
         store::cohorts::members(&state.pool, key, limit + 1, after).await?.ok_or_else(|| unknown_cohort(key))?;
-    let next_cursor = next_page(&mut members, limit).map(|last| encode_members_cursor(last.user_id));
+    let next_cursor = next_page(&mut members, limit).map(|last| cursor::seal(&context, &last.user_id.to_be_bytes()));
     Ok(Json(MemberList { members, next_cursor }))
 }
 
@@ -184,66 +193,4 @@ async fn delete_cohort(
 
 fn unknown_cohort(key: CohortKey<'_>) -> ApiError {
     ApiError::not_found(format!("unknown cohort {} of partner {}", key.cohort_id, key.partner))
-}
-
-/// The page size asked for, within bounds.
-fn page_limit(limit: Option<i64>) -> ApiResult<i64> {
-    match limit {
-        None => Ok(DEFAULT_PAGE),
-        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-        Some(_) => Err(ApiError::bad_request(format!("limit must be between 1 and {MAX_PAGE}"))),
-    }
-}
-
-/// Trims a page fetched with one extra row; returns the last kept row when there is more.
-fn next_page<T>(rows: &mut Vec<T>, limit: i64) -> Option<&T> {
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    if rows.len() > limit {
-        rows.truncate(limit);
-        rows.last()
-    } else {
-        None
-    }
-}
-
-/// An opaque members cursor: the last internal user id of the page, tagged and encoded
-/// so clients do not build cursors of their own.
-fn encode_members_cursor(user_id: i64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{MEMBERS_CURSOR_TAG}{user_id}"))
-}
-
-fn decode_members_cursor(cursor: &str) -> ApiResult<i64> {
-    URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .and_then(|text| text.strip_prefix(MEMBERS_CURSOR_TAG)?.parse().ok())
-        .ok_or_else(|| ApiError::bad_request("cursor is not valid: pass the next_cursor of the previous page"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn members_cursor_round_trips_and_refuses_forgeries() {
-        for id in [1, 42, i64::MAX] {
-            assert_eq!(decode_members_cursor(&encode_members_cursor(id)).unwrap(), id);
-        }
-        for bad in ["", "42", "!!", &URL_SAFE_NO_PAD.encode("x1:5"), &URL_SAFE_NO_PAD.encode("m1:abc")] {
-            assert!(decode_members_cursor(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn page_limits() {
-        assert_eq!(page_limit(None).unwrap(), DEFAULT_PAGE);
-        assert_eq!(page_limit(Some(1000)).unwrap(), 1000);
-        assert!(page_limit(Some(0)).is_err());
-        assert!(page_limit(Some(1001)).is_err());
-        let mut rows = vec![1, 2, 3];
-        assert_eq!(next_page(&mut rows, 2), Some(&2));
-        assert_eq!(rows, vec![1, 2]);
-        assert_eq!(next_page(&mut rows, 2), None);
-    }
 }
