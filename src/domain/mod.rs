@@ -8,4 +8,4 @@ pub mod profile;
 
 pub use cohort::{CohortChanges, CohortId, CohortName};
 pub use identifiers::{Alias, AliasLabel, AliasName, DeviceId, ExternalId, IdentifierError};
-pub use names::{PartnerName, Scope};
+pub use names::{DisplayName, PartnerName, Scope};

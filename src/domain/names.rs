@@ -36,6 +36,30 @@ impl fmt::Display for PartnerName {
     }
 }
 
+/// A name an operator gives a workspace or a key: trimmed, 1 to 255 bytes, no NUL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisplayName(String);
+
+impl DisplayName {
+    /// Longest name accepted, in bytes.
+    pub const MAX_BYTES: usize = 255;
+
+    /// Parses a raw name; surrounding white space is dropped.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let name = value.trim();
+        if name.is_empty() || name.len() > Self::MAX_BYTES || name.contains('\0') {
+            Err("name must be a non-empty string of at most 255 bytes without NUL".to_owned())
+        } else {
+            Ok(DisplayName(name.to_owned()))
+        }
+    }
+
+    /// The name's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// What a REST API key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 pub enum Scope {
@@ -73,6 +97,15 @@ mod tests {
         assert!(PartnerName::parse("").is_err());
         assert!(PartnerName::parse(&"a".repeat(65)).is_err());
         assert!(PartnerName::parse("a b").is_err());
+    }
+
+    #[test]
+    fn display_names() {
+        assert_eq!(DisplayName::parse("  Acme ").unwrap().as_str(), "Acme");
+        assert!(DisplayName::parse(" ").is_err());
+        assert!(DisplayName::parse("a\0b").is_err());
+        assert!(DisplayName::parse(&"x".repeat(255)).is_ok());
+        assert!(DisplayName::parse(&"x".repeat(256)).is_err());
     }
 
     #[test]

@@ -8,6 +8,5 @@ mod helpers;
 mod admin;
 mod admin_users;
 mod cohort_import;
-mod health;
 mod operability;
 mod segments;

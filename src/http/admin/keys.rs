@@ -11,7 +11,7 @@ use super::{require_partner, require_workspace};
 use crate::{
     app::AppState,
     auth::AdminAuth,
-    domain::Scope,
+    domain::{DisplayName, Scope},
     error::{ApiError, ApiResult, ErrorBody},
     http::extract::{Json, Path},
     keys::{KeyKind, NewKey},
@@ -154,10 +154,7 @@ async fn create_api_key(
     Path(ws): Path<Uuid>,
     Json(body): Json<NewApiKey>,
 ) -> ApiResult<(StatusCode, Json<CreatedApiKey>)> {
-    let name = body.name.trim();
-    if name.is_empty() || name.len() > 255 || name.contains('\0') {
-        return Err(ApiError::bad_request("name must be a non-empty string of at most 255 bytes without NUL"));
-    }
+    let name = DisplayName::parse(&body.name).map_err(ApiError::BadRequest)?;
     if body.scopes.is_empty() {
         return Err(ApiError::bad_request("scopes must name at least one scope, e.g. [\"segments.read\"]"));
     }
@@ -171,7 +168,7 @@ async fn create_api_key(
     }
     require_workspace(&state, ws).await?;
     let key = NewKey::generate(KeyKind::RestApi);
-    let info = store::keys::insert_api_key(&state.pool, ws, name, &scopes, &key).await?;
+    let info = store::keys::insert_api_key(&state.pool, ws, name.as_str(), &scopes, &key).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedApiKey {

@@ -10,13 +10,11 @@ use super::require_workspace;
 use crate::{
     app::AppState,
     auth::AdminAuth,
+    domain::DisplayName,
     error::{ApiError, ApiResult, ErrorBody},
     http::extract::{Json, Path},
     store::{self, workspaces::Workspace},
 };
-
-/// Longest workspace name accepted, in bytes.
-const MAX_WORKSPACE_NAME_BYTES: usize = 255;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(create_workspace, list_workspaces)).routes(routes!(get_workspace))
@@ -46,11 +44,8 @@ async fn create_workspace(
     State(state): State<AppState>,
     Json(body): Json<NewWorkspace>,
 ) -> ApiResult<(StatusCode, Json<Workspace>)> {
-    let name = body.name.trim();
-    if name.is_empty() || name.len() > MAX_WORKSPACE_NAME_BYTES || name.contains('\0') {
-        return Err(ApiError::bad_request("name must be a non-empty string of at most 255 bytes without NUL"));
-    }
-    let workspace = store::workspaces::create(&state.pool, name).await?;
+    let name = DisplayName::parse(&body.name).map_err(ApiError::BadRequest)?;
+    let workspace = store::workspaces::create(&state.pool, name.as_str()).await?;
     Ok((StatusCode::CREATED, Json(workspace)))
 }
 
