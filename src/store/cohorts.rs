@@ -1,10 +1,13 @@
 //! `cohorts`, `cohort_memberships`, `cohort_imports`: partner cohorts, who is in them,
 //! and the log of every accepted import.
 //!
-//! An import is one transaction of two statements whatever its size: the first creates
-//! or locks the cohort row (imports of one cohort run one after the other, so member
-//! counts are exact and no two imports wait on each other's membership rows), the second
-//! resolves every identifier, applies the changes, updates the count and writes the log.
+//! An import is one transaction of three statements whatever its size: the first takes
+//! the workspace's membership lock in shared mode (see [`super::locks`]: it keeps user
+//! deletions out), the second creates or locks the cohort row (imports of one cohort run
+//! one after the other, so member counts are exact and no two imports wait on each
+//! other's membership rows), the third resolves every identifier, applies the changes,
+//! updates the count and writes the log. Triggers keep the cohort's bitmaps (migration
+//! `…013`) in step within that statement.
 //! (Resolving before taking the lock was measured too: it lets a request overtake one on
 //! the same cohort sent just before it, and under load it made the tail latency worse.)
 
@@ -16,6 +19,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::locks::{self, MembershipWriter};
 use crate::{
     domain::{CohortChanges, CohortId, CohortName},
     metrics::ImportOutcome,
@@ -106,9 +110,8 @@ pub async fn upsert_name(pool: &PgPool, key: CohortKey<'_>, name: &CohortName) -
 }
 
 /// Applies a users request to a cohort (created, named by its id, if unknown) in one
-/// transaction, logs it under `request_id`, and returns its counts. A deadlock, a
-/// serialization failure, or a user deleted under the import is retried here, so it
-/// never reaches the client.
+/// transaction, logs it under `request_id`, and returns its counts. A deadlock or a
+/// serialization failure is retried here, so it never reaches the client.
 pub async fn import(
     pool: &PgPool,
     key: CohortKey<'_>,
@@ -129,11 +132,11 @@ pub async fn import(
     }
 }
 
-/// 40001 serialization failure, 40P01 deadlock (both only possible against other
-/// writers, such as a user deletion, since imports of a cohort are serialised), 23503
-/// a membership insert racing the deletion of its user: worth a second attempt.
+/// 40001 serialization failure, 40P01 deadlock: not expected from the service's own
+/// writers (their locks are taken in one order), but possible against SQL run by hand,
+/// and worth a second attempt.
 fn is_transient_conflict(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40001" | "40P01" | "23503")))
+    matches!(error, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40001" | "40P01")))
 }
 
 /// The identifiers of a request as parallel arrays, bound to `unnest(...)`.
@@ -241,6 +244,9 @@ async fn try_import(
     request_id: &str,
 ) -> sqlx::Result<ImportOutcome> {
     let mut tx: Transaction<'_, Postgres> = pool.begin().await?;
+    // Before the statement that resolves users: it must not start while a user deletion
+    // of this workspace is uncommitted.
+    locks::memberships(&mut tx, key.workspace_id, MembershipWriter::OneCohort).await?;
     let cohort_ref: i64 = sqlx::query_scalar(LOCK_COHORT)
         .bind(key.workspace_id)
         .bind(key.partner)
@@ -352,15 +358,20 @@ pub async fn members(
     Ok(Some(members))
 }
 
-/// Deletes a cohort with its memberships and its import log (by cascade). `false` if it
-/// did not exist.
+/// Deletes a cohort with its memberships, bitmaps (by trigger) and import log (by
+/// cascade). `false` if it did not exist.
 pub async fn delete(pool: &PgPool, key: CohortKey<'_>) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    // It writes memberships: a concurrent user deletion must not take one of them from
+    // under it (nor it one from under the user deletion's member count).
+    locks::memberships(&mut tx, key.workspace_id, MembershipWriter::OneCohort).await?;
     let result = sqlx::query("DELETE FROM cohorts WHERE workspace_id = $1 AND partner = $2 AND cohort_id = $3")
         .bind(key.workspace_id)
         .bind(key.partner)
         .bind(key.cohort_id)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
+    tx.commit().await?;
     Ok(result.rows_affected() == 1)
 }
 

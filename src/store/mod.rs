@@ -6,6 +6,7 @@
 pub mod cohorts;
 pub mod database;
 pub mod keys;
+pub mod locks;
 pub mod partners;
 pub mod segments;
 pub mod users;

@@ -11,6 +11,7 @@ use sqlx::{PgConnection, PgExecutor, PgPool, Postgres, Transaction};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::locks::{self, MembershipWriter};
 use crate::domain::{
     Alias, DeviceId, ExternalId, IdentifierError,
     profile::{
@@ -373,40 +374,21 @@ pub async fn identify(
     Ok(IdentifyOutcome::Identified)
 }
 
-/// Attempts at a user deletion that loses a deadlock to a concurrent cohort import.
-const DELETE_ATTEMPTS: u32 = 3;
-
 /// Deletes the user `braze_id` with its identifiers and memberships, and takes it off
 /// the `member_count` of every cohort it was in, in one transaction. False if no such user.
 pub async fn delete(pool: &PgPool, workspace_id: Uuid, braze_id: Uuid) -> sqlx::Result<bool> {
-    let mut attempt = 1;
-    loop {
-        match try_delete(pool, workspace_id, braze_id).await {
-            // A cohort import locks its cohort then the users it adds; this locks the user
-            // then its cohorts. The rare deadlock between them is retried, not answered.
-            Err(sqlx::Error::Database(db)) if attempt < DELETE_ATTEMPTS && db.code().as_deref() == Some("40P01") => {
-                tracing::debug!(attempt, "user deletion deadlocked with a cohort import; retrying");
-                attempt += 1;
-            }
-            result => return result,
-        }
-    }
-}
-
-async fn try_delete(pool: &PgPool, workspace_id: Uuid, braze_id: Uuid) -> sqlx::Result<bool> {
     let mut tx = begin_writes(pool, workspace_id).await?;
-    // The row lock makes a concurrent cohort import that adds this user wait for us (its
-    // foreign-key check locks the user row) and then fail, instead of adding a membership
-    // the count below would miss.
-    let id: Option<i64> =
-        sqlx::query_scalar("SELECT id FROM users WHERE workspace_id = $1 AND braze_id = $2 FOR UPDATE")
-            .bind(workspace_id)
-            .bind(braze_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let id: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE workspace_id = $1 AND braze_id = $2")
+        .bind(workspace_id)
+        .bind(braze_id)
+        .fetch_optional(&mut *tx)
+        .await?;
     let Some(id) = id else { return Ok(false) };
-    // Counting the memberships this DELETE removed (not those read earlier) keeps the
-    // count exact when a cohort import removes one of them at the same time.
+    // Exclusive: waits for the cohort imports and deletions in flight and keeps new ones
+    // from starting until this user is gone. They take it before any row lock, so none of
+    // them holds a lock this transaction needs next: no deadlock. And no other writer
+    // changes memberships meanwhile, so those deleted here are exactly the counts to fix.
+    locks::memberships(&mut tx, workspace_id, MembershipWriter::AcrossCohorts).await?;
     sqlx::query(
         "WITH gone AS (DELETE FROM cohort_memberships WHERE workspace_id = $1 AND user_id = $2 RETURNING cohort_ref)
          UPDATE cohorts c SET member_count = c.member_count - 1
@@ -416,7 +398,8 @@ async fn try_delete(pool: &PgPool, workspace_id: Uuid, braze_id: Uuid) -> sqlx::
     .bind(id)
     .execute(&mut *tx)
     .await?;
-    // Aliases and device ids go with the user (ON DELETE CASCADE).
+    // Aliases and device ids go with the user (ON DELETE CASCADE); its memberships are
+    // gone already, so the trigger that deletes a deleted user's memberships finds none.
     sqlx::query("DELETE FROM users WHERE workspace_id = $1 AND id = $2")
         .bind(workspace_id)
         .bind(id)

@@ -4,7 +4,7 @@ use reqwest::{Method, Response};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, expect_error, expect_json};
+use crate::helpers::{TestApp, assert_bitmaps_match_memberships, expect_error, expect_json};
 
 fn users_path(ws: Uuid, rest: &str) -> String {
     format!("/admin/workspaces/{ws}/users{rest}")
@@ -455,6 +455,7 @@ async fn delete_removes_identifiers_and_memberships_and_fixes_member_counts() {
             .await
             .unwrap();
     assert_eq!(counts, [1, 0]);
+    assert_bitmaps_match_memberships(&app.pool).await;
     assert_eq!(profile(&app, ws, "external_id=e2").await["braze_id"], kept.as_str());
 
     expect_error(app.admin_delete(&users_path(ws, &format!("/{gone}"))).await, 404, &format!("unknown user {gone}"))

@@ -1,11 +1,12 @@
 //! The partner cohort-import endpoints (Braze partner contract) and the operator's view
 //! of cohorts: authentication, validation, identity resolution, memberships, the log.
 
+use cohort_ingest::store::locks::{self, MembershipWriter};
 use reqwest::Response;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{PartnerSetup, TestApp, expect_error, expect_json};
+use crate::helpers::{PartnerSetup, TestApp, assert_bitmaps_match_memberships, expect_error, expect_json};
 
 const SHAPE_MESSAGE: &str = "cohort_changes must be an array of objects each with key user_ids and/or device_ids mapping to an array of strings, or an aliases object";
 
@@ -133,6 +134,7 @@ async fn assert_member_counts_exact(app: &TestApp) {
     for (cohort, stored, real) in wrong {
         assert_eq!(stored, real, "member_count of {cohort}");
     }
+    assert_bitmaps_match_memberships(&app.pool).await;
 }
 
 // ---- authentication ---------------------------------------------------------------
@@ -847,26 +849,87 @@ async fn deleting_a_cohort_removes_its_members_and_log() {
 }
 
 #[tokio::test]
-async fn a_user_deleted_under_an_import_is_retried_into_unmatched() {
+async fn an_import_waits_for_a_user_deletion_and_then_finds_the_user_gone() {
     let app = TestApp::spawn().await;
     let setup = app.partner_setup("kubit").await;
     let users = add_identified(&app, setup.workspace, "u", 2).await;
-    // Hold the user row as a deletion does, so the import's insert waits on it...
+    // A user deletion in progress, as the admin endpoint runs it: it holds the
+    // workspace's membership lock exclusively until it commits...
     let mut deletion = app.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE").bind(users[1]).execute(&mut *deletion).await.unwrap();
+    locks::memberships(&mut deletion, setup.workspace, MembershipWriter::AcrossCohorts).await.unwrap();
     let import = tokio::spawn({
         let (client, url) = (app.client.clone(), app.url("/partners/kubit/cohorts/users"));
         let body = json!({ "partner_api_key": setup.partner_api_key, "client_secret": setup.client_secret,
             "cohort_id": "c1", "cohort_changes": [{ "user_ids": ["u0", "u1"] }] });
         async move { client.post(url).json(&body).send().await.unwrap() }
     });
+    // ...so the import waits before it resolves anyone...
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    // ...then delete it: the import's first attempt fails its foreign-key check, and the
-    // server retries it, where u1 no longer exists.
+    assert!(!import.is_finished(), "the import went ahead of an uncommitted user deletion");
     sqlx::query("DELETE FROM users WHERE id = $1").bind(users[1]).execute(&mut *deletion).await.unwrap();
     deletion.commit().await.unwrap();
+    // ...and then resolves u1 to nobody: no membership outlives its user.
     expect_counts(import.await.unwrap(), 1, 0, 0, 1).await;
     assert_eq!(members(&app, setup.workspace, "c1").await, vec![users[0]]);
-    assert_eq!(count(&app, "cohort_imports").await, 1, "the failed attempt left no log entry");
     assert_member_counts_exact(&app).await;
+}
+
+#[tokio::test]
+async fn user_deletions_racing_imports_leave_exact_counts_and_no_orphans() {
+    let app = TestApp::spawn().await;
+    let setup = app.partner_setup("kubit").await;
+    let ws = setup.workspace;
+    add_identified(&app, ws, "u", 40).await;
+    let braze_ids: Vec<(String, Uuid)> =
+        sqlx::query_as("SELECT external_id, braze_id FROM users WHERE workspace_id = $1 ORDER BY id")
+            .bind(ws)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    // Three cohorts take adds and removes of every user while every third user is deleted.
+    let (app, setup) = (&app, &setup);
+    let imports = (0..18).map(|r| {
+        let user_ids: Vec<String> = (0..40).filter(|i| (i + r) % 3 != 0).map(|i| format!("u{i}")).collect();
+        let changes = json!([{ "user_ids": user_ids, "should_remove": r % 4 == 3 }]);
+        let cohort = format!("c{}", r % 3);
+        async move { expect_json(post_users(app, setup, &cohort, changes).await, 200).await }
+    });
+    let deletions = braze_ids.iter().step_by(3).map(|(_, braze_id)| {
+        let path = format!("/admin/workspaces/{ws}/users/{braze_id}");
+        async move { assert_eq!(app.admin_delete(&path).await.status(), 204) }
+    });
+    futures::future::join(futures::future::join_all(imports), futures::future::join_all(deletions)).await;
+
+    assert_eq!(count(app, "users").await, 40 - 14);
+    let orphans: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM cohort_memberships m
+          WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.workspace_id = m.workspace_id AND u.id = m.user_id)",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(orphans, 0, "memberships of deleted users");
+    assert_member_counts_exact(app).await;
+}
+
+#[tokio::test]
+async fn users_and_cohorts_deleted_by_any_means_take_their_memberships_along() {
+    let app = TestApp::spawn().await;
+    let setup = app.partner_setup("kubit").await;
+    let users = add_identified(&app, setup.workspace, "u", 3).await;
+    for cohort in ["c1", "c2"] {
+        let changes = json!([{ "user_ids": ["u0", "u1", "u2"] }]);
+        expect_counts(post_users(&app, &setup, cohort, changes).await, 3, 0, 0, 0).await;
+    }
+    // By hand, as a workspace deletion or an operator's SQL would: no endpoint involved.
+    sqlx::query("DELETE FROM users WHERE id = $1").bind(users[0]).execute(&app.pool).await.unwrap();
+    assert_eq!(members(&app, setup.workspace, "c1").await, vec![users[1], users[2]]);
+    assert_eq!(members(&app, setup.workspace, "c2").await, vec![users[1], users[2]]);
+    assert_bitmaps_match_memberships(&app.pool).await;
+    sqlx::query("DELETE FROM cohorts WHERE cohort_id = 'c1'").execute(&app.pool).await.unwrap();
+    assert_eq!(count(&app, "cohort_memberships").await, 2);
+    let bitmaps: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT cohort_ref) FROM cohort_bitmaps").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(bitmaps, 1, "the deleted cohort's bitmaps went with it");
+    assert_bitmaps_match_memberships(&app.pool).await;
 }

@@ -187,3 +187,23 @@ pub async fn expect_error(response: Response, status: u16, message: &str) {
     let body = expect_json(response, status).await;
     assert_eq!(body["message"].as_str(), Some(message), "unexpected error body: {body}");
 }
+
+/// Asserts that `cohort_bitmaps` holds exactly the memberships: one bit per row, at bit
+/// `user_id & 8191` of block `user_id >> 13` (blocks with no bit left are ignored).
+pub async fn assert_bitmaps_match_memberships(pool: &PgPool) {
+    let differing: Vec<(Uuid, i64, i64)> = sqlx::query_as(
+        "WITH expected AS (
+             SELECT workspace_id, cohort_ref, user_id >> 13 AS block,
+                    bit_or(B'1'::bit(8192) >> (user_id & 8191)::int) AS bits
+               FROM cohort_memberships GROUP BY 1, 2, 3),
+         stored AS (SELECT workspace_id, cohort_ref, block, bits FROM cohort_bitmaps WHERE bit_count(bits) > 0)
+         SELECT workspace_id, cohort_ref, block FROM (
+             (SELECT * FROM expected EXCEPT SELECT * FROM stored)
+             UNION ALL
+             (SELECT * FROM stored EXCEPT SELECT * FROM expected)) AS d",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(differing.is_empty(), "bitmap blocks that differ from the memberships: {differing:?}");
+}
