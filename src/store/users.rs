@@ -389,8 +389,11 @@ pub async fn delete(pool: &PgPool, workspace_id: Uuid, braze_id: Uuid) -> sqlx::
     // them holds a lock this transaction needs next: no deadlock. And no other writer
     // changes memberships meanwhile, so those deleted here are exactly the counts to fix.
     locks::memberships(&mut tx, workspace_id, MembershipWriter::AcrossCohorts).await?;
+    // Through the workspace's cohorts: one primary-key probe per cohort.
     sqlx::query(
-        "WITH gone AS (DELETE FROM cohort_memberships WHERE workspace_id = $1 AND user_id = $2 RETURNING cohort_ref)
+        "WITH gone AS (DELETE FROM cohort_memberships m USING cohorts c
+                        WHERE c.workspace_id = $1 AND m.workspace_id = $1 AND m.cohort_ref = c.id AND m.user_id = $2
+                        RETURNING m.cohort_ref)
          UPDATE cohorts c SET member_count = c.member_count - 1
          FROM gone WHERE c.workspace_id = $1 AND c.id = gone.cohort_ref",
     )
