@@ -401,8 +401,8 @@ pub async fn delete(pool: &PgPool, workspace_id: Uuid, braze_id: Uuid) -> sqlx::
     .bind(id)
     .execute(&mut *tx)
     .await?;
-    // Aliases and device ids go with the user (ON DELETE CASCADE); its memberships are
-    // gone already, so the trigger that deletes a deleted user's memberships finds none.
+    // Triggers delete its aliases and device ids with it; its memberships are gone
+    // already, so the one that deletes a deleted user's memberships finds none.
     sqlx::query("DELETE FROM users WHERE workspace_id = $1 AND id = $2")
         .bind(workspace_id)
         .bind(id)

@@ -496,6 +496,14 @@ async fn users_need_an_existing_workspace_and_go_with_it() {
         .await
         .unwrap_err();
     assert_eq!(orphan.as_database_error().and_then(|e| e.code()).as_deref(), Some("23503"));
+    // The same for identifiers naming no user.
+    for statement in [
+        "INSERT INTO user_aliases (workspace_id, alias_label, alias_name, user_id) VALUES ($1, 'l', 'n', -1)",
+        "INSERT INTO user_device_ids (workspace_id, device_id, user_id) VALUES ($1, 'd2', -1)",
+    ] {
+        let orphan = sqlx::query(statement).bind(ws).execute(&app.pool).await.unwrap_err();
+        assert_eq!(orphan.as_database_error().and_then(|e| e.code()).as_deref(), Some("23503"), "{statement}");
+    }
 
     sqlx::query("DELETE FROM workspaces WHERE id = $1").bind(ws).execute(&app.pool).await.unwrap();
     assert_eq!(count(&app, "users").await, 0);
