@@ -11,7 +11,6 @@ use axum::{
     middleware,
     response::IntoResponse,
 };
-use sqlx::PgPool;
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::{
     Modify, OpenApi as DeriveOpenApi,
@@ -33,14 +32,16 @@ use crate::{
         limits::{self, Limits},
         rate_limit::RateLimiter,
     },
-    metrics, telemetry,
+    metrics,
+    store::database::Database,
+    telemetry,
 };
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
-    /// The PostgreSQL pool.
-    pub pool: PgPool,
+    /// The PostgreSQL pool: every connection is acquired through it.
+    pub db: Database,
     /// The settings the service was started with.
     pub config: Arc<Config>,
     /// When keys' `last_used_at` was last written.
@@ -52,9 +53,9 @@ pub struct AppState {
 
 impl AppState {
     /// State for a pool and configuration.
-    pub fn new(pool: PgPool, config: Config) -> Self {
+    pub fn new(db: Database, config: Config) -> Self {
         let partner_rate_limit = Arc::new(RateLimiter::new(config.partner_rate_limit));
-        AppState { pool, config: Arc::new(config), key_usage: Arc::default(), partner_rate_limit }
+        AppState { db, config: Arc::new(config), key_usage: Arc::default(), partner_rate_limit }
     }
 }
 
@@ -174,7 +175,7 @@ async fn openapi_json(Extension(document): Extension<OpenApiJson>) -> impl IntoR
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Metrics in the Prometheus text format", content_type = "text/plain")))]
 async fn prometheus_metrics(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics::render(&state.pool))
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics::render(&state.db))
 }
 
 /// Adds to every operation the error responses the layers and extractors can give, when

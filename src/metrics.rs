@@ -10,7 +10,8 @@ use std::{sync::OnceLock, time::Duration};
 
 use axum::http::{Method, StatusCode};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use sqlx::PgPool;
+
+use crate::store::database::Database;
 
 /// Requests served, by method, route template and status.
 pub const HTTP_REQUESTS: &str = "cohort_ingest_http_requests_total";
@@ -28,6 +29,8 @@ pub const POOL_IDLE: &str = "cohort_ingest_db_pool_idle_connections";
 pub const POOL_IN_USE: &str = "cohort_ingest_db_pool_in_use_connections";
 /// The pool's configured maximum.
 pub const POOL_MAX: &str = "cohort_ingest_db_pool_max_connections";
+/// Callers waiting for a connection (above 0 when every connection is in use).
+pub const POOL_WAITING: &str = "cohort_ingest_db_pool_waiting";
 
 /// Latency buckets, in seconds: from a cached lookup to a bulk import.
 const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -92,14 +95,14 @@ pub fn prometheus() -> &'static PrometheusHandle {
 
 /// Renders every metric in the Prometheus text format, sampling the pool first so its
 /// gauges are as of the scrape.
-pub fn render(pool: &PgPool) -> String {
+pub fn render(db: &Database) -> String {
     let handle = prometheus();
-    let size = pool.size();
-    let idle = u32::try_from(pool.num_idle()).unwrap_or(u32::MAX);
-    metrics::gauge!(POOL_SIZE).set(size);
-    metrics::gauge!(POOL_IDLE).set(idle);
-    metrics::gauge!(POOL_IN_USE).set(size.saturating_sub(idle));
-    metrics::gauge!(POOL_MAX).set(pool.options().get_max_connections());
+    let pool = db.stats();
+    metrics::gauge!(POOL_SIZE).set(pool.size);
+    metrics::gauge!(POOL_IDLE).set(pool.idle);
+    metrics::gauge!(POOL_IN_USE).set(pool.size.saturating_sub(pool.idle));
+    metrics::gauge!(POOL_MAX).set(pool.max);
+    metrics::gauge!(POOL_WAITING).set(pool.waiting);
     handle.render()
 }
 

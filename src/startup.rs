@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     app::{self, AppState},
     config::Config,
-    store::database,
+    store::database::{self, Database},
 };
 
 /// How long closing the pool may wait for connections still checked out (by requests
@@ -29,21 +29,21 @@ const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// `cohort-ingest migrate`: create the database if needed and apply migrations.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let pool = prepare_database(config).await?;
-    pool.close().await;
+    let db = prepare_database(config).await?;
+    db.close().await;
     tracing::info!("migrations applied");
     Ok(())
 }
 
 /// `cohort-ingest serve`: prepare the database, bind, serve until SIGTERM or SIGINT.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let pool = prepare_database(&config).await?;
+    let db = prepare_database(&config).await?;
     let listener = TcpListener::bind(config.listen_addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
     let address = listener.local_addr().unwrap_or(config.listen_addr);
     tracing::info!(%address, admin_api = config.admin_token.is_some(), "listening");
-    serve_until(listener, AppState::new(pool, config), shutdown_signal()).await
+    serve_until(listener, AppState::new(db, config), shutdown_signal()).await
 }
 
 /// Serves on `listener` until `shutdown` resolves; then stops accepting connections,
@@ -55,7 +55,7 @@ pub async fn serve_until(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let pool = state.pool.clone();
+    let db = state.db.clone();
     let drain_timeout = state.config.shutdown_timeout();
     let stopping = CancellationToken::new();
     let signal_seen = stopping.clone();
@@ -75,7 +75,7 @@ pub async fn serve_until(
             ),
         },
     }
-    if tokio::time::timeout(POOL_CLOSE_TIMEOUT, pool.close()).await.is_err() {
+    if tokio::time::timeout(POOL_CLOSE_TIMEOUT, db.close()).await.is_err() {
         tracing::warn!("database connections still in use at exit; PostgreSQL rolls their transactions back");
     }
     tracing::info!("stopped");
@@ -112,12 +112,12 @@ fn local_address(listen: SocketAddr) -> SocketAddr {
 }
 
 /// Connects (creating the database first if it is missing) and applies migrations.
-async fn prepare_database(config: &Config) -> anyhow::Result<sqlx::PgPool> {
+async fn prepare_database(config: &Config) -> anyhow::Result<Database> {
     let options = database::connect_options(&config.database_url)?;
     database::ensure_database_exists(&options).await?;
-    let pool = database::connect_pool(options, config.db_max_connections, config.db_acquire_timeout()).await?;
-    database::migrate(&pool).await?;
-    Ok(pool)
+    let db = database::connect_pool(options, config.db_max_connections, config.db_acquire_timeout()).await?;
+    database::migrate(&db).await?;
+    Ok(db)
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

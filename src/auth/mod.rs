@@ -71,10 +71,10 @@ impl FromRequestParts<AppState> for ApiKeyAuth {
         let presented = bearer_token(&parts.headers).ok_or_else(|| {
             ApiError::Unauthorized("missing API key: send Authorization: Bearer <REST API key>".into())
         })?;
-        let record = store::keys::find_api_key(&state.pool, &KeyHash::of(presented))
+        let record = store::keys::find_api_key(&state.db, &KeyHash::of(presented))
             .await?
             .ok_or_else(|| ApiError::Unauthorized("invalid API key".into()))?;
-        state.key_usage.record(&state.pool, UsedKey::Api { workspace_id: record.workspace_id, id: record.id });
+        state.key_usage.record(&state.db, UsedKey::Api { workspace_id: record.workspace_id, id: record.id });
         Ok(ApiKeyAuth {
             workspace_id: record.workspace_id,
             key_id: record.id,

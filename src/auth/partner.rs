@@ -106,7 +106,7 @@ async fn authenticate(state: &AppState, partner: String, fields: &BodyFields<'_>
     let partner_api_key = fields.string("partner_api_key").unwrap_or_default();
     let client_secret = fields.string("client_secret").unwrap_or_default();
     let found = store::keys::find_partner_credentials(
-        &state.pool,
+        &state.db,
         &partner,
         &KeyHash::of(&partner_api_key),
         &KeyHash::of(&client_secret),
@@ -125,8 +125,8 @@ async fn authenticate(state: &AppState, partner: String, fields: &BodyFields<'_>
         )));
     }
     state.partner_rate_limit.check(import_key_id)?;
-    state.key_usage.record(&state.pool, UsedKey::PartnerApi(partner_key_id));
-    state.key_usage.record(&state.pool, UsedKey::DataImport { workspace_id, id: import_key_id });
+    state.key_usage.record(&state.db, UsedKey::PartnerApi(partner_key_id));
+    state.key_usage.record(&state.db, UsedKey::DataImport { workspace_id, id: import_key_id });
     Ok(PartnerCaller { partner, workspace_id })
 }
 

@@ -6,9 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sqlx::PgPool;
-
-use crate::store::{self, keys::UsedKey};
+use crate::store::{self, database::Database, keys::UsedKey};
 
 /// How often, at most, one key's `last_used_at` is written by one instance.
 const RECORD_INTERVAL: Duration = Duration::from_secs(60);
@@ -23,7 +21,7 @@ pub struct KeyUsage {
 impl KeyUsage {
     /// Notes that `key` authenticated a request; writes `last_used_at` in the background
     /// when the last write is older than a minute. Never delays or fails the request.
-    pub fn record(&self, pool: &PgPool, key: UsedKey) {
+    pub fn record(&self, db: &Database, key: UsedKey) {
         let now = Instant::now();
         {
             let mut last_recorded = self.last_recorded.lock().unwrap_or_else(|e| e.into_inner());
@@ -32,9 +30,9 @@ impl KeyUsage {
                 _ => last_recorded.insert(key, now),
             };
         }
-        let pool = pool.clone();
+        let db = db.clone();
         tokio::spawn(async move {
-            if let Err(error) = store::keys::record_last_used(&pool, key).await {
+            if let Err(error) = store::keys::record_last_used(&db, key).await {
                 tracing::debug!(%error, "could not record a key's last use");
             }
         });

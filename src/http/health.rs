@@ -22,6 +22,6 @@ async fn healthz() -> StatusCode {
     (status = 503, description = "The database does not answer", body = ErrorBody),
 ))]
 async fn readyz(State(state): State<AppState>) -> Result<StatusCode, crate::error::ApiError> {
-    database::ping(&state.pool).await.map_err(|e| crate::error::ApiError::Unavailable(Some(e)))?;
+    database::ping(&state.db).await.map_err(|e| crate::error::ApiError::Unavailable(Some(e)))?;
     Ok(StatusCode::OK)
 }

@@ -164,7 +164,7 @@ async fn name_cohort(
     PartnerRequest { caller, body }: PartnerRequest<NameCohort>,
 ) -> ApiResult<Json<Success>> {
     let key = CohortKey::new(caller.workspace_id, &caller.partner, &body.cohort_id);
-    store::cohorts::upsert_name(&state.pool, key, &body.name).await?;
+    store::cohorts::upsert_name(&state.db, key, &body.name).await?;
     Ok(Json(Success { message: "success" }))
 }
 
@@ -184,7 +184,7 @@ async fn import_cohort_users(
         ImportOutcome::default()
     } else {
         let key = CohortKey::new(caller.workspace_id, &caller.partner, &body.cohort_id);
-        let outcome = store::cohorts::import(&state.pool, key, &body.changes, &request_id(&headers)).await?;
+        let outcome = store::cohorts::import(&state.db, key, &body.changes, &request_id(&headers)).await?;
         metrics::record_import(&caller.partner, outcome);
         outcome
     };

@@ -125,7 +125,7 @@ async fn list_cohorts(
         None => None,
     };
     let mut cohorts = store::segments::list_cohorts(
-        &state.pool,
+        &state.db,
         auth.workspace_id,
         partner.as_ref().map(PartnerName::as_str),
         search,
@@ -175,7 +175,7 @@ async fn count_segment(
     auth.require(Scope::SegmentsRead)?;
     let filter = parse_filter(&body.filter)?;
     let query = prepare(&state, &auth, &filter).await?;
-    Ok(Json(SegmentCount { count: store::segments::count(&state.pool, &query).await? }))
+    Ok(Json(SegmentCount { count: store::segments::count(&state.db, &query).await? }))
 }
 
 // ---- POST /v1/segments/users ------------------------------------------------------
@@ -240,7 +240,7 @@ async fn list_segment_users(
         None => 0,
     };
     let query = prepare(&state, &auth, &filter).await?;
-    let mut users = store::segments::page(&state.pool, &query, after, limit + 1).await?;
+    let mut users = store::segments::page(&state.db, &query, after, limit + 1).await?;
     let next_cursor = next_page(&mut users, limit).map(|last| cursor::seal(&context, &last.id.to_be_bytes()));
     Ok(Json(SegmentPage { users: users.into_iter().map(SegmentMember::from).collect(), next_cursor }))
 }
@@ -271,11 +271,11 @@ async fn export_segment(
     let query = prepare(&state, &auth, &filter).await?;
 
     let (mut sender, mut chunks) = mpsc::channel::<Result<Bytes, sqlx::Error>>(2);
-    let pool = state.pool.clone();
+    let db = state.db.clone();
     // The task outlives the handler: it carries the request's span, so its log lines keep
     // the request id.
     let task = async move {
-        let mut connection = match pool.acquire().await {
+        let mut connection = match db.acquire().await {
             Ok(connection) => connection,
             Err(error) => {
                 let _ = sender.send(Err(error)).await;
@@ -390,8 +390,7 @@ async fn check_segment(
     }
     let refs = body.users.iter().enumerate().map(|(i, user)| parse_user_ref(user, i)).collect::<ApiResult<Vec<_>>>()?;
     let query = prepare(&state, &auth, &filter).await?;
-    let outcomes =
-        if refs.is_empty() { Vec::new() } else { store::segments::check(&state.pool, &query, &refs).await? };
+    let outcomes = if refs.is_empty() { Vec::new() } else { store::segments::check(&state.db, &query, &refs).await? };
     let results = body
         .users
         .into_iter()
@@ -456,7 +455,7 @@ fn parse_filter(value: &Value) -> ApiResult<Filter> {
 
 /// Resolves the filter's cohorts in the key's workspace; 400 listing unknown ones.
 async fn prepare(state: &AppState, auth: &ApiKeyAuth, filter: &Filter) -> ApiResult<SegmentQuery> {
-    store::segments::prepare(&state.pool, auth.workspace_id, filter).await?.map_err(|unknown| {
+    store::segments::prepare(&state.db, auth.workspace_id, filter).await?.map_err(|unknown| {
         let listed: Vec<String> =
             unknown.iter().map(|c| format!("{} {}", c.partner, Value::String(c.cohort_id.clone()))).collect();
         ApiError::bad_request(format!("filter: cohorts unknown in this workspace: {}", listed.join(", ")))

@@ -15,11 +15,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, Postgres, Transaction};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::locks::{self, MembershipWriter};
+use crate::store::database::Database;
 use crate::{
     domain::{CohortChanges, CohortId, CohortName},
     metrics::ImportOutcome,
@@ -94,7 +95,8 @@ pub struct CohortKey<'a> {
 }
 
 /// Creates the cohort with `name`, or renames it. Never touches its members.
-pub async fn upsert_name(pool: &PgPool, key: CohortKey<'_>, name: &CohortName) -> sqlx::Result<()> {
+pub async fn upsert_name(db: &Database, key: CohortKey<'_>, name: &CohortName) -> sqlx::Result<()> {
+    let mut conn = db.acquire().await?;
     sqlx::query(
         "INSERT INTO cohorts (workspace_id, partner, cohort_id, name) VALUES ($1, $2, $3, $4)
          ON CONFLICT (workspace_id, partner, cohort_id)
@@ -104,7 +106,7 @@ pub async fn upsert_name(pool: &PgPool, key: CohortKey<'_>, name: &CohortName) -
     .bind(key.partner)
     .bind(key.cohort_id)
     .bind(name.as_str())
-    .execute(pool)
+    .execute(&mut *conn)
     .await
     .map(|_| ())
 }
@@ -113,7 +115,7 @@ pub async fn upsert_name(pool: &PgPool, key: CohortKey<'_>, name: &CohortName) -
 /// transaction, logs it under `request_id`, and returns its counts. A deadlock or a
 /// serialization failure is retried here, so it never reaches the client.
 pub async fn import(
-    pool: &PgPool,
+    db: &Database,
     key: CohortKey<'_>,
     changes: &CohortChanges,
     request_id: &str,
@@ -121,7 +123,7 @@ pub async fn import(
     let columns = ChangeColumns::of(changes);
     let mut attempt = 1;
     loop {
-        match try_import(pool, key, &columns, request_id).await {
+        match try_import(db, key, &columns, request_id).await {
             Err(error) if attempt < IMPORT_ATTEMPTS && is_transient_conflict(&error) => {
                 tracing::debug!(%error, attempt, "cohort import conflicted; retrying");
                 tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
@@ -238,12 +240,12 @@ SELECT $1, $2, $13, now(), counts.added, counts.removed, counts.matched - counts
 RETURNING added::int8, removed::int8, unchanged::int8, unmatched::int8";
 
 async fn try_import(
-    pool: &PgPool,
+    db: &Database,
     key: CohortKey<'_>,
     columns: &ChangeColumns<'_>,
     request_id: &str,
 ) -> sqlx::Result<ImportOutcome> {
-    let mut tx: Transaction<'_, Postgres> = pool.begin().await?;
+    let mut tx: Transaction<'_, Postgres> = db.begin().await?;
     // Before the statement that resolves users: it must not start while a user deletion
     // of this workspace is uncommitted.
     locks::memberships(&mut tx, key.workspace_id, MembershipWriter::OneCohort).await?;
@@ -283,7 +285,8 @@ async fn try_import(
 // ---- operator views ---------------------------------------------------------------
 
 /// A workspace's cohorts, of one partner or all, by partner then name.
-pub async fn list(pool: &PgPool, workspace_id: Uuid, partner: Option<&str>) -> sqlx::Result<Vec<Cohort>> {
+pub async fn list(db: &Database, workspace_id: Uuid, partner: Option<&str>) -> sqlx::Result<Vec<Cohort>> {
+    let mut conn = db.acquire().await?;
     sqlx::query_as(
         "SELECT partner, cohort_id, name, member_count, created_at, updated_at, last_import_at
            FROM cohorts WHERE workspace_id = $1 AND ($2::text IS NULL OR partner = $2)
@@ -291,12 +294,13 @@ pub async fn list(pool: &PgPool, workspace_id: Uuid, partner: Option<&str>) -> s
     )
     .bind(workspace_id)
     .bind(partner)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
 }
 
 /// One cohort, if it exists.
-pub async fn find(pool: &PgPool, key: CohortKey<'_>) -> sqlx::Result<Option<Cohort>> {
+pub async fn find(db: &Database, key: CohortKey<'_>) -> sqlx::Result<Option<Cohort>> {
+    let mut conn = db.acquire().await?;
     sqlx::query_as(
         "SELECT partner, cohort_id, name, member_count, created_at, updated_at, last_import_at
            FROM cohorts WHERE workspace_id = $1 AND partner = $2 AND cohort_id = $3",
@@ -304,19 +308,20 @@ pub async fn find(pool: &PgPool, key: CohortKey<'_>) -> sqlx::Result<Option<Coho
     .bind(key.workspace_id)
     .bind(key.partner)
     .bind(key.cohort_id)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *conn)
     .await
 }
 
 /// A cohort's import log, newest first, at most `limit` entries older than `before`
 /// (an import id). `None` if the cohort does not exist.
 pub async fn imports(
-    pool: &PgPool,
+    db: &Database,
     key: CohortKey<'_>,
     limit: i64,
     before: Option<i64>,
 ) -> sqlx::Result<Option<Vec<ImportRecord>>> {
-    let Some(cohort_ref) = find_ref(pool, key).await? else { return Ok(None) };
+    let mut conn = db.acquire().await?;
+    let Some(cohort_ref) = find_ref(&mut conn, key).await? else { return Ok(None) };
     let records = sqlx::query_as(
         "SELECT id, request_id, received_at, added, removed, unchanged, unmatched, member_count_after
            FROM cohort_imports
@@ -327,7 +332,7 @@ pub async fn imports(
     .bind(cohort_ref)
     .bind(before)
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     Ok(Some(records))
 }
@@ -336,12 +341,13 @@ pub async fn imports(
 /// `after` (the last internal user id of the previous page). `None` if the cohort does
 /// not exist.
 pub async fn members(
-    pool: &PgPool,
+    db: &Database,
     key: CohortKey<'_>,
     limit: i64,
     after: Option<i64>,
 ) -> sqlx::Result<Option<Vec<Member>>> {
-    let Some(cohort_ref) = find_ref(pool, key).await? else { return Ok(None) };
+    let mut conn = db.acquire().await?;
+    let Some(cohort_ref) = find_ref(&mut conn, key).await? else { return Ok(None) };
     let members = sqlx::query_as(
         "SELECT m.user_id, u.braze_id, u.external_id, m.added_at
            FROM cohort_memberships m
@@ -353,15 +359,15 @@ pub async fn members(
     .bind(cohort_ref)
     .bind(after.unwrap_or(i64::MIN))
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     Ok(Some(members))
 }
 
 /// Deletes a cohort with its memberships, bitmaps (by trigger) and import log (by
 /// cascade). `false` if it did not exist.
-pub async fn delete(pool: &PgPool, key: CohortKey<'_>) -> sqlx::Result<bool> {
-    let mut tx = pool.begin().await?;
+pub async fn delete(db: &Database, key: CohortKey<'_>) -> sqlx::Result<bool> {
+    let mut tx = db.begin().await?;
     // It writes memberships: a concurrent user deletion must not take one of them from
     // under it (nor it one from under the user deletion's member count).
     locks::memberships(&mut tx, key.workspace_id, MembershipWriter::OneCohort).await?;
@@ -376,12 +382,12 @@ pub async fn delete(pool: &PgPool, key: CohortKey<'_>) -> sqlx::Result<bool> {
 }
 
 /// The internal id of a cohort, if it exists.
-async fn find_ref(pool: &PgPool, key: CohortKey<'_>) -> sqlx::Result<Option<i64>> {
+async fn find_ref(conn: &mut PgConnection, key: CohortKey<'_>) -> sqlx::Result<Option<i64>> {
     sqlx::query_scalar("SELECT id FROM cohorts WHERE workspace_id = $1 AND partner = $2 AND cohort_id = $3")
         .bind(key.workspace_id)
         .bind(key.partner)
         .bind(key.cohort_id)
-        .fetch_optional(pool)
+        .fetch_optional(conn)
         .await
 }
 

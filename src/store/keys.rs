@@ -6,13 +6,14 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgExecutor, PgPool};
+use sqlx::PgExecutor;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
     domain::{PartnerName, Scope},
     keys::{KeyHash, NewKey},
+    store::database::Database,
 };
 
 /// What may be shown of a key after its creation: never the secret.
@@ -92,13 +93,14 @@ pub async fn insert_partner_api_key(
 
 /// Revokes one of `partner`'s API keys. `false` when no such key exists; revoking an
 /// already revoked key keeps its first `revoked_at`.
-pub async fn revoke_partner_api_key(pool: &PgPool, partner: &str, id: Uuid) -> sqlx::Result<bool> {
+pub async fn revoke_partner_api_key(db: &Database, partner: &str, id: Uuid) -> sqlx::Result<bool> {
+    let mut conn = db.acquire().await?;
     let result = sqlx::query(
         "UPDATE partner_api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE partner = $1 AND id = $2",
     )
     .bind(partner)
     .bind(id)
-    .execute(pool)
+    .execute(&mut *conn)
     .await?;
     Ok(result.rows_affected() == 1)
 }
@@ -126,19 +128,21 @@ pub async fn insert_data_import_key(
 }
 
 /// A workspace's data import keys for one partner, oldest first.
-pub async fn list_data_import_keys(pool: &PgPool, workspace_id: Uuid, partner: &str) -> sqlx::Result<Vec<KeyInfo>> {
+pub async fn list_data_import_keys(db: &Database, workspace_id: Uuid, partner: &str) -> sqlx::Result<Vec<KeyInfo>> {
+    let mut conn = db.acquire().await?;
     sqlx::query_as(
         "SELECT id, prefix, created_at, last_used_at, revoked_at FROM data_import_keys
           WHERE workspace_id = $1 AND partner = $2 ORDER BY created_at, id",
     )
     .bind(workspace_id)
     .bind(partner)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
 }
 
 /// Revokes a data import key. `false` when no such key exists.
-pub async fn revoke_data_import_key(pool: &PgPool, workspace_id: Uuid, partner: &str, id: Uuid) -> sqlx::Result<bool> {
+pub async fn revoke_data_import_key(db: &Database, workspace_id: Uuid, partner: &str, id: Uuid) -> sqlx::Result<bool> {
+    let mut conn = db.acquire().await?;
     let result = sqlx::query(
         "UPDATE data_import_keys SET revoked_at = coalesce(revoked_at, now())
           WHERE workspace_id = $1 AND partner = $2 AND id = $3",
@@ -146,7 +150,7 @@ pub async fn revoke_data_import_key(pool: &PgPool, workspace_id: Uuid, partner: 
     .bind(workspace_id)
     .bind(partner)
     .bind(id)
-    .execute(pool)
+    .execute(&mut *conn)
     .await?;
     Ok(result.rows_affected() == 1)
 }
@@ -166,11 +170,12 @@ pub struct PartnerCredentials {
 
 /// Looks both keys of a partner request up by hash, valid (unrevoked) keys only.
 pub async fn find_partner_credentials(
-    pool: &PgPool,
+    db: &Database,
     partner: &str,
     partner_api_key: &KeyHash,
     client_secret: &KeyHash,
 ) -> sqlx::Result<PartnerCredentials> {
+    let mut conn = db.acquire().await?;
     sqlx::query_as(
         "SELECT (SELECT id FROM partner_api_keys
                   WHERE key_hash = $2 AND partner = $1 AND revoked_at IS NULL) AS partner_key_id,
@@ -181,7 +186,7 @@ pub async fn find_partner_credentials(
     .bind(partner)
     .bind(partner_api_key.as_bytes())
     .bind(client_secret.as_bytes())
-    .fetch_one(pool)
+    .fetch_one(&mut *conn)
     .await
 }
 
@@ -211,23 +216,25 @@ pub async fn insert_api_key(
 }
 
 /// A workspace's REST API keys, oldest first.
-pub async fn list_api_keys(pool: &PgPool, workspace_id: Uuid) -> sqlx::Result<Vec<ApiKeyInfo>> {
+pub async fn list_api_keys(db: &Database, workspace_id: Uuid) -> sqlx::Result<Vec<ApiKeyInfo>> {
+    let mut conn = db.acquire().await?;
     sqlx::query_as(
         "SELECT id, name, scopes, prefix, created_at, last_used_at, revoked_at
            FROM api_keys WHERE workspace_id = $1 ORDER BY created_at, id",
     )
     .bind(workspace_id)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
 }
 
 /// Revokes a REST API key. `false` when no such key exists.
-pub async fn revoke_api_key(pool: &PgPool, workspace_id: Uuid, id: Uuid) -> sqlx::Result<bool> {
+pub async fn revoke_api_key(db: &Database, workspace_id: Uuid, id: Uuid) -> sqlx::Result<bool> {
+    let mut conn = db.acquire().await?;
     let result =
         sqlx::query("UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE workspace_id = $1 AND id = $2")
             .bind(workspace_id)
             .bind(id)
-            .execute(pool)
+            .execute(&mut *conn)
             .await?;
     Ok(result.rows_affected() == 1)
 }
@@ -244,17 +251,18 @@ pub struct ApiKeyRecord {
 }
 
 /// Finds an unrevoked REST API key by hash.
-pub async fn find_api_key(pool: &PgPool, hash: &KeyHash) -> sqlx::Result<Option<ApiKeyRecord>> {
+pub async fn find_api_key(db: &Database, hash: &KeyHash) -> sqlx::Result<Option<ApiKeyRecord>> {
+    let mut conn = db.acquire().await?;
     sqlx::query_as("SELECT id, workspace_id, scopes FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
         .bind(hash.as_bytes())
-        .fetch_optional(pool)
+        .fetch_optional(&mut *conn)
         .await
 }
 
 // ---- usage ------------------------------------------------------------------------
 
 /// Records that a key authenticated a request now.
-pub async fn record_last_used(pool: &PgPool, key: UsedKey) -> sqlx::Result<()> {
+pub async fn record_last_used(db: &Database, key: UsedKey) -> sqlx::Result<()> {
     let query = match key {
         UsedKey::PartnerApi(id) => {
             sqlx::query("UPDATE partner_api_keys SET last_used_at = now() WHERE id = $1").bind(id)
@@ -270,5 +278,6 @@ pub async fn record_last_used(pool: &PgPool, key: UsedKey) -> sqlx::Result<()> {
                 .bind(id)
         }
     };
-    query.execute(pool).await.map(|_| ())
+    let mut conn = db.acquire().await?;
+    query.execute(&mut *conn).await.map(|_| ())
 }

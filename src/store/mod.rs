@@ -1,7 +1,7 @@
 //! Every SQL statement of the service lives here, one file per table family.
 //!
-//! Functions take a pool or a connection/transaction and return plain row types;
-//! they know nothing of HTTP.
+//! Functions take the [`database::Database`] (and acquire through it) or a connection or
+//! transaction, and return plain row types; they know nothing of HTTP.
 
 pub mod cohorts;
 pub mod database;

@@ -2,10 +2,13 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgExecutor, PgPool};
+use sqlx::PgExecutor;
 use utoipa::ToSchema;
 
-use crate::{domain::PartnerName, store::keys::KeyInfo};
+use crate::{
+    domain::PartnerName,
+    store::{database::Database, keys::KeyInfo},
+};
 
 /// A partner with its partner API keys (no secrets).
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -29,14 +32,15 @@ pub async fn exists(executor: impl PgExecutor<'_>, name: &str) -> sqlx::Result<b
 }
 
 /// Every partner with its keys, by name.
-pub async fn list_with_keys(pool: &PgPool) -> sqlx::Result<Vec<PartnerWithKeys>> {
+pub async fn list_with_keys(db: &Database) -> sqlx::Result<Vec<PartnerWithKeys>> {
+    let mut conn = db.acquire().await?;
     let partners: Vec<(String, DateTime<Utc>)> =
-        sqlx::query_as("SELECT name, created_at FROM partners ORDER BY name").fetch_all(pool).await?;
+        sqlx::query_as("SELECT name, created_at FROM partners ORDER BY name").fetch_all(&mut *conn).await?;
     let keys: Vec<PartnerKey> = sqlx::query_as(
         "SELECT partner, id, prefix, created_at, last_used_at, revoked_at
            FROM partner_api_keys ORDER BY partner, created_at, id",
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     Ok(partners
         .into_iter()

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, stream::BoxStream};
 use serde::Serialize;
-use sqlx::{AssertSqlSafe, PgConnection, PgPool, postgres::PgArguments, query::QueryAs};
+use sqlx::{AssertSqlSafe, PgConnection, postgres::PgArguments, query::QueryAs};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -31,6 +31,7 @@ use crate::domain::{
     Alias, DeviceId, ExternalId,
     filter::{CohortOp, Expr, Filter},
 };
+use crate::store::database::Database;
 
 // ---- the cohort dropdown ----------------------------------------------------------
 
@@ -65,13 +66,14 @@ pub struct CohortPosition {
 /// optionally only one partner's and only those whose name contains `name_contains`
 /// (case-insensitive).
 pub async fn list_cohorts(
-    pool: &PgPool,
+    db: &Database,
     workspace_id: Uuid,
     partner: Option<&str>,
     name_contains: Option<&str>,
     after: Option<&CohortPosition>,
     limit: i64,
 ) -> sqlx::Result<Vec<CohortSummary>> {
+    let mut conn = db.acquire().await?;
     // strpos instead of ILIKE: the search text needs no escaping of % and _.
     sqlx::query_as(
         "SELECT partner, cohort_id, name, member_count, last_import_at FROM cohorts
@@ -89,7 +91,7 @@ pub async fn list_cohorts(
     .bind(after.map(|p| p.partner.as_str()))
     .bind(after.map(|p| p.cohort_id.as_str()))
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
 }
 
@@ -202,7 +204,7 @@ struct ResolvedCohort {
 /// Resolves every (partner, cohort_id) of `filter` to the workspace's internal cohort ids
 /// in one statement. `Err` lists the unknown ones, each once, in the filter's order.
 pub async fn prepare(
-    pool: &PgPool,
+    db: &Database,
     workspace_id: Uuid,
     filter: &Filter,
 ) -> sqlx::Result<Result<SegmentQuery, Vec<UnknownCohort>>> {
@@ -215,6 +217,7 @@ pub async fn prepare(
             cohort_ids.push(id.as_str());
         }
     }
+    let mut conn = db.acquire().await?;
     let rows: Vec<ResolvedCohort> = sqlx::query_as(
         "SELECT r.partner, r.cohort_id, c.id, c.member_count
            FROM unnest($2::text[], $3::text[]) AS r(partner, cohort_id)
@@ -223,7 +226,7 @@ pub async fn prepare(
     .bind(workspace_id)
     .bind(&partners)
     .bind(&cohort_ids)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     let found: HashMap<(&str, &str), (i64, i64)> = rows
         .iter()
@@ -456,15 +459,16 @@ impl SegmentQuery {
 }
 
 /// Number of users of the workspace matching the filter, exact.
-pub async fn count(pool: &PgPool, query: &SegmentQuery) -> sqlx::Result<i64> {
+pub async fn count(db: &Database, query: &SegmentQuery) -> sqlx::Result<i64> {
     if let Some(members) = query.single_cohort_members() {
         // Maintained in the same transaction as every membership change: exact.
         return Ok(members);
     }
+    let mut conn = db.acquire().await?;
     if let Some(sql) = query.bitmap_count_sql() {
         let statement =
             sqlx::query_as::<_, (i64,)>(AssertSqlSafe(sql)).bind(query.workspace_id).bind(query.all_cohorts());
-        let (n,) = query.bind_leaves(statement).persistent(false).fetch_one(pool).await?;
+        let (n,) = query.bind_leaves(statement).persistent(false).fetch_one(&mut *conn).await?;
         return Ok(n);
     }
     let source = query.source(2, None);
@@ -472,7 +476,7 @@ pub async fn count(pool: &PgPool, query: &SegmentQuery) -> sqlx::Result<i64> {
     let sql = format!("SELECT count(*) FROM {from} WHERE {}", source.conditions);
     let statement = sqlx::query_as::<_, (i64,)>(AssertSqlSafe(sql)).bind(query.workspace_id);
     // Generated text varies per filter: an unnamed statement, planned for these values.
-    let (n,) = query.bind_leaves(statement).persistent(false).fetch_one(pool).await?;
+    let (n,) = query.bind_leaves(statement).persistent(false).fetch_one(&mut *conn).await?;
     Ok(n)
 }
 
@@ -488,10 +492,11 @@ pub struct SegmentUser {
 }
 
 /// Up to `limit` matching users with an internal id above `after`, in id order.
-pub async fn page(pool: &PgPool, query: &SegmentQuery, after: i64, limit: i64) -> sqlx::Result<Vec<SegmentUser>> {
+pub async fn page(db: &Database, query: &SegmentQuery, after: i64, limit: i64) -> sqlx::Result<Vec<SegmentUser>> {
     let sql = query.users_sql(4, Some(2), Some(3));
     let statement = sqlx::query_as(AssertSqlSafe(sql)).bind(query.workspace_id).bind(after).bind(limit);
-    query.bind_leaves(statement).persistent(false).fetch_all(pool).await
+    let mut conn = db.acquire().await?;
+    query.bind_leaves(statement).persistent(false).fetch_all(&mut *conn).await
 }
 
 /// Every matching user, in id order, as one streamed query: rows arrive as PostgreSQL
@@ -531,7 +536,7 @@ pub struct CheckResult {
 
 /// Resolves every reference to a user of the workspace and tests it against the filter,
 /// in one statement; the results come in the order of `refs`.
-pub async fn check(pool: &PgPool, query: &SegmentQuery, refs: &[UserRef]) -> sqlx::Result<Vec<CheckResult>> {
+pub async fn check(db: &Database, query: &SegmentQuery, refs: &[UserRef]) -> sqlx::Result<Vec<CheckResult>> {
     let n = refs.len();
     let (mut external_ids, mut braze_ids, mut device_ids, mut labels, mut names) = (
         Vec::<Option<&str>>::with_capacity(n),
@@ -583,7 +588,8 @@ pub async fn check(pool: &PgPool, query: &SegmentQuery, refs: &[UserRef]) -> sql
     // Unlike the set-wide statements, this one's best plan does not depend on the values
     // (index probes per reference, whatever the cohorts' sizes): a prepared statement,
     // cached per connection, saves its planning (a few ms) on every check.
-    query.bind_leaves(statement).fetch_all(pool).await
+    let mut conn = db.acquire().await?;
+    query.bind_leaves(statement).fetch_all(&mut *conn).await
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{PgConnection, PgExecutor, PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgExecutor, Postgres, Transaction};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -18,6 +18,7 @@ use crate::domain::{
         IdentifierKeys, Profile, StoredIdentifier, StoredUser, UpsertOutcome, Upserter, UserRef, UserStoreChanges,
     },
 };
+use crate::store::database::Database;
 
 /// A user as the admin API shows it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
@@ -128,8 +129,8 @@ pub async fn find_profile(
 
 /// Begins a transaction that holds the workspace's user-store lock until it ends, so
 /// user-store writes of one workspace happen one at a time.
-pub async fn begin_writes(pool: &PgPool, workspace_id: Uuid) -> sqlx::Result<Transaction<'static, Postgres>> {
-    let mut tx = pool.begin().await?;
+pub async fn begin_writes(db: &Database, workspace_id: Uuid) -> sqlx::Result<Transaction<'static, Postgres>> {
+    let mut tx = db.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('cohort-ingest user store ' || $1::text, 0))")
         .bind(workspace_id)
         .execute(&mut *tx)
@@ -337,12 +338,12 @@ pub enum IdentifyOutcome {
 
 /// Gives the anonymous user `braze_id` the external id `external_id`.
 pub async fn identify(
-    pool: &PgPool,
+    db: &Database,
     workspace_id: Uuid,
     braze_id: Uuid,
     external_id: &ExternalId,
 ) -> sqlx::Result<IdentifyOutcome> {
-    let mut tx = begin_writes(pool, workspace_id).await?;
+    let mut tx = begin_writes(db, workspace_id).await?;
     let user: Option<(i64, Option<String>)> =
         sqlx::query_as("SELECT id, external_id FROM users WHERE workspace_id = $1 AND braze_id = $2")
             .bind(workspace_id)
@@ -376,8 +377,8 @@ pub async fn identify(
 
 /// Deletes the user `braze_id` with its identifiers and memberships, and takes it off
 /// the `member_count` of every cohort it was in, in one transaction. False if no such user.
-pub async fn delete(pool: &PgPool, workspace_id: Uuid, braze_id: Uuid) -> sqlx::Result<bool> {
-    let mut tx = begin_writes(pool, workspace_id).await?;
+pub async fn delete(db: &Database, workspace_id: Uuid, braze_id: Uuid) -> sqlx::Result<bool> {
+    let mut tx = begin_writes(db, workspace_id).await?;
     let id: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE workspace_id = $1 AND braze_id = $2")
         .bind(workspace_id)
         .bind(braze_id)

@@ -2,9 +2,11 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgExecutor, PgPool};
+use sqlx::PgExecutor;
 use utoipa::ToSchema;
 use uuid::Uuid;
+
+use crate::store::database::Database;
 
 /// A workspace.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
@@ -18,17 +20,19 @@ pub struct Workspace {
 }
 
 /// Creates a workspace with a fresh id.
-pub async fn create(pool: &PgPool, name: &str) -> sqlx::Result<Workspace> {
+pub async fn create(db: &Database, name: &str) -> sqlx::Result<Workspace> {
+    let mut conn = db.acquire().await?;
     sqlx::query_as("INSERT INTO workspaces (id, name) VALUES ($1, $2) RETURNING id, name, created_at")
         .bind(Uuid::new_v4())
         .bind(name)
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await
 }
 
 /// Every workspace, oldest first.
-pub async fn list(pool: &PgPool) -> sqlx::Result<Vec<Workspace>> {
-    sqlx::query_as("SELECT id, name, created_at FROM workspaces ORDER BY created_at, id").fetch_all(pool).await
+pub async fn list(db: &Database) -> sqlx::Result<Vec<Workspace>> {
+    let mut conn = db.acquire().await?;
+    sqlx::query_as("SELECT id, name, created_at FROM workspaces ORDER BY created_at, id").fetch_all(&mut *conn).await
 }
 
 /// One workspace, if it exists.

@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use cohort_ingest::{
     app::{self, AppState},
     config::Config,
-    store::database::{self, quote_identifier},
+    store::database::{self, Database, quote_identifier},
 };
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::{Value, json};
@@ -47,7 +47,7 @@ impl TestDatabase {
             .connect_with(options.clone())
             .await
             .expect("can connect to the test database");
-        database::migrate(&pool).await.expect("migrations apply");
+        database::migrate(&Database::new(pool.clone())).await.expect("migrations apply");
         (TestDatabase { name, options }, pool)
     }
 }
@@ -78,6 +78,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// A pool on the test's database, for checking what the service stored.
     pub pool: PgPool,
+    /// The service's own pool (sized by its `Config`), for tests that hold its connections.
+    pub db: Database,
     pub admin_token: Option<String>,
     // Last: dropped after the pool's users.
     _db: TestDatabase,
@@ -90,19 +92,26 @@ impl TestApp {
     }
 
     /// The service with settings adjusted by `configure` (starting from the defaults
-    /// with [`ADMIN_TOKEN`]).
+    /// with [`ADMIN_TOKEN`], 8 connections and a 30 s acquire timeout, so a loaded test
+    /// machine does not turn a slow acquire into a 503). The service gets a pool of its
+    /// own, built from those settings as in production.
     pub async fn spawn_with(configure: impl FnOnce(&mut Config)) -> TestApp {
-        let (db, pool) = TestDatabase::create().await;
+        let (test_db, pool) = TestDatabase::create().await;
         let mut config = Config::defaults();
         config.admin_token = Some(ADMIN_TOKEN.into());
         config.db_max_connections = 8;
+        config.db_acquire_timeout_secs = 30;
         configure(&mut config);
         let admin_token = config.admin_token.as_ref().map(|t| t.expose().to_owned());
-        let state = AppState::new(pool.clone(), config);
+        let db =
+            database::connect_pool(test_db.options.clone(), config.db_max_connections, config.db_acquire_timeout())
+                .await
+                .expect("can connect the service to the test database");
+        let state = AppState::new(db.clone(), config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app::router(state)).await });
-        TestApp { address, client: reqwest::Client::new(), pool, admin_token, _db: db }
+        TestApp { address, client: reqwest::Client::new(), pool, db, admin_token, _db: test_db }
     }
 
     pub fn url(&self, path: &str) -> String {

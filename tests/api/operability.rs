@@ -16,6 +16,7 @@ use cohort_ingest::{
     app::{self, AppState},
     config::{Cli, Config, LogFormat},
     http::limits,
+    store::database::Database,
     telemetry,
 };
 use futures::StreamExt as _;
@@ -292,7 +293,7 @@ async fn openapi_document_and_router_agree_on_every_route() {
         assert!(!is_unrouted(response).await, "{method} {template} is documented but not routed");
     }
 
-    let router = app::router(AppState::new(app.pool.clone(), Config::defaults()));
+    let router = app::router(AppState::new(app.db.clone(), Config::defaults()));
     let routed_templates = router_path_templates(&format!("{router:?}"));
     let documented_templates: BTreeSet<&String> = documented.iter().map(|(_, path)| path).collect();
     for template in &documented_templates {
@@ -377,10 +378,51 @@ async fn metrics_count_requests_by_route_template_and_report_the_pool() {
         "cohort_ingest_db_pool_idle_connections",
         "cohort_ingest_db_pool_in_use_connections",
         "cohort_ingest_db_pool_max_connections",
+        "cohort_ingest_db_pool_waiting",
         "cohort_ingest_http_requests_in_flight",
     ] {
         assert!(text.lines().any(|l| l.starts_with(&format!("{gauge} "))), "no {gauge}:\n{text}");
     }
+}
+
+/// Scrapes `/metrics` until `holds` accepts the text, for at most ten seconds: what is
+/// measured may land an instant after the response the test saw, and gauges are shared
+/// with the other tests' apps in this process, so a single scrape may show theirs.
+async fn scrape_until(app: &TestApp, what: &str, holds: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        if holds(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "{what}: not seen within 10 s; last scrape:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of an unlabelled metric in a scrape.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_the_requests_waiting_for_a_database_connection() {
+    const WAITING: &str = "cohort_ingest_db_pool_waiting";
+    let app = TestApp::spawn_with(|config| config.db_max_connections = 1).await;
+    scrape_until(&app, "nobody waiting", |text| sample(text, WAITING) == Some(0.0)).await;
+
+    // The test holds the pool's only connection: a readiness probe has to wait for it.
+    let held = app.db.acquire().await.unwrap();
+    let probe = tokio::spawn(app.client.get(app.url("/readyz")).send());
+    scrape_until(&app, "the probe waiting", |text| {
+        sample(text, WAITING) >= Some(1.0) && sample(text, "cohort_ingest_db_pool_in_use_connections") == Some(1.0)
+    })
+    .await;
+
+    // Given the connection, the probe answers and nobody waits any more.
+    drop(held);
+    assert_eq!(probe.await.unwrap().unwrap().status(), 200);
+    scrape_until(&app, "nobody waiting after the probe", |text| sample(text, WAITING) == Some(0.0)).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -904,7 +946,7 @@ impl ProxiedApp {
             .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
-        let state = AppState::new(pool, config);
+        let state = AppState::new(Database::new(pool), config);
         tokio::spawn(async move { axum::serve(listener, app::router(state)).await });
         ProxiedApp { address, client: reqwest::Client::new(), proxy, _db: db }
     }

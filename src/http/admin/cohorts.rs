@@ -100,7 +100,7 @@ async fn list_cohorts(
     Query(filter): Query<CohortFilter>,
 ) -> ApiResult<Json<CohortList>> {
     require_workspace(&state, ws).await?;
-    let cohorts = store::cohorts::list(&state.pool, ws, filter.partner.as_deref()).await?;
+    let cohorts = store::cohorts::list(&state.db, ws, filter.partner.as_deref()).await?;
     Ok(Json(CohortList { cohorts }))
 }
 
@@ -117,7 +117,7 @@ async fn get_cohort(
 ) -> ApiResult<Json<Cohort>> {
     require_workspace(&state, ws).await?;
     let key = CohortKey { workspace_id: ws, partner: &partner, cohort_id: &cohort_id };
-    store::cohorts::find(&state.pool, key).await?.map(Json).ok_or_else(|| unknown_cohort(key))
+    store::cohorts::find(&state.db, key).await?.map(Json).ok_or_else(|| unknown_cohort(key))
 }
 
 /// A cohort's import log, newest first, with the member count after each import.
@@ -138,7 +138,7 @@ async fn list_imports(
     let key = CohortKey { workspace_id: ws, partner: &partner, cohort_id: &cohort_id };
     // One more than asked tells whether there is a next page.
     let mut imports =
-        store::cohorts::imports(&state.pool, key, limit + 1, page.before).await?.ok_or_else(|| unknown_cohort(key))?;
+        store::cohorts::imports(&state.db, key, limit + 1, page.before).await?.ok_or_else(|| unknown_cohort(key))?;
     let next_before = next_page(&mut imports, limit).map(|last| last.id);
     Ok(Json(ImportList { imports, next_before }))
 }
@@ -170,7 +170,7 @@ async fn list_members(
     };
     require_workspace(&state, ws).await?;
     let mut members =
-        store::cohorts::members(&state.pool, key, limit + 1, after).await?.ok_or_else(|| unknown_cohort(key))?;
+        store::cohorts::members(&state.db, key, limit + 1, after).await?.ok_or_else(|| unknown_cohort(key))?;
     let next_cursor = next_page(&mut members, limit).map(|last| cursor::seal(&context, &last.user_id.to_be_bytes()));
     Ok(Json(MemberList { members, next_cursor }))
 }
@@ -188,7 +188,7 @@ async fn delete_cohort(
 ) -> ApiResult<StatusCode> {
     require_workspace(&state, ws).await?;
     let key = CohortKey { workspace_id: ws, partner: &partner, cohort_id: &cohort_id };
-    if store::cohorts::delete(&state.pool, key).await? { Ok(StatusCode::NO_CONTENT) } else { Err(unknown_cohort(key)) }
+    if store::cohorts::delete(&state.db, key).await? { Ok(StatusCode::NO_CONTENT) } else { Err(unknown_cohort(key)) }
 }
 
 fn unknown_cohort(key: CohortKey<'_>) -> ApiError {

@@ -70,7 +70,8 @@ async fn create_data_import_key(
     require_workspace(&state, ws).await?;
     require_partner(&state, &partner).await?;
     let key = NewKey::generate(KeyKind::DataImport);
-    let info = store::keys::insert_data_import_key(&state.pool, ws, &partner, &key).await?;
+    let mut conn = state.db.acquire().await?;
+    let info = store::keys::insert_data_import_key(&mut *conn, ws, &partner, &key).await?;
     Ok((StatusCode::CREATED, Json(CreatedKey::new(info, key))))
 }
 
@@ -86,7 +87,7 @@ async fn list_data_import_keys(
 ) -> ApiResult<Json<KeyList>> {
     require_workspace(&state, ws).await?;
     require_partner(&state, &partner).await?;
-    Ok(Json(KeyList { keys: store::keys::list_data_import_keys(&state.pool, ws, &partner).await? }))
+    Ok(Json(KeyList { keys: store::keys::list_data_import_keys(&state.db, ws, &partner).await? }))
 }
 
 /// Invalidates a data import key at once.
@@ -101,7 +102,7 @@ async fn revoke_data_import_key(
     Path((ws, partner, id)): Path<(Uuid, String, Uuid)>,
 ) -> ApiResult<StatusCode> {
     require_workspace(&state, ws).await?;
-    if store::keys::revoke_data_import_key(&state.pool, ws, &partner, id).await? {
+    if store::keys::revoke_data_import_key(&state.db, ws, &partner, id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("no data import key {id} for partner {partner} in this workspace")))
@@ -168,7 +169,8 @@ async fn create_api_key(
     }
     require_workspace(&state, ws).await?;
     let key = NewKey::generate(KeyKind::RestApi);
-    let info = store::keys::insert_api_key(&state.pool, ws, name.as_str(), &scopes, &key).await?;
+    let mut conn = state.db.acquire().await?;
+    let info = store::keys::insert_api_key(&mut *conn, ws, name.as_str(), &scopes, &key).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedApiKey {
@@ -192,7 +194,7 @@ async fn list_api_keys(
     Path(ws): Path<Uuid>,
 ) -> ApiResult<Json<ApiKeyList>> {
     require_workspace(&state, ws).await?;
-    Ok(Json(ApiKeyList { keys: store::keys::list_api_keys(&state.pool, ws).await? }))
+    Ok(Json(ApiKeyList { keys: store::keys::list_api_keys(&state.db, ws).await? }))
 }
 
 /// Revokes a REST API key at once.
@@ -205,7 +207,7 @@ async fn revoke_api_key(
     Path((ws, id)): Path<(Uuid, Uuid)>,
 ) -> ApiResult<StatusCode> {
     require_workspace(&state, ws).await?;
-    if store::keys::revoke_api_key(&state.pool, ws, id).await? {
+    if store::keys::revoke_api_key(&state.db, ws, id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("no API key {id} in this workspace")))

@@ -29,14 +29,16 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// The workspace of a path, or 404.
 pub(crate) async fn require_workspace(state: &AppState, workspace_id: Uuid) -> ApiResult<Workspace> {
-    store::workspaces::find(&state.pool, workspace_id)
+    let mut conn = state.db.acquire().await?;
+    store::workspaces::find(&mut *conn, workspace_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("unknown workspace {workspace_id}")))
 }
 
 /// 404 unless the partner exists.
 pub(crate) async fn require_partner(state: &AppState, partner: &str) -> ApiResult<()> {
-    if store::partners::exists(&state.pool, partner).await? {
+    let mut conn = state.db.acquire().await?;
+    if store::partners::exists(&mut *conn, partner).await? {
         Ok(())
     } else {
         Err(ApiError::not_found(format!("unknown partner {partner}")))

@@ -65,7 +65,7 @@ async fn create_partner(
 ) -> ApiResult<(StatusCode, Json<CreatedPartner>)> {
     let name = PartnerName::parse(&body.name).map_err(ApiError::BadRequest)?;
     let key = NewKey::generate(KeyKind::PartnerApi);
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     store::partners::insert(&mut *tx, &name)
         .await
         .on_constraint("partners_pkey", |_| ApiError::conflict(format!("partner {name} already exists")))?;
@@ -78,7 +78,7 @@ async fn create_partner(
 #[utoipa::path(get, path = "/admin/partners", tag = "admin", security(("admin_token" = [])),
     responses((status = 200, body = PartnerList), (status = 401, body = ErrorBody)))]
 async fn list_partners(_: AdminAuth, State(state): State<AppState>) -> ApiResult<Json<PartnerList>> {
-    Ok(Json(PartnerList { partners: store::partners::list_with_keys(&state.pool).await? }))
+    Ok(Json(PartnerList { partners: store::partners::list_with_keys(&state.db).await? }))
 }
 
 /// Issues another partner API key; existing keys stay valid, for rotation.
@@ -93,7 +93,8 @@ async fn create_partner_api_key(
     require_partner(&state, &partner).await?;
     let name = PartnerName::parse(&partner).map_err(ApiError::BadRequest)?;
     let key = NewKey::generate(KeyKind::PartnerApi);
-    let info = store::keys::insert_partner_api_key(&state.pool, &name, &key).await?;
+    let mut conn = state.db.acquire().await?;
+    let info = store::keys::insert_partner_api_key(&mut *conn, &name, &key).await?;
     Ok((StatusCode::CREATED, Json(CreatedKey::new(info, key))))
 }
 
@@ -106,7 +107,7 @@ async fn revoke_partner_api_key(
     State(state): State<AppState>,
     Path((partner, id)): Path<(String, Uuid)>,
 ) -> ApiResult<StatusCode> {
-    if store::keys::revoke_partner_api_key(&state.pool, &partner, id).await? {
+    if store::keys::revoke_partner_api_key(&state.db, &partner, id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("partner {partner} has no API key {id}")))

@@ -131,7 +131,7 @@ async fn batch_upsert_users(
         })
         .collect::<ApiResult<Vec<_>>>()?;
 
-    let mut tx = store::users::begin_writes(&state.pool, ws).await?;
+    let mut tx = store::users::begin_writes(&state.db, ws).await?;
     let outcomes = store::users::upsert_profiles(&mut tx, ws, &profiles).await?;
     tx.commit().await?;
 
@@ -206,7 +206,7 @@ async fn import_users(
 
     // Reading and parsing (here) overlap with upserting the previous chunk (the writer
     // task, which owns the transaction); the channel holds one chunk, so memory is flat.
-    let tx = store::users::begin_writes(&state.pool, ws).await?;
+    let tx = store::users::begin_writes(&state.db, ws).await?;
     let (chunks, mut pending) = mpsc::channel::<ImportChunk>(1);
     let writer = tokio::spawn(async move {
         let mut tx = tx;
@@ -444,7 +444,8 @@ async fn find_user(
 ) -> ApiResult<Json<UserProfile>> {
     let lookup = query.into_lookup()?;
     require_workspace(&state, ws).await?;
-    store::users::find_profile(&state.pool, ws, &lookup)
+    let mut conn = state.db.acquire().await?;
+    store::users::find_profile(&mut *conn, ws, &lookup)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found("no user matches the lookup"))
@@ -465,7 +466,8 @@ async fn get_user(
 
 /// The profile of `braze_id`, or 404.
 async fn require_profile(state: &AppState, ws: Uuid, braze_id: Uuid) -> ApiResult<UserProfile> {
-    store::users::find_profile(&state.pool, ws, &UserLookup::BrazeId(braze_id))
+    let mut conn = state.db.acquire().await?;
+    store::users::find_profile(&mut *conn, ws, &UserLookup::BrazeId(braze_id))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("unknown user {braze_id}")))
 }
@@ -495,7 +497,7 @@ async fn identify_user(
     let external_id =
         ExternalId::parse(body.external_id).map_err(|error| ApiError::bad_request(error.for_field("external_id")))?;
     require_workspace(&state, ws).await?;
-    match store::users::identify(&state.pool, ws, braze_id, &external_id).await? {
+    match store::users::identify(&state.db, ws, braze_id, &external_id).await? {
         IdentifyOutcome::Identified => Ok(Json(require_profile(&state, ws, braze_id).await?)),
         IdentifyOutcome::NotFound => Err(ApiError::not_found(format!("unknown user {braze_id}"))),
         IdentifyOutcome::HasOtherExternalId => {
@@ -518,7 +520,7 @@ async fn delete_user(
     Path((ws, braze_id)): Path<(Uuid, Uuid)>,
 ) -> ApiResult<StatusCode> {
     require_workspace(&state, ws).await?;
-    if store::users::delete(&state.pool, ws, braze_id).await? {
+    if store::users::delete(&state.db, ws, braze_id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("unknown user {braze_id}")))

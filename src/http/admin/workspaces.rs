@@ -45,7 +45,7 @@ async fn create_workspace(
     Json(body): Json<NewWorkspace>,
 ) -> ApiResult<(StatusCode, Json<Workspace>)> {
     let name = DisplayName::parse(&body.name).map_err(ApiError::BadRequest)?;
-    let workspace = store::workspaces::create(&state.pool, name.as_str()).await?;
+    let workspace = store::workspaces::create(&state.db, name.as_str()).await?;
     Ok((StatusCode::CREATED, Json(workspace)))
 }
 
@@ -53,7 +53,7 @@ async fn create_workspace(
 #[utoipa::path(get, path = "/admin/workspaces", tag = "admin", security(("admin_token" = [])),
     responses((status = 200, body = WorkspaceList), (status = 401, body = ErrorBody)))]
 async fn list_workspaces(_: AdminAuth, State(state): State<AppState>) -> ApiResult<Json<WorkspaceList>> {
-    Ok(Json(WorkspaceList { workspaces: store::workspaces::list(&state.pool).await? }))
+    Ok(Json(WorkspaceList { workspaces: store::workspaces::list(&state.db).await? }))
 }
 
 /// One workspace.
