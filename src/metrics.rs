@@ -15,9 +15,12 @@ use crate::store::database::Database;
 
 /// Requests served, by method, route template and status.
 pub const HTTP_REQUESTS: &str = "cohort_ingest_http_requests_total";
-/// Request latency (to the response head) in seconds, by method, route template and status.
+/// Request latency in seconds, from the request's arrival to the end of its response body
+/// (its last byte handed to the connection, or the body failing or being dropped when the
+/// client leaves), by method, route template and status: a streamed export counts for as
+/// long as it streams.
 pub const HTTP_DURATION: &str = "cohort_ingest_http_request_duration_seconds";
-/// Requests being handled right now.
+/// Requests being handled right now (a streamed response until its body ends).
 pub const HTTP_IN_FLIGHT: &str = "cohort_ingest_http_requests_in_flight";
 /// Identifiers processed by partner imports, by partner and outcome.
 pub const IDENTIFIERS: &str = "cohort_ingest_identifiers_total";
@@ -106,7 +109,8 @@ pub fn render(db: &Database) -> String {
     handle.render()
 }
 
-/// Records one served request. `route` is the matched route template (or `unmatched`).
+/// Records one served request when its response body has ended; `latency` runs from its
+/// arrival to that end. `route` is the matched route template (or `unmatched`).
 pub fn record_request(method: &Method, route: &str, status: StatusCode, latency: Duration) {
     let labels =
         [("method", method_label(method)), ("route", route.to_owned()), ("status", status.as_str().to_owned())];

@@ -5,15 +5,21 @@
 //! credentials (in `Authorization` and in partner bodies) cannot reach a log line from
 //! this layer.
 
-use std::time::Instant;
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+    time::Instant,
+};
 
 use axum::{
+    body::{Body, Bytes, HttpBody},
     extract::{MatchedPath, Request},
-    http::{HeaderName, HeaderValue},
+    http::{HeaderName, HeaderValue, Method, StatusCode},
     middleware::Next,
     response::Response,
 };
-use tracing::{Instrument, Subscriber, field::Empty};
+use http_body::{Frame, SizeHint};
+use tracing::{Instrument, Span, Subscriber, field::Empty};
 use tracing_subscriber::{EnvFilter, fmt, fmt::MakeWriter, prelude::*};
 
 use crate::{config::LogFormat, metrics};
@@ -74,9 +80,12 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("non-string panic payload")
 }
 
-/// Middleware: gives the request its id, runs it inside a `request` span, and when the
-/// response head is ready records status and latency (span fields, one `info` event, and
-/// the HTTP metrics). Mounted with `Router::layer`, so the matched route template is known.
+/// Middleware: gives the request its id, runs it inside a `request` span, records the
+/// status when the response head is ready and, when the response body has ended (sent to
+/// its last byte, failed, or dropped because the client left), the latency: span fields,
+/// one `info` event, and the HTTP metrics. A streamed export is thus measured for as long
+/// as it streams, not to its first chunk. Mounted with `Router::layer`, so the matched
+/// route template is known.
 pub async fn observe_request(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = request
@@ -101,16 +110,104 @@ pub async fn observe_request(mut request: Request, next: Next) -> Response {
 
     let in_flight = metrics::InFlight::start();
     let mut response = next.run(request).instrument(span.clone()).await;
-    drop(in_flight);
 
-    let latency = started.elapsed();
     let status = response.status();
     span.record("status", status.as_u16());
-    span.record("latency_ms", latency.as_secs_f64() * 1000.0);
-    span.in_scope(|| tracing::info!(status = status.as_u16(), "request completed"));
-    metrics::record_request(&method, &route, status, latency);
     response.headers_mut().insert(REQUEST_ID, request_id);
-    response
+    let completion = Completion { started, method, route, status, span, _in_flight: in_flight };
+    response.map(|inner| Body::new(ObservedBody { inner, completion: Some(completion) }))
+}
+
+/// What is recorded of a request once its response body has ended.
+struct Completion {
+    started: Instant,
+    method: Method,
+    route: String,
+    status: StatusCode,
+    span: Span,
+    /// The request counts as in flight until then.
+    _in_flight: metrics::InFlight,
+}
+
+/// How a response body ended (the `body` field of the `request completed` event).
+#[derive(Debug, Clone, Copy)]
+enum BodyEnd {
+    /// Sent to its last byte.
+    Complete,
+    /// Failed midway (the client sees a truncated response).
+    Failed,
+    /// Dropped before its end: the client went away, or the connection broke.
+    Abandoned,
+}
+
+impl BodyEnd {
+    fn as_str(self) -> &'static str {
+        match self {
+            BodyEnd::Complete => "complete",
+            BodyEnd::Failed => "failed",
+            BodyEnd::Abandoned => "abandoned",
+        }
+    }
+}
+
+impl Completion {
+    fn finish(self, end: BodyEnd) {
+        let latency = self.started.elapsed();
+        self.span.record("latency_ms", latency.as_secs_f64() * 1000.0);
+        self.span.in_scope(|| tracing::info!(status = self.status.as_u16(), body = end.as_str(), "request completed"));
+        metrics::record_request(&self.method, &self.route, self.status, latency);
+    }
+}
+
+/// A response body that finishes its request's [`Completion`] when it ends, however it
+/// ends: at its last frame, at an error, or dropped unfinished.
+struct ObservedBody {
+    inner: Body,
+    /// Taken when finished, so a request is recorded once.
+    completion: Option<Completion>,
+}
+
+impl ObservedBody {
+    fn finish(&mut self, end: BodyEnd) {
+        if let Some(completion) = self.completion.take() {
+            completion.finish(end);
+        }
+    }
+}
+
+impl HttpBody for ObservedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.finish(BodyEnd::Complete),
+            Poll::Ready(Some(Err(_))) => self.finish(BodyEnd::Failed),
+            // hyper need not poll again once the body says it has ended (a body of known
+            // length): it is complete now, not when hyper gets round to dropping it.
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(BodyEnd::Complete),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        // Unfinished so far: a body hyper never polled because it is empty (or the request
+        // is a HEAD) ends here complete; any other was cut off.
+        let end = if self.inner.is_end_stream() { BodyEnd::Complete } else { BodyEnd::Abandoned };
+        self.finish(end);
+    }
 }
 
 /// A client's request id is kept when it is short and made of token characters only:

@@ -425,6 +425,86 @@ async fn metrics_count_the_requests_waiting_for_a_database_connection() {
     scrape_until(&app, "nobody waiting after the probe", |text| sample(text, WAITING) == Some(0.0)).await;
 }
 
+/// The sum of the latency histogram of successful exports, in seconds (0 before any).
+fn export_latency_sum(text: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with("cohort_ingest_http_request_duration_seconds_sum{"))
+        .filter(|line| line.contains(r#"route="/v1/segments/export""#) && line.contains(r#"status="200""#))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn the_latency_of_a_streamed_export_runs_to_the_end_of_its_body() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    const CLIENT_PAUSE: Duration = Duration::from_millis(400);
+    const LINE_BYTES: usize = 500; // at least, with an external id of 500 characters
+    let app = TestApp::spawn().await;
+    app.create_partner("kubit").await;
+    let workspace = app.create_workspace("slow reader").await;
+    let key = app.create_api_key(workspace, &["segments.read"]).await;
+    sqlx::query("INSERT INTO cohorts (workspace_id, partner, cohort_id, name) VALUES ($1, 'kubit', 'empty', 'empty')")
+        .bind(workspace)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    // The export must not fit in the sockets, or the server would finish it while the
+    // client pauses: the client's receive buffer is pinned small below, and the server's
+    // send buffer grows to net.ipv4.tcp_wmem's maximum at most. Twice that, then.
+    let send_buffer_max = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|text| text.split_whitespace().last()?.parse::<usize>().ok())
+        .unwrap_or(4 << 20);
+    let users = 2 * send_buffer_max / LINE_BYTES;
+    sqlx::query(
+        "INSERT INTO users (workspace_id, braze_id, external_id)
+         SELECT $1, gen_random_uuid(), lpad(g::text, 500, 'x') FROM generate_series(1, $2) AS g",
+    )
+    .bind(workspace)
+    .bind(users as i64)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let before = export_latency_sum(&scrape_until(&app, "a scrape", |_| true).await);
+
+    // Everyone but the members of an empty cohort: every user.
+    let filter =
+        json!({"filter": {"cohort": {"partner": "kubit", "op": "does_not_include_value", "cohort_ids": ["empty"]}}});
+    let body = filter.to_string();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut stream = socket.connect(app.address.strip_prefix("http://").unwrap().parse().unwrap()).await.unwrap();
+    let request = format!(
+        "POST /v1/segments/export HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // The head and the first chunk; then the client pauses, and the server with it.
+    let mut received = Vec::new();
+    while !received.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut buffer = [0; 4096];
+        let n = stream.read(&mut buffer).await.unwrap();
+        assert!(n > 0, "connection closed before the head: {}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&buffer[..n]);
+    }
+    assert!(
+        received.starts_with(b"HTTP/1.1 200 "),
+        "{}",
+        String::from_utf8_lossy(&received[..received.len().min(200)])
+    );
+    tokio::time::sleep(CLIENT_PAUSE).await;
+    stream.read_to_end(&mut received).await.unwrap();
+    // All of it, properly ended (the last chunk of a chunked body).
+    assert!(received.len() > users * LINE_BYTES, "{} bytes for {users} users", received.len());
+    assert!(received.ends_with(b"\r\n0\r\n\r\n"), "the export did not end cleanly");
+
+    scrape_until(&app, "the export's latency, pause included", |text| {
+        export_latency_sum(text) - before >= CLIENT_PAUSE.as_secs_f64()
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Request ids and logs
 // ---------------------------------------------------------------------------------------
