@@ -11,6 +11,7 @@ use axum::{
     middleware,
     response::IntoResponse,
 };
+use tokio::sync::Semaphore;
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::{
     Modify, OpenApi as DeriveOpenApi,
@@ -49,13 +50,16 @@ pub struct AppState {
     /// `PARTNER_RATE_LIMIT`, per data import key: checked where partner credentials
     /// are resolved.
     pub partner_rate_limit: Arc<RateLimiter>,
+    /// `MAX_CONCURRENT_EXPORTS`: a permit per segment export streaming now.
+    pub exports: Arc<Semaphore>,
 }
 
 impl AppState {
     /// State for a pool and configuration.
     pub fn new(db: Database, config: Config) -> Self {
         let partner_rate_limit = Arc::new(RateLimiter::new(config.partner_rate_limit));
-        AppState { db, config: Arc::new(config), key_usage: Arc::default(), partner_rate_limit }
+        let exports = Arc::new(Semaphore::new(config.max_concurrent_exports as usize));
+        AppState { db, config: Arc::new(config), key_usage: Arc::default(), partner_rate_limit, exports }
     }
 }
 

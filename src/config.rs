@@ -76,6 +76,12 @@ pub struct Config {
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 512, global = true)]
     pub max_in_flight: usize,
 
+    /// Segment exports streaming at once; each holds a pooled connection until its body
+    /// ends, so more are refused with 503 and `Retry-After` rather than starve the pool.
+    #[arg(long, env = "MAX_CONCURRENT_EXPORTS", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub max_concurrent_exports: u32,
+
     /// Requests per second allowed per data import key on the partner endpoints; 0 is off.
     #[arg(long, env = "PARTNER_RATE_LIMIT", default_value_t = 0, global = true)]
     pub partner_rate_limit: u32,

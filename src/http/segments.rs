@@ -262,7 +262,8 @@ async fn list_segment_users(
     request_body = SegmentRequest,
     responses((status = 200, content_type = "application/x-ndjson", body = SegmentMember,
             description = "One user a line"),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "`MAX_CONCURRENT_EXPORTS` exports are running; retry after `Retry-After`")))]
 async fn export_segment(
     auth: ApiKeyAuth,
     State(state): State<AppState>,
@@ -271,12 +272,23 @@ async fn export_segment(
     auth.require(Scope::SegmentsRead)?;
     let filter = parse_filter(&body.filter)?;
     let query = prepare(&state, &auth, &filter).await?;
+    // Each export holds a pooled connection for as long as its client reads: past the cap,
+    // refuse at once rather than let exports take every connection from the other requests.
+    let permit = state.exports.clone().try_acquire_owned().map_err(|_| {
+        ApiError::Overloaded(format!(
+            "too many segment exports are running (at most {}); retry later",
+            state.config.max_concurrent_exports
+        ))
+    })?;
 
     let (sender, chunks) = mpsc::channel(2);
     let db = state.db.clone();
     // The task outlives the handler: it carries the request's span, so its log lines keep
-    // the request id.
-    let task = run_export(sender, move |sender| export_rows(db, query, sender));
+    // the request id. The permit is released when it ends, however it ends.
+    let task = run_export(sender, move |sender| async move {
+        let _permit = permit;
+        export_rows(db, query, sender).await
+    });
     tokio::spawn(task.instrument(tracing::Span::current()));
     export_response(chunks).await
 }

@@ -22,7 +22,11 @@ struct Segments {
 
 impl Segments {
     async fn new() -> Segments {
-        let app = TestApp::spawn().await;
+        Segments::on(TestApp::spawn().await).await
+    }
+
+    /// The same on a service started with other settings.
+    async fn on(app: TestApp) -> Segments {
         app.create_partner("kubit").await;
         app.create_partner("segment").await;
         let workspace = app.create_workspace("acme").await;
@@ -363,6 +367,48 @@ async fn export_of_an_empty_segment_is_an_empty_body() {
     assert_eq!(s.export(&filter).await, Vec::<Value>::new());
     let response = s.post("/v1/segments/export", &json!({ "filter": filter })).await;
     assert_eq!(response.text().await.unwrap(), "");
+}
+
+#[tokio::test]
+async fn exports_past_the_cap_are_refused_until_one_ends() {
+    let s = Segments::on(TestApp::spawn_with(|config| config.max_concurrent_exports = 1).await).await;
+    s.users(s.workspace, &["u1", "u2"]).await;
+    s.cohort(s.workspace, "kubit", "A", "Churn risk", &["u1", "u2"]).await;
+    let body = json!({ "filter": includes(&["A"]) });
+    // Lock the memberships so that the first export's query waits, holding its permit.
+    let mut blocker = s.app.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE cohort_memberships IN ACCESS EXCLUSIVE MODE").execute(&mut *blocker).await.unwrap();
+    let first =
+        tokio::spawn(s.app.client.post(s.app.url("/v1/segments/export")).bearer_auth(&s.key).json(&body).send());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&s.app.pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the first export never reached its query");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    let refused = tokio::time::timeout(std::time::Duration::from_secs(10), s.post("/v1/segments/export", &body))
+        .await
+        .expect("a second export is refused at once, not queued behind the first");
+    assert_eq!(refused.headers()["retry-after"], "1");
+    expect_error(refused, 503, "too many segment exports are running (at most 1); retry later").await;
+    // Other requests still get connections.
+    assert_eq!(s.count(&includes(&["A"])).await, 2);
+
+    blocker.rollback().await.unwrap();
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.text().await.unwrap().lines().count(), 2);
+    // Its permit is back.
+    assert_eq!(s.export(&includes(&["A"])).await.len(), 2);
 }
 
 #[tokio::test]
