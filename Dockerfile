@@ -6,29 +6,30 @@ FROM rust:1.94-bookworm AS build
 WORKDIR /src
 
 # Dependencies first, in their own layer: rebuilt only when Cargo.toml or Cargo.lock
-# change. Stub sources with the crate's targets let cargo compile every dependency.
+# change. Stub sources at the paths Cargo.toml declares let cargo compile every dependency.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src/bin \
+RUN mkdir -p src/bin/cohort-bench \
     && echo 'fn main() {}' > src/main.rs \
-    && echo 'fn main() {}' > src/bin/cohort-bench.rs \
+    && echo 'fn main() {}' > src/bin/cohort-bench/main.rs \
     && touch src/lib.rs \
     && cargo build --release --locked --bin cohort-ingest \
     && rm -rf src
 
 # The crate itself. Migrations are embedded at compile time (sqlx::migrate!); queries
-# are checked at run time, so no sqlx offline data is needed.
+# are checked at run time, so no sqlx offline data is needed. COPY keeps the files'
+# modification times, older than the stub build's output: the touch makes cargo rebuild.
 COPY build.rs ./
 COPY src ./src
 COPY migrations ./migrations
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked --bin cohort-ingest \
-    && cp target/release/cohort-ingest /cohort-ingest
+    && cargo build --release --locked --bin cohort-ingest
 
 # ---- runtime ----------------------------------------------------------------------------
-# glibc and libgcc, no shell, no package manager; user 65532 ("nonroot").
+# glibc and libgcc, no shell, no package manager; user 65532 ("nonroot"), by number so
+# that Kubernetes' runAsNonRoot can verify it (a user name it cannot).
 FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /cohort-ingest /usr/local/bin/cohort-ingest
-USER nonroot:nonroot
+COPY --from=build /src/target/release/cohort-ingest /usr/local/bin/cohort-ingest
+USER 65532:65532
 ENV LISTEN_ADDR=0.0.0.0:8080 \
     LOG_FORMAT=json
 EXPOSE 8080
