@@ -1,5 +1,8 @@
 # syntax=docker/dockerfile:1
 # cohort-ingest: build with the Rust toolchain, run the binary alone on distroless.
+# scripts/docker-dry-run.sh replays this file without Docker: it knows the instructions
+# used here (a new kind must be taught to it) and runs the build stage's RUN commands on
+# the host, so they keep to WORKDIR.
 
 # ---- build ----------------------------------------------------------------------------
 FROM rust:1.94-bookworm AS build
@@ -17,7 +20,8 @@ RUN mkdir -p src/bin/cohort-bench \
 
 # The crate itself. Migrations are embedded at compile time (sqlx::migrate!); queries
 # are checked at run time, so no sqlx offline data is needed. COPY keeps the files'
-# modification times, older than the stub build's output: the touch makes cargo rebuild.
+# modification times, which may be older than the stub build's output: the touch makes
+# sure cargo rebuilds the crate instead of keeping the stub binary.
 COPY build.rs ./
 COPY src ./src
 COPY migrations ./migrations
