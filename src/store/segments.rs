@@ -173,15 +173,6 @@ impl Node {
             Node::Or(children) => children.iter().all(Node::is_bounded),
         }
     }
-
-    /// The indexes of the `includes` leaves under this node.
-    fn including_leaves(&self, found: &mut Vec<usize>) {
-        match self {
-            Node::Leaf { index, includes: true } => found.push(*index),
-            Node::Leaf { includes: false, .. } => {}
-            Node::And(children) | Node::Or(children) => children.iter().for_each(|c| c.including_leaves(found)),
-        }
-    }
 }
 
 /// A filter leaf names a cohort the workspace does not have.
@@ -386,9 +377,11 @@ impl SegmentQuery {
     /// filter is bounded (see [`Node::is_bounded`]); `$2` is every cohort of the filter,
     /// leaf `k`'s cohorts are `$(3 + k)`.
     ///
-    /// Column `l<k>` is the union of leaf `k`'s cohorts in a block, `u` the union of every
-    /// `includes` leaf. An `includes` leaf is `l<k>`, a `does_not_include` leaf `u & ~l<k>`:
-    /// exact for every user in `u`, and a bounded filter matches no user outside it.
+    /// Column `l<k>` is the union of leaf `k`'s cohorts in a block; an `includes` leaf is
+    /// `l<k>`, a `does_not_include` leaf `~l<k>`. That is exact at every bit of a user; at
+    /// a bit with no user (or one in none of the cohorts) every leaf reads as "not a
+    /// member", where a bounded filter is false. Blocks where none of the cohorts has a
+    /// member are not read at all, for the same reason.
     fn bitmap_count_sql(&self) -> Option<String> {
         if !self.root.is_bounded() {
             return None;
@@ -399,17 +392,12 @@ impl SegmentQuery {
                 format!("coalesce(bit_or(bits) FILTER (WHERE {cohorts}), {NO_BITS}) AS l{k}")
             })
             .collect();
-        let mut including = Vec::new();
-        self.root.including_leaves(&mut including);
-        let universe: Vec<String> = including.iter().map(|k| format!("l{k}")).collect();
         Some(format!(
             "SELECT coalesce(sum(bit_count({})), 0)::int8
-               FROM (SELECT *, ({}) AS u
-                       FROM (SELECT {} FROM cohort_bitmaps
-                              WHERE workspace_id = $1 AND cohort_ref = ANY($2::bigint[])
-                              GROUP BY block) AS leaves) AS blocks",
+               FROM (SELECT {} FROM cohort_bitmaps
+                      WHERE workspace_id = $1 AND cohort_ref = ANY($2::bigint[])
+                      GROUP BY block) AS blocks",
             Self::bitmap_expression(&self.root),
-            universe.join(" | "),
             leaves.join(", ")
         ))
     }
@@ -418,7 +406,7 @@ impl SegmentQuery {
     fn bitmap_expression(node: &Node) -> String {
         match node {
             Node::Leaf { index, includes: true } => format!("l{index}"),
-            Node::Leaf { index, includes: false } => format!("(u & ~l{index})"),
+            Node::Leaf { index, includes: false } => format!("(~l{index})"),
             Node::And(children) | Node::Or(children) => {
                 let joiner = if matches!(node, Node::And(_)) { " & " } else { " | " };
                 let parts: Vec<String> = children.iter().map(Self::bitmap_expression).collect();
@@ -676,8 +664,7 @@ mod tests {
         assert!(q.root.is_bounded());
         assert_eq!(q.all_cohorts(), vec![1, 2, 3]);
         let sql = q.bitmap_count_sql().unwrap();
-        assert!(sql.starts_with("SELECT coalesce(sum(bit_count((l0 & (u & ~l1) & (u & ~l2)))), 0)::int8"), "{sql}");
-        assert!(sql.contains("(l0) AS u"), "{sql}");
+        assert!(sql.starts_with("SELECT coalesce(sum(bit_count((l0 & (~l1) & (~l2)))), 0)::int8"), "{sql}");
         assert!(
             sql.contains("bit_or(bits) FILTER (WHERE cohort_ref = ANY($4::bigint[])), B'0'::bit(8192)) AS l1"),
             "{sql}"
@@ -693,14 +680,14 @@ mod tests {
         assert!(!q.root.is_bounded());
         assert!(q.bitmap_count_sql().is_none());
 
-        // (A and not B) or C: bounded, the universe is A | C.
+        // (A and not B) or C: bounded.
         let q = query(
             json!({"or": [{"and": [leaf("includes_value", "A"), leaf("does_not_include_value", "B")]}, leaf("includes_value", "C")]}),
             cohorts(),
             vec![1, 1, 1],
         );
         let sql = q.bitmap_count_sql().unwrap();
-        assert!(sql.contains("bit_count(((l0 & (u & ~l1)) | l2))") && sql.contains("(l0 | l2) AS u"), "{sql}");
+        assert!(sql.contains("bit_count(((l0 & (~l1)) | l2))"), "{sql}");
         assert!(
             query(json!({"not": leaf("includes_value", "A")}), vec![LeafCohorts::One(1)], vec![1])
                 .bitmap_count_sql()
