@@ -373,36 +373,53 @@ impl SegmentQuery {
         all
     }
 
-    /// The count as bitwise operations on the cohorts' bitmaps, block by block, when the
-    /// filter is bounded (see [`Node::is_bounded`]); `$2` is every cohort of the filter,
-    /// leaf `k`'s cohorts are `$(3 + k)`.
+    /// The filter evaluated on the cohorts' bitmaps, one row per block with `block` and
+    /// `bits`, when the filter is bounded (see [`Node::is_bounded`]). `$2` is every cohort
+    /// of the filter, leaf `k`'s cohorts are `$(first_leaf_param + k)`, `blocks` an extra
+    /// condition on `block`.
     ///
     /// Column `l<k>` is the union of leaf `k`'s cohorts in a block; an `includes` leaf is
     /// `l<k>`, a `does_not_include` leaf `~l<k>`. That is exact at every bit of a user; at
     /// a bit with no user (or one in none of the cohorts) every leaf reads as "not a
     /// member", where a bounded filter is false. Blocks where none of the cohorts has a
     /// member are not read at all, for the same reason.
-    fn bitmap_count_sql(&self) -> Option<String> {
+    fn bitmap_blocks_sql(&self, first_leaf_param: usize, blocks: &str) -> Option<String> {
         if !self.root.is_bounded() {
             return None;
         }
         let leaves: Vec<String> = (0..self.leaves.len())
             .map(|k| {
-                let cohorts = self.leaf_cohorts("cohort_ref", k, 3);
+                let cohorts = self.leaf_cohorts("cohort_ref", k, first_leaf_param);
                 format!("coalesce(bit_or(bits) FILTER (WHERE {cohorts}), {NO_BITS}) AS l{k}")
             })
             .collect();
         Some(format!(
-            "SELECT coalesce(sum(bit_count({})), 0)::int8
-               FROM (SELECT {} FROM cohort_bitmaps
-                      WHERE workspace_id = $1 AND cohort_ref = ANY($2::bigint[])
-                      GROUP BY block) AS blocks",
+            "SELECT block, {} AS bits
+               FROM (SELECT block, {} FROM cohort_bitmaps
+                      WHERE workspace_id = $1 AND cohort_ref = ANY($2::bigint[]) AND {blocks}
+                      GROUP BY block) AS leaves",
             Self::bitmap_expression(&self.root),
             leaves.join(", ")
         ))
     }
 
-    /// `node` over one block's columns (see [`Self::bitmap_count_sql`]).
+    /// The count on the bitmaps (see [`Self::bitmap_blocks_sql`]), leaves from `$3`.
+    fn bitmap_count_sql(&self) -> Option<String> {
+        let blocks = self.bitmap_blocks_sql(3, "true")?;
+        Some(format!("SELECT coalesce(sum(bit_count(bits)), 0)::int8 FROM ({blocks}) AS blocks"))
+    }
+
+    /// The blocks from `$3` on that hold a match, at most `$4` of them, in order, with
+    /// their bits as text (`'0'`/`'1'`, bit `i` of block `b` being user id `b * 8192 + i`);
+    /// leaves from `$5`.
+    fn bitmap_page_blocks_sql(&self) -> Option<String> {
+        let blocks = self.bitmap_blocks_sql(5, "block >= $3")?;
+        Some(format!(
+            "SELECT block, bits::text FROM ({blocks}) AS blocks WHERE bit_count(bits) > 0 ORDER BY block LIMIT $4"
+        ))
+    }
+
+    /// `node` over one block's columns (see [`Self::bitmap_blocks_sql`]).
     fn bitmap_expression(node: &Node) -> String {
         match node {
             Node::Leaf { index, includes: true } => format!("l{index}"),
@@ -481,10 +498,67 @@ pub struct SegmentUser {
 
 /// Up to `limit` matching users with an internal id above `after`, in id order.
 pub async fn page(db: &Database, query: &SegmentQuery, after: i64, limit: i64) -> sqlx::Result<Vec<SegmentUser>> {
+    if query.driver().is_none()
+        && let Some(blocks_sql) = query.bitmap_page_blocks_sql()
+    {
+        return page_from_bitmaps(db, query, &blocks_sql, after, limit).await;
+    }
     let sql = query.users_sql(4, Some(2), Some(3));
     let statement = sqlx::query_as(AssertSqlSafe(sql)).bind(query.workspace_id).bind(after).bind(limit);
     let mut conn = db.acquire().await?;
     query.bind_leaves(statement).persistent(false).fetch_all(&mut *conn).await
+}
+
+/// Bitmap blocks read per round trip while a page is collected from them.
+const PAGE_BLOCKS_PER_READ: i64 = 16;
+
+/// [`page`] for a bounded filter that no single cohort drives (`A or B`, a leaf of several
+/// cohorts): in SQL it would test the workspace's users one by one from `after` until the
+/// page is full, however few of them match; the bitmaps give the matching ids block by
+/// block instead, and the users are then read by id. Both reads see one snapshot.
+async fn page_from_bitmaps(
+    db: &Database,
+    query: &SegmentQuery,
+    blocks_sql: &str,
+    after: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<SegmentUser>> {
+    let wanted = usize::try_from(limit).unwrap_or(0);
+    let mut ids: Vec<i64> = Vec::with_capacity(wanted.min(10_000));
+    let mut tx = db.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+    let mut next_block = after.max(0) >> 13;
+    'blocks: while ids.len() < wanted {
+        let statement = sqlx::query_as::<_, (i64, String)>(AssertSqlSafe(blocks_sql.to_owned()))
+            .bind(query.workspace_id)
+            .bind(query.all_cohorts())
+            .bind(next_block)
+            .bind(PAGE_BLOCKS_PER_READ);
+        let blocks = query.bind_leaves(statement).persistent(false).fetch_all(&mut *tx).await?;
+        let Some(&(last, _)) = blocks.last() else { break };
+        for (block, bits) in &blocks {
+            let set = bits.bytes().enumerate().filter(|&(_, bit)| bit == b'1');
+            for id in set.map(|(position, _)| block * 8192 + position as i64).filter(|&id| id > after) {
+                ids.push(id);
+                if ids.len() == wanted {
+                    break 'blocks;
+                }
+            }
+        }
+        if (blocks.len() as i64) < PAGE_BLOCKS_PER_READ {
+            break;
+        }
+        next_block = last + 1;
+    }
+    let users = sqlx::query_as(
+        "SELECT id, braze_id, external_id FROM users WHERE workspace_id = $1 AND id = ANY($2) ORDER BY id",
+    )
+    .bind(query.workspace_id)
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(users)
 }
 
 /// Every matching user, in id order, as one streamed query: rows arrive as PostgreSQL
@@ -664,7 +738,8 @@ mod tests {
         assert!(q.root.is_bounded());
         assert_eq!(q.all_cohorts(), vec![1, 2, 3]);
         let sql = q.bitmap_count_sql().unwrap();
-        assert!(sql.starts_with("SELECT coalesce(sum(bit_count((l0 & (~l1) & (~l2)))), 0)::int8"), "{sql}");
+        assert!(sql.starts_with("SELECT coalesce(sum(bit_count(bits)), 0)::int8"), "{sql}");
+        assert!(sql.contains("SELECT block, (l0 & (~l1) & (~l2)) AS bits"), "{sql}");
         assert!(
             sql.contains("bit_or(bits) FILTER (WHERE cohort_ref = ANY($4::bigint[])), B'0'::bit(8192)) AS l1"),
             "{sql}"
@@ -687,7 +762,10 @@ mod tests {
             vec![1, 1, 1],
         );
         let sql = q.bitmap_count_sql().unwrap();
-        assert!(sql.contains("bit_count(((l0 & (~l1)) | l2))"), "{sql}");
+        assert!(sql.contains("SELECT block, ((l0 & (~l1)) | l2) AS bits"), "{sql}");
+        let page = q.bitmap_page_blocks_sql().unwrap();
+        assert!(page.contains("AND block >= $3") && page.contains("FILTER (WHERE cohort_ref = $5)"), "{page}");
+        assert!(page.ends_with("WHERE bit_count(bits) > 0 ORDER BY block LIMIT $4"), "{page}");
         assert!(
             query(json!({"not": leaf("includes_value", "A")}), vec![LeafCohorts::One(1)], vec![1])
                 .bitmap_count_sql()
