@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use futures::{StreamExt, stream::BoxStream};
+use futures::{StreamExt, TryStreamExt, stream::BoxStream};
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, PgConnection, postgres::PgArguments, query::QueryAs};
 use utoipa::ToSchema;
@@ -512,6 +512,8 @@ pub async fn page(db: &Database, query: &SegmentQuery, after: i64, limit: i64) -
 
 /// Bitmap blocks read per round trip while a page is collected from them.
 const PAGE_BLOCKS_PER_READ: i64 = 16;
+/// Bitmap blocks per batch of an export: at most 4 × 8,192 users in memory at once.
+const EXPORT_BLOCKS_PER_READ: i64 = 4;
 
 /// [`page`] for a bounded filter that no single cohort drives (`A or B`, a leaf of several
 /// cohorts): in SQL it would test the workspace's users one by one from `after` until the
@@ -528,49 +530,120 @@ async fn page_from_bitmaps(
     let mut ids: Vec<i64> = Vec::with_capacity(wanted.min(10_000));
     let mut tx = db.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
-    let mut next_block = after.max(0) >> 13;
-    'blocks: while ids.len() < wanted {
-        let statement = sqlx::query_as::<_, (i64, String)>(AssertSqlSafe(blocks_sql.to_owned()))
-            .bind(query.workspace_id)
-            .bind(query.all_cohorts())
-            .bind(next_block)
-            .bind(PAGE_BLOCKS_PER_READ);
-        let blocks = query.bind_leaves(statement).persistent(false).fetch_all(&mut *tx).await?;
-        let Some(&(last, _)) = blocks.last() else { break };
-        for (block, bits) in &blocks {
-            let set = bits.bytes().enumerate().filter(|&(_, bit)| bit == b'1');
-            for id in set.map(|(position, _)| block * 8192 + position as i64).filter(|&id| id > after) {
-                ids.push(id);
-                if ids.len() == wanted {
-                    break 'blocks;
-                }
-            }
-        }
-        if (blocks.len() as i64) < PAGE_BLOCKS_PER_READ {
-            break;
-        }
-        next_block = last + 1;
+    let mut next_block = Some(after.max(0) >> 13);
+    while let Some(from) = next_block
+        && ids.len() < wanted
+    {
+        let read = BitmapRead { from, blocks: PAGE_BLOCKS_PER_READ, after, max_ids: wanted };
+        next_block = read.matching_ids(&mut tx, query, blocks_sql, &mut ids).await?;
     }
-    let users = sqlx::query_as(
-        "SELECT id, braze_id, external_id FROM users WHERE workspace_id = $1 AND id = ANY($2) ORDER BY id",
-    )
-    .bind(query.workspace_id)
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await?;
+    let users = users_by_id(&mut tx, query.workspace_id, &ids).await?;
     tx.commit().await?;
     Ok(users)
 }
 
-/// Every matching user, in id order, as one streamed query: rows arrive as PostgreSQL
-/// produces them, so memory stays flat however large the segment.
+/// One read of bitmap blocks (see [`SegmentQuery::bitmap_page_blocks_sql`]).
+struct BitmapRead {
+    /// The first block to read.
+    from: i64,
+    /// How many blocks holding a match to read at most.
+    blocks: i64,
+    /// Only ids above this one count.
+    after: i64,
+    /// Stop once `ids` holds this many.
+    max_ids: usize,
+}
+
+impl BitmapRead {
+    /// Appends the matching user ids of the blocks read to `ids`, in order; returns the
+    /// block to read next, `None` when there is none left.
+    async fn matching_ids(
+        &self,
+        conn: &mut PgConnection,
+        query: &SegmentQuery,
+        blocks_sql: &str,
+        ids: &mut Vec<i64>,
+    ) -> sqlx::Result<Option<i64>> {
+        let statement = sqlx::query_as::<_, (i64, String)>(AssertSqlSafe(blocks_sql.to_owned()))
+            .bind(query.workspace_id)
+            .bind(query.all_cohorts())
+            .bind(self.from)
+            .bind(self.blocks);
+        let blocks = query.bind_leaves(statement).persistent(false).fetch_all(&mut *conn).await?;
+        for (block, bits) in &blocks {
+            // Bit `i` of the text is user id `block * 8192 + i`.
+            let set = bits.bytes().enumerate().filter(|&(_, bit)| bit == b'1');
+            for id in set.map(|(position, _)| block * 8192 + position as i64).filter(|&id| id > self.after) {
+                ids.push(id);
+                if ids.len() >= self.max_ids {
+                    return Ok(Some(*block));
+                }
+            }
+        }
+        Ok(match blocks.last() {
+            Some(&(last, _)) if blocks.len() as i64 == self.blocks => Some(last + 1),
+            _ => None,
+        })
+    }
+}
+
+/// The users with these internal ids, in id order.
+async fn users_by_id(conn: &mut PgConnection, workspace_id: Uuid, ids: &[i64]) -> sqlx::Result<Vec<SegmentUser>> {
+    sqlx::query_as("SELECT id, braze_id, external_id FROM users WHERE workspace_id = $1 AND id = ANY($2) ORDER BY id")
+        .bind(workspace_id)
+        .bind(ids)
+        .fetch_all(conn)
+        .await
+}
+
+/// Every matching user, in id order, streamed so that memory stays flat however large the
+/// segment: the rows of one query as PostgreSQL produces them or, for the filters [`page`]
+/// reads from the bitmaps, a few bitmap blocks' users at a time.
 pub fn export<'e>(
     connection: &'e mut PgConnection,
     query: &'e SegmentQuery,
 ) -> BoxStream<'e, sqlx::Result<SegmentUser>> {
+    if query.driver().is_none()
+        && let Some(blocks_sql) = query.bitmap_page_blocks_sql()
+    {
+        return export_from_bitmaps(connection, query, blocks_sql);
+    }
     let sql = query.users_sql(2, None, None);
     let statement = sqlx::query_as(AssertSqlSafe(sql)).bind(query.workspace_id);
     query.bind_leaves(statement).persistent(false).fetch(connection).boxed()
+}
+
+/// [`export`] from the bitmaps, in one read-only repeatable-read transaction opened on
+/// `connection` and committed after the last batch. (A stream dropped before its end
+/// leaves it open: the caller closes such a connection rather than return it to the pool.)
+fn export_from_bitmaps<'e>(
+    connection: &'e mut PgConnection,
+    query: &'e SegmentQuery,
+    blocks_sql: String,
+) -> BoxStream<'e, sqlx::Result<SegmentUser>> {
+    let blocks_sql = std::sync::Arc::new(blocks_sql);
+    let batches = futures::stream::try_unfold((connection, None::<i64>, false), move |(conn, next, begun)| {
+        let blocks_sql = blocks_sql.clone();
+        async move {
+            let from = match (next, begun) {
+                (_, false) => {
+                    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *conn).await?;
+                    0
+                }
+                (Some(from), true) => from,
+                (None, true) => {
+                    sqlx::query("COMMIT").execute(&mut *conn).await?;
+                    return Ok::<_, sqlx::Error>(None);
+                }
+            };
+            let mut ids = Vec::new();
+            let read = BitmapRead { from, blocks: EXPORT_BLOCKS_PER_READ, after: 0, max_ids: usize::MAX };
+            let next = read.matching_ids(conn, query, &blocks_sql, &mut ids).await?;
+            let users = users_by_id(conn, query.workspace_id, &ids).await?;
+            Ok(Some((users, (conn, next, true))))
+        }
+    });
+    batches.map_ok(|users| futures::stream::iter(users.into_iter().map(Ok))).try_flatten().boxed()
 }
 
 // ---- per-user checks --------------------------------------------------------------
