@@ -12,8 +12,8 @@
 //! `includes` cohorts (`A and not B`, `A or B`, but not `not B` alone), the count is
 //! `bit_count` over the cohorts' bitmaps (`cohort_bitmaps`, kept by triggers in step with
 //! the memberships), a few KiB of bitwise operations per million user ids instead of
-//! reading every membership row. Pages of such a filter that no single cohort can drive
-//! (`A or B`, a leaf of several cohorts) take their user ids from the bitmaps too.
+//! reading every membership row. Pages and exports of such a filter that no single cohort
+//! can drive (`A or B`, a leaf of several cohorts) take their user ids from the bitmaps too.
 //!
 //! The SQL text comes only from the expression's structure (leaf `k` is always `$n` for a
 //! fixed `n`); every value — workspace, cohort refs, cursor, limits, identifiers — is a
