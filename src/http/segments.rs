@@ -251,9 +251,9 @@ async fn list_segment_users(
 /// Streams every user matching a filter as NDJSON, one `{"braze_id","external_id"}` a
 /// line, in the order of `/v1/segments/users`.
 ///
-/// The rows come from one streamed query on a connection of its own and go out in
-/// 64 KiB chunks through a channel of two, so the service holds a few chunks whatever the
-/// segment's size. The route is exempt from the request timeout (see
+/// The rows come from a connection of its own (one streamed query, or a few bitmap blocks'
+/// users at a time: see [`store::segments::export`]) and go out in 64 KiB chunks through a
+/// channel of two, so the service holds a few chunks whatever the segment's size. The route is exempt from the request timeout (see
 /// [`crate::http::limits::UNBOUNDED_ROUTES`]); instead, a client that stops reading for a
 /// minute ends it. A failure after the first chunk (the query's, a stalled client, a panic
 /// of the task producing the rows) aborts the response: the client sees a truncated
