@@ -253,11 +253,11 @@ async fn list_segment_users(
 ///
 /// The rows come from a connection of its own (one streamed query, or a few bitmap blocks'
 /// users at a time: see [`store::segments::export`]) and go out in 64 KiB chunks through a
-/// channel of two, so the service holds a few chunks whatever the segment's size. The route is exempt from the request timeout (see
-/// [`crate::http::limits::UNBOUNDED_ROUTES`]); instead, a client that stops reading for a
-/// minute ends it. A failure after the first chunk (the query's, a stalled client, a panic
-/// of the task producing the rows) aborts the response: the client sees a truncated
-/// transfer, never a clean end.
+/// channel of two, so the service holds a few chunks whatever the segment's size. The
+/// route is exempt from the request timeout (see [`crate::http::limits::UNBOUNDED_ROUTES`]);
+/// instead, a client that stops reading for a minute ends it. A failure after the first
+/// chunk (the query's, a stalled client, a panic of the task producing the rows) aborts the
+/// response: the client sees a truncated transfer, never a clean end.
 #[utoipa::path(post, path = "/v1/segments/export", tag = "segments", security(("api_key" = [])),
     request_body = SegmentRequest,
     responses((status = 200, content_type = "application/x-ndjson", body = SegmentMember,
@@ -375,8 +375,8 @@ async fn export_response(mut chunks: mpsc::Receiver<Result<Bytes, ExportFailure>
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(body)).into_response())
 }
 
-/// Produces an export: one streamed query on a connection of its own, its rows sent as
-/// NDJSON chunks.
+/// Produces an export on a connection of its own ([`store::segments::export`]), its rows
+/// sent as NDJSON chunks.
 async fn export_rows(db: Database, query: SegmentQuery, mut sender: ExportSender) -> Result<(), ExportFailure> {
     let mut connection = db.acquire().await?;
     let sent = stream_ndjson(&mut connection, &query, &mut sender).await;
@@ -388,7 +388,7 @@ async fn export_rows(db: Database, query: SegmentQuery, mut sender: ExportSender
     sent
 }
 
-/// Runs the export query and sends its rows as NDJSON chunks, to the last (or none, for
+/// Reads the export's rows and sends them as NDJSON chunks, to the last (or none, for
 /// an empty segment).
 async fn stream_ndjson(
     connection: &mut sqlx::PgConnection,
