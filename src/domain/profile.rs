@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use fastbloom::BloomFilter;
 use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -121,7 +122,41 @@ pub struct IdentifierKeys<'a> {
     pub device_ids: Vec<&'a str>,
 }
 
+/// One identifier, borrowed: the key of [`WrittenIdentifiers`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IdentifierKey<'a> {
+    /// An external id.
+    ExternalId(&'a str),
+    /// An alias.
+    Alias {
+        /// Its label.
+        label: &'a str,
+        /// Its name within the label.
+        name: &'a str,
+    },
+    /// A device id.
+    DeviceId(&'a str),
+}
+
 impl<'a> IdentifierKeys<'a> {
+    /// Keeps only the identifiers `keep` says yes to.
+    pub fn retain(&mut self, mut keep: impl FnMut(IdentifierKey<'_>) -> bool) {
+        self.external_ids.retain(|&id| keep(IdentifierKey::ExternalId(id)));
+        let (labels, names) = self
+            .alias_labels
+            .iter()
+            .zip(&self.alias_names)
+            .filter(|&(&label, &name)| keep(IdentifierKey::Alias { label, name }))
+            .unzip();
+        (self.alias_labels, self.alias_names) = (labels, names);
+        self.device_ids.retain(|&id| keep(IdentifierKey::DeviceId(id)));
+    }
+
+    /// No identifier at all.
+    pub fn is_empty(&self) -> bool {
+        self.external_ids.is_empty() && self.alias_labels.is_empty() && self.device_ids.is_empty()
+    }
+
     /// The identifiers of `profiles`, each once.
     pub fn of(profiles: impl IntoIterator<Item = &'a Profile>) -> Self {
         let mut keys = IdentifierKeys::default();
@@ -211,6 +246,68 @@ pub struct UserStoreChanges {
     pub new_aliases: Vec<(UserRef, Alias)>,
     /// Device ids to add, each new to the store.
     pub new_device_ids: Vec<(UserRef, DeviceId)>,
+}
+
+impl UserStoreChanges {
+    /// Every identifier the changes write to the store.
+    pub fn written_keys(&self) -> impl Iterator<Item = IdentifierKey<'_>> {
+        let new_users = self.new_users.iter().filter_map(|user| user.external_id.as_ref());
+        let gained = self.changed_users.iter().filter_map(|(_, external_id)| external_id.as_ref());
+        let external_ids = new_users.chain(gained).map(|id| IdentifierKey::ExternalId(id.as_str()));
+        let aliases = self.new_aliases.iter().map(|(_, alias)| IdentifierKey::Alias {
+            label: alias.alias_label.as_str(),
+            name: alias.alias_name.as_str(),
+        });
+        let device_ids = self.new_device_ids.iter().map(|(_, id)| IdentifierKey::DeviceId(id.as_str()));
+        external_ids.chain(aliases).chain(device_ids)
+    }
+}
+
+/// The identifiers a long transaction has written, approximately: a set that may answer
+/// "yes" for an identifier it was never given (about 1% of the time) but never "no" for
+/// one it was. Bloom filters of 4 MiB, one more for each 3 million identifiers, so the
+/// false-positive rate stays put however large the import; about 1.4 bytes an identifier.
+#[derive(Debug)]
+pub struct WrittenIdentifiers {
+    /// Full filters, then the one being filled.
+    filters: Vec<BloomFilter>,
+    /// Identifiers put into the last filter.
+    in_last: usize,
+    /// Bits of one filter.
+    filter_bits: usize,
+    /// Identifiers one filter takes before the next is started.
+    filter_items: usize,
+}
+
+impl Default for WrittenIdentifiers {
+    /// 4 MiB filters of 3 million identifiers: ~11 bits each, under 1% false positives.
+    fn default() -> Self {
+        WrittenIdentifiers::sized(32 * 1024 * 1024, 3_000_000)
+    }
+}
+
+impl WrittenIdentifiers {
+    /// Filters of `filter_bits` bits, each taking `filter_items` identifiers.
+    fn sized(filter_bits: usize, filter_items: usize) -> Self {
+        WrittenIdentifiers { filters: Vec::new(), in_last: 0, filter_bits, filter_items }
+    }
+
+    /// Remembers `key`.
+    pub fn insert(&mut self, key: IdentifierKey<'_>) {
+        if self.filters.is_empty() || self.in_last == self.filter_items {
+            self.filters.push(BloomFilter::with_num_bits(self.filter_bits).expected_items(self.filter_items));
+            self.in_last = 0;
+        }
+        if let Some(last) = self.filters.last_mut() {
+            last.insert(&key);
+            self.in_last += 1;
+        }
+    }
+
+    /// False if `key` was certainly never inserted.
+    pub fn may_contain(&self, key: IdentifierKey<'_>) -> bool {
+        self.filters.iter().any(|filter| filter.contains(&key))
+    }
 }
 
 /// A user as the rules see it while they run.
@@ -463,5 +560,56 @@ mod tests {
         assert!(changes.new_users.is_empty());
         assert_eq!(changes.changed_users, vec![(2, None)]);
         assert_eq!(changes.new_device_ids, vec![(UserRef::Stored(2), DeviceId::parse("d3".into()).unwrap())]);
+    }
+
+    #[test]
+    fn written_keys_are_every_identifier_the_changes_write() {
+        let mut upserter = Upserter::new();
+        upserter.know(stored(2, None), device("d2"));
+        upserter.upsert(&profile(Some("e1"), &[("l", "n")], &["d1"]));
+        upserter.upsert(&profile(Some("e2"), &[], &["d2"]));
+        let changes = upserter.into_changes();
+        let mut keys: Vec<String> = changes.written_keys().map(|key| format!("{key:?}")).collect();
+        keys.sort();
+        let alias = IdentifierKey::Alias { label: "l", name: "n" };
+        let mut expected: Vec<String> =
+            [IdentifierKey::ExternalId("e1"), IdentifierKey::ExternalId("e2"), alias, IdentifierKey::DeviceId("d1")]
+                .iter()
+                .map(|key| format!("{key:?}"))
+                .collect();
+        expected.sort();
+        assert_eq!(keys, expected);
+    }
+
+    #[test]
+    fn written_identifiers_never_forget_and_rarely_invent() {
+        let mut written = WrittenIdentifiers::sized(1024, 100);
+        let names: Vec<String> = (0..250).map(|i| format!("id-{i}")).collect();
+        let key = |i: usize| match i % 3 {
+            0 => IdentifierKey::ExternalId(&names[i]),
+            1 => IdentifierKey::Alias { label: "l", name: &names[i] },
+            _ => IdentifierKey::DeviceId(&names[i]),
+        };
+        (0..names.len()).for_each(|i| written.insert(key(i)));
+        // Past 100 identifiers a filter is full and the next one starts.
+        assert_eq!(written.filters.len(), 3);
+        assert!((0..names.len()).all(|i| written.may_contain(key(i))));
+        // ~10 bits an identifier: a few percent of false positives over three filters.
+        let others: Vec<String> = (0..1000).map(|i| format!("other-{i}")).collect();
+        let invented = others.iter().filter(|other| written.may_contain(IdentifierKey::ExternalId(other))).count();
+        assert!(invented < 150, "{invented} of 1000 unknown identifiers reported written");
+    }
+
+    #[test]
+    fn identifier_keys_retain_keeps_aliases_whole() {
+        let profiles = [profile(Some("e1"), &[("l1", "n1"), ("l2", "n2")], &["d1", "d2"])];
+        let mut keys = IdentifierKeys::of(&profiles);
+        keys.retain(|key| matches!(key, IdentifierKey::Alias { label: "l2", .. } | IdentifierKey::DeviceId("d1")));
+        assert!(keys.external_ids.is_empty());
+        assert_eq!((keys.alias_labels, keys.alias_names), (vec!["l2"], vec!["n2"]));
+        assert_eq!(keys.device_ids, ["d1"]);
+        let mut keys = IdentifierKeys::of(&profiles);
+        keys.retain(|_| false);
+        assert!(keys.is_empty());
     }
 }

@@ -295,6 +295,44 @@ async fn ndjson_import_reports_bad_lines_by_number_and_loads_the_rest() {
     assert_eq!(count(&app, "users").await, 4);
 }
 
+/// A first load (the workspace has no users) looks up only what it wrote itself: later
+/// chunks must still find the users, aliases and device ids of earlier ones.
+#[tokio::test]
+async fn first_load_finds_what_its_earlier_chunks_wrote() {
+    let app = TestApp::spawn().await;
+    let ws = app.create_workspace("acme").await;
+    let mut lines = vec![
+        r#"{"external_id":"a","aliases":[{"alias_label":"l","alias_name":"a-alias"}]}"#.to_string(),
+        r#"{"device_ids":["d-anon"]}"#.into(),
+        r#"{"external_id":"c"}"#.into(),
+    ];
+    // The import upserts 10,000 lines at a time: these push the rest into a second chunk.
+    lines.extend((0..10_000).map(|i| format!(r#"{{"external_id":"filler-{i}"}}"#)));
+    lines.extend([
+        // By alias to user a, giving it a device id.
+        r#"{"aliases":[{"alias_label":"l","alias_name":"a-alias"}],"device_ids":["d-a"]}"#.into(),
+        // By device id to the anonymous user, which becomes b.
+        r#"{"external_id":"b","device_ids":["d-anon"]}"#.into(),
+        // c is user c, and a's alias is not its to take.
+        r#"{"external_id":"c","aliases":[{"alias_label":"l","alias_name":"a-alias"}]}"#.to_string(),
+        r#"{"external_id":"a"}"#.into(),
+    ]);
+    let summary = expect_json(import(&app, ws, lines.join("\n")).await, 200).await;
+    assert_eq!(
+        (summary["created"].as_u64(), summary["updated"].as_u64(), summary["failed"].as_u64()),
+        (Some(10_003), Some(3), Some(1)),
+        "{summary}"
+    );
+    assert_eq!(summary["errors"][0]["line"], 10_006);
+    assert!(summary["errors"][0]["message"].as_str().unwrap().starts_with("aliases[0] belongs to another user"));
+    let a = profile(&app, ws, "external_id=a").await;
+    assert_eq!(a["aliases"], json!([{ "alias_label": "l", "alias_name": "a-alias" }]));
+    assert_eq!(a["device_ids"], json!(["d-a"]));
+    assert_eq!(profile(&app, ws, "device_id=d-anon").await["external_id"], "b");
+    assert_eq!(profile(&app, ws, "external_id=c").await["aliases"], json!([]));
+    assert_eq!(count(&app, "users").await, 10_003);
+}
+
 #[tokio::test]
 async fn ndjson_import_lists_at_most_100_errors() {
     let app = TestApp::spawn().await;

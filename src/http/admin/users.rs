@@ -29,7 +29,7 @@ use crate::{
     http::extract::{Json, Path, Query},
     store::{
         self,
-        users::{IdentifyOutcome, UserLookup, UserProfile},
+        users::{IdentifyOutcome, StoreLookups, UserLookup, UserProfile},
     },
 };
 
@@ -132,7 +132,8 @@ async fn batch_upsert_users(
         .collect::<ApiResult<Vec<_>>>()?;
 
     let mut tx = store::users::begin_writes(&state.db, ws).await?;
-    let outcomes = store::users::upsert_profiles(&mut tx, ws, &profiles).await?;
+    let mut lookups = StoreLookups::for_workspace(&mut tx, ws).await?;
+    let outcomes = store::users::upsert_profiles(&mut tx, ws, &profiles, &mut lookups).await?;
     tx.commit().await?;
 
     let mut response = BatchResponse { results: Vec::with_capacity(outcomes.len()), created: 0, updated: 0, failed: 0 };
@@ -206,13 +207,13 @@ async fn import_users(
 
     // Reading and parsing (here) overlap with upserting the previous chunk (the writer
     // task, which owns the transaction); the channel holds one chunk, so memory is flat.
-    let tx = store::users::begin_writes(&state.db, ws).await?;
+    let mut tx = store::users::begin_writes(&state.db, ws).await?;
+    let mut lookups = StoreLookups::for_workspace(&mut tx, ws).await?;
     let (chunks, mut pending) = mpsc::channel::<ImportChunk>(1);
     let writer = tokio::spawn(async move {
-        let mut tx = tx;
         let mut summary = ImportSummary::default();
         while let Some(chunk) = pending.recv().await {
-            chunk.upsert(&mut tx, ws, &mut summary).await?;
+            chunk.upsert(&mut tx, ws, &mut lookups, &mut summary).await?;
         }
         Ok::<_, ApiError>((tx, summary))
     });
@@ -371,10 +372,11 @@ impl ImportChunk {
         mut self,
         conn: &mut PgConnection,
         workspace_id: Uuid,
+        lookups: &mut StoreLookups,
         summary: &mut ImportSummary,
     ) -> ApiResult<()> {
         if !self.profiles.is_empty() {
-            let outcomes = store::users::upsert_profiles(conn, workspace_id, &self.profiles).await?;
+            let outcomes = store::users::upsert_profiles(conn, workspace_id, &self.profiles, lookups).await?;
             for (line, outcome) in self.lines.into_iter().zip(outcomes) {
                 match outcome {
                     UpsertOutcome::Created(_) => summary.created += 1,
