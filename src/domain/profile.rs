@@ -6,7 +6,7 @@
 //! of the earlier ones; the store then writes the outcome ([`UserStoreChanges`]) with a
 //! constant number of set-based statements.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet, HashSetExt};
 
 use fastbloom::BloomFilter;
 use serde::Deserialize;
@@ -270,7 +270,7 @@ impl UserStoreChanges {
 #[derive(Debug)]
 pub struct WrittenIdentifiers {
     /// Full filters, then the one being filled.
-    filters: Vec<BloomFilter>,
+    filters: Vec<BloomFilter<foldhash::fast::RandomState>>,
     /// Identifiers put into the last filter.
     in_last: usize,
     /// Bits of one filter.
@@ -295,7 +295,10 @@ impl WrittenIdentifiers {
     /// Remembers `key`.
     pub fn insert(&mut self, key: IdentifierKey<'_>) {
         if self.filters.is_empty() || self.in_last == self.filter_items {
-            self.filters.push(BloomFilter::with_num_bits(self.filter_bits).expected_items(self.filter_items));
+            let filter = BloomFilter::with_num_bits(self.filter_bits)
+                .hasher(foldhash::fast::RandomState::default())
+                .expected_items(self.filter_items);
+            self.filters.push(filter);
             self.in_last = 0;
         }
         if let Some(last) = self.filters.last_mut() {
