@@ -5,6 +5,8 @@
 //! read, so nothing may change those identifiers between the read and the write. Reads
 //! (lookups, cohort imports) take no lock.
 
+use std::fmt::Write as _;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgExecutor, Postgres, Transaction};
@@ -270,13 +272,14 @@ async fn apply_changes(conn: &mut PgConnection, workspace_id: Uuid, changes: &Us
     let new_ids: Vec<i64> = if changes.new_users.is_empty() {
         Vec::new()
     } else {
-        // The sequence is looked up once, not per row (that would triple the cost).
+        // The sequence is looked up once, not per row (that would triple the cost), and
+        // the ids come back as one array rather than as a row each.
         sqlx::query_scalar(
             "WITH s AS MATERIALIZED (SELECT pg_get_serial_sequence('users', 'id')::regclass AS seq)
-             SELECT nextval(s.seq) FROM s, generate_series(1, $1)",
+             SELECT array_agg(nextval(s.seq)) FROM s, generate_series(1, $1)",
         )
         .bind(changes.new_users.len() as i64)
-        .fetch_all(&mut *conn)
+        .fetch_one(&mut *conn)
         .await?
     };
     let id_of = |user: UserRef| match user {
@@ -285,14 +288,13 @@ async fn apply_changes(conn: &mut PgConnection, workspace_id: Uuid, changes: &Us
     };
 
     if !changes.new_users.is_empty() {
-        let mut rows = CopyRows::default();
+        let mut rows = CopyRows::with_capacity(changes.new_users.len(), 120);
         for (user, id) in changes.new_users.iter().zip(&new_ids) {
-            rows.row(&[
-                Some(&workspace_id.to_string()),
-                Some(&id.to_string()),
-                Some(&user.braze_id.to_string()),
-                user.external_id.as_ref().map(ExternalId::as_str),
-            ]);
+            rows.uuid(workspace_id)
+                .int(*id)
+                .uuid(user.braze_id)
+                .text(user.external_id.as_ref().map(ExternalId::as_str))
+                .end_row();
         }
         rows.copy(conn, "COPY users (workspace_id, id, braze_id, external_id) FROM STDIN").await?;
     }
@@ -315,59 +317,94 @@ async fn apply_changes(conn: &mut PgConnection, workspace_id: Uuid, changes: &Us
         .await?;
     }
 
-    let workspace = workspace_id.to_string();
     if !changes.new_aliases.is_empty() {
-        let mut rows = CopyRows::default();
+        let mut rows = CopyRows::with_capacity(changes.new_aliases.len(), 100);
         for (user, alias) in &changes.new_aliases {
-            let id = id_of(*user).to_string();
-            rows.row(&[Some(&workspace), Some(alias.alias_label.as_str()), Some(alias.alias_name.as_str()), Some(&id)]);
+            rows.uuid(workspace_id)
+                .text(Some(alias.alias_label.as_str()))
+                .text(Some(alias.alias_name.as_str()))
+                .int(id_of(*user))
+                .end_row();
         }
         rows.copy(conn, "COPY user_aliases (workspace_id, alias_label, alias_name, user_id) FROM STDIN").await?;
     }
 
     if !changes.new_device_ids.is_empty() {
-        let mut rows = CopyRows::default();
+        let mut rows = CopyRows::with_capacity(changes.new_device_ids.len(), 90);
         for (user, device_id) in &changes.new_device_ids {
-            rows.row(&[Some(&workspace), Some(device_id.as_str()), Some(&id_of(*user).to_string())]);
+            rows.uuid(workspace_id).text(Some(device_id.as_str())).int(id_of(*user)).end_row();
         }
         rows.copy(conn, "COPY user_device_ids (workspace_id, device_id, user_id) FROM STDIN").await?;
     }
     Ok(())
 }
 
-/// Rows in COPY's text format.
-#[derive(Default)]
-struct CopyRows(String);
+/// Rows in COPY's text format, written field by field straight into one buffer (a
+/// million-user import writes four million fields: no allocation per field).
+struct CopyRows {
+    text: String,
+    /// The next field starts a row: no tab before it.
+    at_row_start: bool,
+}
 
 impl CopyRows {
-    /// Appends a row; `None` is SQL NULL.
-    fn row(&mut self, fields: &[Option<&str>]) {
-        for (i, field) in fields.iter().enumerate() {
-            if i > 0 {
-                self.0.push('\t');
-            }
-            match field {
-                None => self.0.push_str("\\N"),
-                Some(text) => {
-                    for c in text.chars() {
-                        match c {
-                            '\\' => self.0.push_str("\\\\"),
-                            '\n' => self.0.push_str("\\n"),
-                            '\r' => self.0.push_str("\\r"),
-                            '\t' => self.0.push_str("\\t"),
-                            c => self.0.push(c),
-                        }
-                    }
-                }
-            }
+    /// Room for `rows` rows of about `row_bytes` bytes.
+    fn with_capacity(rows: usize, row_bytes: usize) -> Self {
+        CopyRows { text: String::with_capacity(rows * row_bytes), at_row_start: true }
+    }
+
+    fn separate(&mut self) {
+        if !self.at_row_start {
+            self.text.push('\t');
         }
-        self.0.push('\n');
+        self.at_row_start = false;
+    }
+
+    /// Appends a text field, escaped; `None` is SQL NULL.
+    fn text(&mut self, value: Option<&str>) -> &mut Self {
+        self.separate();
+        let Some(mut rest) = value else {
+            self.text.push_str("\\N");
+            return self;
+        };
+        while let Some(at) = rest.find(['\\', '\n', '\r', '\t']) {
+            self.text.push_str(&rest[..at]);
+            self.text.push_str(match rest.as_bytes()[at] {
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                _ => "\\t",
+            });
+            rest = &rest[at + 1..];
+        }
+        self.text.push_str(rest);
+        self
+    }
+
+    /// Appends an integer field.
+    fn int(&mut self, value: i64) -> &mut Self {
+        self.separate();
+        let _ = write!(self.text, "{value}");
+        self
+    }
+
+    /// Appends a UUID field.
+    fn uuid(&mut self, value: Uuid) -> &mut Self {
+        self.separate();
+        self.text.push_str(value.hyphenated().encode_lower(&mut Uuid::encode_buffer()));
+        self
+    }
+
+    /// Ends the row.
+    fn end_row(&mut self) {
+        self.text.push('\n');
+        self.at_row_start = true;
     }
 
     /// Sends the rows with `statement` (a `COPY … FROM STDIN`).
     async fn copy(self, conn: &mut PgConnection, statement: &'static str) -> sqlx::Result<()> {
         let mut copy = conn.copy_in_raw(statement).await?;
-        copy.send(self.0.into_bytes()).await?;
+        copy.send(self.text.into_bytes()).await?;
         copy.finish().await?;
         Ok(())
     }
@@ -461,4 +498,18 @@ pub async fn delete(db: &Database, workspace_id: Uuid, braze_id: Uuid) -> sqlx::
         .await?;
     tx.commit().await?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_rows_escape_text_and_write_nulls_numbers_and_uuids() {
+        let mut rows = CopyRows::with_capacity(2, 10);
+        let id = Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+        rows.uuid(id).int(-42).text(Some("a\\b\tc\nd\re")).text(None).end_row();
+        rows.text(Some("plain")).int(7).end_row();
+        assert_eq!(rows.text, "01234567-89ab-cdef-0123-456789abcdef\t-42\ta\\\\b\\tc\\nd\\re\t\\N\nplain\t7\n");
+    }
 }

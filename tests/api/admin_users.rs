@@ -333,6 +333,30 @@ async fn first_load_finds_what_its_earlier_chunks_wrote() {
     assert_eq!(count(&app, "users").await, 10_003);
 }
 
+/// The import writes with COPY's text format, where a backslash, a tab, a newline or a
+/// carriage return would otherwise end a field or a row, and `\\N` would be NULL.
+#[tokio::test]
+async fn ndjson_import_stores_identifiers_byte_for_byte() {
+    let app = TestApp::spawn().await;
+    let ws = app.create_workspace("acme").await;
+    let awkward = "a\\b\tc\nd\re \\N é";
+    let line = json!({
+        "external_id": awkward,
+        "aliases": [{ "alias_label": "\\N", "alias_name": awkward }],
+        "device_ids": [format!("{awkward}-device")],
+    });
+    let summary = expect_json(import(&app, ws, format!("{line}\n")).await, 200).await;
+    assert_eq!(summary["created"], 1, "{summary}");
+    let stored: (String, String, String, String) = sqlx::query_as(
+        "SELECT u.external_id, a.alias_label, a.alias_name, d.device_id
+           FROM users u JOIN user_aliases a ON a.user_id = u.id JOIN user_device_ids d ON d.user_id = u.id",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, (awkward.into(), "\\N".into(), awkward.into(), format!("{awkward}-device")));
+}
+
 #[tokio::test]
 async fn ndjson_import_lists_at_most_100_errors() {
     let app = TestApp::spawn().await;
