@@ -213,8 +213,19 @@ added AS (
     RETURNING 1
 ),
 removed AS (
-    DELETE FROM cohort_memberships m USING requested r
-     WHERE m.workspace_id = $1 AND m.cohort_ref = $2 AND m.user_id = r.user_id AND r.remove
+    -- One primary-key probe per user, then a delete by row address, whatever the
+    -- statistics say. Written as a join, it was planned from a growing cohort's stale
+    -- row estimate (a few rows) as a hash join over every member of the cohort: in
+    -- the benchmark a removal read ~11k members at 400k changes, and removals were 1.6x
+    -- slower than additions. The OFFSET 0 keeps the lateral subquery a nested loop.
+    DELETE FROM cohort_memberships m
+     USING (SELECT member.row_address
+              FROM requested r
+             CROSS JOIN LATERAL (SELECT ctid AS row_address FROM cohort_memberships
+                                  WHERE workspace_id = $1 AND cohort_ref = $2 AND user_id = r.user_id
+                                 OFFSET 0) AS member
+             WHERE r.remove) AS doomed
+     WHERE m.ctid = doomed.row_address
     RETURNING 1
 ),
 counts AS (

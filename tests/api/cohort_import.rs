@@ -514,6 +514,28 @@ async fn the_last_change_reaching_a_user_wins_and_duplicates_count_once() {
     assert_member_counts_exact(&app).await;
 }
 
+/// A removal deletes the user's membership of that cohort only: its other cohorts, and
+/// the other members, are untouched.
+#[tokio::test]
+async fn a_removal_leaves_the_users_other_cohorts_alone() {
+    let app = TestApp::spawn().await;
+    let setup = app.partner_setup("kubit").await;
+    let ws = setup.workspace;
+    let ids = add_identified(&app, ws, "u", 3).await;
+    let everyone = json!([{ "user_ids": ["u0", "u1", "u2"] }]);
+    for cohort in ["c1", "c2"] {
+        expect_counts(post_users(&app, &setup, cohort, everyone.clone()).await, 3, 0, 0, 0).await;
+    }
+    let remove = json!([{ "user_ids": ["u0", "u2"], "should_remove": true }]);
+    expect_counts(post_users(&app, &setup, "c1", remove.clone()).await, 0, 2, 0, 0).await;
+    assert_eq!(members(&app, ws, "c1").await, [ids[1]]);
+    assert_eq!(members(&app, ws, "c2").await, ids);
+    // Again: nothing left to remove.
+    expect_counts(post_users(&app, &setup, "c1", remove).await, 0, 0, 2, 0).await;
+    assert_member_counts_exact(&app).await;
+    assert_bitmaps_match_memberships(&app.pool).await;
+}
+
 #[tokio::test]
 async fn retrying_a_request_is_harmless_and_every_import_is_logged() {
     let app = TestApp::spawn().await;
