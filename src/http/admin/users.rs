@@ -208,7 +208,8 @@ async fn import_users(
     require_workspace(&state, ws).await?;
 
     // Reading and parsing (here) overlap with upserting the previous chunk (the writer
-    // task, which owns the transaction); the channel holds one chunk, so memory is flat.
+    // task, which owns the transaction); the channel holds one chunk, so the lines held
+    // in memory stay bounded.
     let mut tx = store::users::begin_writes(&state.db, ws).await?;
     let mut lookups = StoreLookups::for_workspace(&mut tx, ws).await?;
     let (chunks, mut pending) = mpsc::channel::<ImportChunk>(1);
