@@ -66,6 +66,8 @@ pub struct BaselineReport {
     pub elapsed: Duration,
     pub added: u64,
     pub removed: u64,
+    /// CPU time PostgreSQL's processes used meanwhile (set by the caller).
+    pub postgres_cpu: Duration,
 }
 
 impl BaselineReport {

@@ -2,6 +2,7 @@
 //! concurrent clients.
 
 use std::{
+    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -17,7 +18,7 @@ use serde_json::{Value, json};
 use crate::{
     api::{Api, PARTNER, Setup, count_field, success_json},
     data::{ALIAS_LABEL, COHORTS, ChangeRequest, Identifier},
-    stats::{Latencies, per_second},
+    stats::{Latencies, ms, per_second},
 };
 
 /// The cohort_id of service cohort `index`.
@@ -35,6 +36,8 @@ pub struct IngestReport {
     pub outcome: ImportCounts,
     /// CPU time the service process (not PostgreSQL) used meanwhile.
     pub service_cpu: Duration,
+    /// CPU time PostgreSQL's processes used meanwhile.
+    pub postgres_cpu: Duration,
 }
 
 impl IngestReport {
@@ -82,13 +85,15 @@ pub async fn name_cohorts(api: &Api, setup: &Setup) -> anyhow::Result<()> {
 }
 
 /// Sends every request with `concurrency` clients taking the next request in order, and
-/// measures each one. The bodies are serialized before the clock starts, so the clients'
-/// own work competes as little as possible with the service for the 2 cores.
+/// measures each one (written to `latencies_csv` too, when given). The bodies are
+/// serialized before the clock starts, so the clients' own work competes as little as
+/// possible with the service for the 2 cores.
 pub async fn drive_changes(
     api: &Api,
     setup: &Setup,
     requests: &[ChangeRequest],
     concurrency: usize,
+    latencies_csv: Option<&Path>,
 ) -> anyhow::Result<IngestReport> {
     let bodies: Arc<Vec<Bytes>> = Arc::new(requests.iter().map(|request| request_body(setup, request)).collect());
     let changes = requests.iter().map(|request| request.identifiers.len() as u64).sum();
@@ -97,15 +102,15 @@ pub async fn drive_changes(
 
     let started = Instant::now();
     let clients: Vec<_> = (0..concurrency.max(1))
-        .map(|_| tokio::spawn(run_client(api.clone(), bodies.clone(), next.clone(), failed.clone())))
+        .map(|_| tokio::spawn(run_client(api.clone(), bodies.clone(), next.clone(), failed.clone(), started)))
         .collect();
-    let mut latencies = Vec::with_capacity(requests.len());
+    let mut timings = Vec::with_capacity(requests.len());
     let mut outcome = ImportCounts::default();
     let mut first_error = None;
     for client in clients {
         match client.await.context("a benchmark client panicked")? {
             Ok(done) => {
-                latencies.extend(done.latencies);
+                timings.extend(done.timings);
                 outcome.add(done.outcome);
             }
             Err(error) => first_error = first_error.or(Some(error)),
@@ -115,20 +120,45 @@ pub async fn drive_changes(
     if let Some(error) = first_error {
         return Err(error);
     }
+    if let Some(path) = latencies_csv {
+        write_timings(path, requests, &mut timings).with_context(|| format!("cannot write {}", path.display()))?;
+    }
     Ok(IngestReport {
         changes,
         requests: requests.len(),
         elapsed,
-        latencies: Latencies::of(latencies),
+        latencies: Latencies::of(timings.iter().map(|timing| timing.latency).collect()),
         outcome,
         service_cpu: Duration::ZERO,
+        postgres_cpu: Duration::ZERO,
     })
 }
 
 /// What one client measured.
 struct ClientRun {
-    latencies: Vec<Duration>,
+    timings: Vec<RequestTiming>,
     outcome: ImportCounts,
+}
+
+/// When one request was sent, and how long its answer took.
+struct RequestTiming {
+    /// Its index in the requests.
+    request: usize,
+    /// Since the first request was sent.
+    start: Duration,
+    latency: Duration,
+}
+
+/// Writes the timings as CSV, in the order the requests were sent.
+fn write_timings(path: &Path, requests: &[ChangeRequest], timings: &mut [RequestTiming]) -> std::io::Result<()> {
+    timings.sort_unstable_by_key(|timing| timing.request);
+    let mut csv = String::from("request,cohort,remove,start_ms,latency_ms\n");
+    for timing in timings.iter() {
+        let request = &requests[timing.request];
+        let (start, latency) = (ms(timing.start), ms(timing.latency));
+        csv.push_str(&format!("{},{},{},{start:.1},{latency:.1}\n", timing.request, request.cohort, request.remove));
+    }
+    std::fs::write(path, csv)
 }
 
 /// One client: sends the next unsent body until none is left or another client failed.
@@ -137,10 +167,11 @@ async fn run_client(
     bodies: Arc<Vec<Bytes>>,
     next: Arc<AtomicUsize>,
     failed: Arc<AtomicBool>,
+    epoch: Instant,
 ) -> anyhow::Result<ClientRun> {
     let path = format!("/partners/{PARTNER}/cohorts/users");
     let url = api.url(&path);
-    let mut run = ClientRun { latencies: Vec::new(), outcome: ImportCounts::default() };
+    let mut run = ClientRun { timings: Vec::new(), outcome: ImportCounts::default() };
     while !failed.load(Ordering::Relaxed) {
         let index = next.fetch_add(1, Ordering::Relaxed);
         let Some(body) = bodies.get(index) else { break };
@@ -151,7 +182,7 @@ async fn run_client(
             success_json(response, &format!("POST {path} (request {index})")).await
         }
         .await;
-        run.latencies.push(started.elapsed());
+        run.timings.push(RequestTiming { request: index, start: started - epoch, latency: started.elapsed() });
         match result.and_then(|answer| import_counts(&answer)) {
             Ok(counts) => run.outcome.add(counts),
             Err(error) => {

@@ -9,6 +9,7 @@
 
 mod api;
 mod baseline;
+mod cpu;
 mod data;
 mod database;
 mod filter;
@@ -45,6 +46,10 @@ struct Args {
     /// PostgreSQL server to create the benchmark's database on.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres", hide_default_value = false)]
     database_url: String,
+    /// Also write each ingest request's timing to this CSV file (`request,cohort,remove,
+    /// start_ms,latency_ms`), to see when the slow ones happened.
+    #[arg(long)]
+    latencies_csv: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -92,19 +97,25 @@ async fn run_steps(args: &Args, database: &BenchDatabase) -> anyhow::Result<Benc
 
     progress(&format!("seeding {} users", args.users));
     let seed = seed::seed_users(&api, setup.workspace, args.users).await?;
-    // A production database has planner statistics; a bulk load only gets them when
-    // autovacuum comes by. Not timed.
-    sqlx::query("ANALYZE").execute(&pool).await?;
+    // A production database has planner statistics, and its long-lived users are
+    // all-visible (index-only scans need that); a bulk load gets both only when autovacuum
+    // comes by, which would then run in the middle of the ingest. Not timed.
+    sqlx::query("VACUUM ANALYZE").execute(&pool).await?;
 
     let requests = data::change_requests(args.users, args.changes);
     progress(&format!("sending {} changes in {} requests, {} clients", args.changes, requests.len(), args.concurrency));
     ingest::name_cohorts(&api, &setup).await?;
-    let cpu_before = service.cpu_time()?;
-    let mut ingest = ingest::drive_changes(&api, &setup, &requests, args.concurrency as usize).await?;
-    ingest.service_cpu = service.cpu_time()?.saturating_sub(cpu_before);
+    let (service_cpu, postgres_cpu) = (service.cpu_time()?, cpu::postgres_cpu());
+    let mut ingest =
+        ingest::drive_changes(&api, &setup, &requests, args.concurrency as usize, args.latencies_csv.as_deref())
+            .await?;
+    ingest.service_cpu = service.cpu_time()?.saturating_sub(service_cpu);
+    ingest.postgres_cpu = cpu::postgres_cpu().saturating_sub(postgres_cpu);
 
     progress("applying the same changes with raw SQL");
-    let baseline = baseline::apply_changes(&pool, setup.workspace, &requests).await?;
+    let postgres_cpu = cpu::postgres_cpu();
+    let mut baseline = baseline::apply_changes(&pool, setup.workspace, &requests).await?;
+    baseline.postgres_cpu = cpu::postgres_cpu().saturating_sub(postgres_cpu);
     drop(requests);
     let members = (
         baseline::members_of(&pool, setup.workspace, "cohort-").await?,

@@ -71,6 +71,17 @@ impl BenchReport {
             format!("{:.1} s", self.baseline.elapsed.as_secs_f64()),
             "-".into(),
         );
+        let per_thousand = |cpu: Duration, changes: u64| ms(cpu) / (changes.max(1) as f64 / 1_000.0);
+        let (service_pg, raw_pg) = (
+            per_thousand(ingest.postgres_cpu, ingest.changes),
+            per_thousand(self.baseline.postgres_cpu, self.baseline.changes),
+        );
+        row(
+            "  PostgreSQL CPU per 1,000 changes",
+            format!("{service_pg:.1} ms"),
+            format!("{raw_pg:.1} ms"),
+            format!("{:.2}", service_pg / raw_pg.max(1e-9)),
+        );
         row("  members after", self.members.0.to_string(), self.members.1.to_string(), "-".into());
         let filter = &self.filter;
         comparison_row(&mut row, &format!("count A ({} members)", filter.members_a), filter.count);

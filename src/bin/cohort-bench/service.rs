@@ -10,6 +10,8 @@ use std::{
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
 
+use crate::cpu;
+
 /// How long the service may take to migrate its database and answer `/readyz`.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -76,17 +78,9 @@ impl Service {
         Ok(kib / 1024.0)
     }
 
-    /// CPU time the service has used so far (user + system), from `/proc/<pid>/stat`.
+    /// CPU time the service has used so far (user + system).
     pub fn cpu_time(&self) -> anyhow::Result<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
-            .context("cannot read the service's /proc stat")?;
-        // Fields after the parenthesised command name; utime and stime are the 12th and
-        // 13th of them, in clock ticks (100 a second on Linux).
-        let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).context("malformed /proc stat")?;
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        let ticks = |index: usize| fields.get(index).and_then(|field| field.parse::<u64>().ok());
-        let total = ticks(11).zip(ticks(12)).map(|(user, system)| user + system).context("malformed /proc stat")?;
-        Ok(Duration::from_millis(total * 10))
+        cpu::process_cpu(self.pid).context("the service's CPU time")
     }
 
     /// Stops the service and waits for it to exit.

@@ -1,0 +1,56 @@
+//! CPU time from `/proc`: the service's, and PostgreSQL's (all its processes), so that
+//! the work a step costs can be compared across runs on a shared machine, where wall time
+//! also measures the neighbours.
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// CPU time (user + system) process `pid` has used so far.
+pub fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("cannot read /proc/<pid>/stat")?;
+    stat_cpu(&stat).context("malformed /proc/<pid>/stat")
+}
+
+/// CPU time used so far by every process named `postgres` on this machine (the server's
+/// backends, writers and autovacuum workers). A process that exits between two readings
+/// takes its time with it; the pooled connections that do the work stay.
+pub fn postgres_cpu() -> Duration {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Duration::ZERO };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_str().is_some_and(|name| name.bytes().all(|b| b.is_ascii_digit())))
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
+        .filter(|stat| stat.contains("(postgres)"))
+        .filter_map(|stat| stat_cpu(&stat))
+        .sum()
+}
+
+/// utime + stime of a `/proc/<pid>/stat` line: the 12th and 13th fields after the
+/// parenthesised command name, in clock ticks (100 a second on Linux).
+fn stat_cpu(stat: &str) -> Option<Duration> {
+    let after_name = stat.rsplit_once(')')?.1;
+    let mut fields = after_name.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((user + system) * 10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_user_and_system_ticks() {
+        let stat = "4242 (postgres: x (y)) S 1 2 3 4 5 6 7 8 9 10 150 25 0 0 20 0";
+        assert_eq!(stat_cpu(stat), Some(Duration::from_millis(1_750)));
+        assert_eq!(stat_cpu("4242 (cut"), None);
+    }
+
+    #[test]
+    fn this_process_has_used_some_cpu() {
+        let spin: u64 = (0..20_000_000u64).fold(0, |acc, n| acc.wrapping_add(n * n));
+        assert!(spin > 0);
+        assert!(process_cpu(std::process::id()).unwrap() > Duration::ZERO);
+    }
+}
