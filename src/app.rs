@@ -30,6 +30,7 @@ use crate::{
     error::{ApiError, ErrorBody},
     http::{
         self,
+        import_gate::ImportGate,
         limits::{self, Limits},
         rate_limit::RateLimiter,
     },
@@ -52,6 +53,8 @@ pub struct AppState {
     pub partner_rate_limit: Arc<RateLimiter>,
     /// `MAX_CONCURRENT_EXPORTS`: a permit per segment export streaming now.
     pub exports: Arc<Semaphore>,
+    /// `IMPORT_CONCURRENCY`: partner cohort imports wait here for their turn.
+    pub cohort_imports: Arc<ImportGate>,
 }
 
 impl AppState {
@@ -59,7 +62,15 @@ impl AppState {
     pub fn new(db: Database, config: Config) -> Self {
         let partner_rate_limit = Arc::new(RateLimiter::new(config.partner_rate_limit));
         let exports = Arc::new(Semaphore::new(config.max_concurrent_exports as usize));
-        AppState { db, config: Arc::new(config), key_usage: Arc::default(), partner_rate_limit, exports }
+        let cohort_imports = Arc::new(ImportGate::new(config.import_concurrency as usize, config.db_acquire_timeout()));
+        AppState {
+            db,
+            config: Arc::new(config),
+            key_usage: Arc::default(),
+            partner_rate_limit,
+            exports,
+            cohort_imports,
+        }
     }
 }
 

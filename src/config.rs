@@ -47,9 +47,17 @@ pub struct Config {
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16, global = true)]
     pub db_max_connections: u32,
 
-    /// How long a request may wait for a database connection before it answers 503.
+    /// How long a request may wait for a database connection, or a partner import for
+    /// its turn, before it answers 503.
     #[arg(long, env = "DB_ACQUIRE_TIMEOUT_SECS", default_value_t = 5, global = true)]
     pub db_acquire_timeout_secs: u64,
+
+    /// Partner cohort imports that run in PostgreSQL at once; the others wait their turn
+    /// in arrival order. About twice PostgreSQL's cores: more only share the cores and
+    /// spread the latencies.
+    #[arg(long, env = "IMPORT_CONCURRENCY", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub import_concurrency: u32,
 
     /// Log output: human-readable `pretty`, or `json` (one object a line).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]

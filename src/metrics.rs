@@ -22,6 +22,10 @@ pub const HTTP_REQUESTS: &str = "cohort_ingest_http_requests_total";
 pub const HTTP_DURATION: &str = "cohort_ingest_http_request_duration_seconds";
 /// Requests being handled right now (a streamed response until its body ends).
 pub const HTTP_IN_FLIGHT: &str = "cohort_ingest_http_requests_in_flight";
+/// Partner cohort imports waiting for their turn to run (`IMPORT_CONCURRENCY`).
+pub const COHORT_IMPORTS_WAITING: &str = "cohort_ingest_cohort_imports_waiting";
+/// Partner cohort imports running in PostgreSQL now.
+pub const COHORT_IMPORTS_RUNNING: &str = "cohort_ingest_cohort_imports_running";
 /// Identifiers processed by partner imports, by partner and outcome.
 pub const IDENTIFIERS: &str = "cohort_ingest_identifiers_total";
 /// Connections the pool holds (in use plus idle).
@@ -118,22 +122,22 @@ pub fn record_request(method: &Method, route: &str, status: StatusCode, latency:
     metrics::histogram!(HTTP_DURATION, &labels).record(latency.as_secs_f64());
 }
 
-/// One request counted in the in-flight gauge until dropped (also when the client goes
-/// away and the request's future is dropped unfinished).
+/// Something counted in a gauge until dropped, however its work ends (also when a
+/// request's future is dropped unfinished because its client went away).
 #[derive(Debug)]
-pub struct InFlight(());
+pub struct GaugeGuard(&'static str);
 
-impl InFlight {
-    /// Counts a request that starts.
-    pub fn start() -> Self {
-        metrics::gauge!(HTTP_IN_FLIGHT).increment(1.0);
-        InFlight(())
+impl GaugeGuard {
+    /// Counts one more in the gauge `name`.
+    pub fn start(name: &'static str) -> Self {
+        metrics::gauge!(name).increment(1.0);
+        GaugeGuard(name)
     }
 }
 
-impl Drop for InFlight {
+impl Drop for GaugeGuard {
     fn drop(&mut self) {
-        metrics::gauge!(HTTP_IN_FLIGHT).decrement(1.0);
+        metrics::gauge!(self.0).decrement(1.0);
     }
 }
 

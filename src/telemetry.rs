@@ -108,7 +108,7 @@ pub async fn observe_request(mut request: Request, next: Next) -> Response {
         latency_ms = Empty,
     );
 
-    let in_flight = metrics::InFlight::start();
+    let in_flight = metrics::GaugeGuard::start(metrics::HTTP_IN_FLIGHT);
     let mut response = next.run(request).instrument(span.clone()).await;
 
     let status = response.status();
@@ -126,7 +126,7 @@ struct Completion {
     status: StatusCode,
     span: Span,
     /// The request counts as in flight until then.
-    _in_flight: metrics::InFlight,
+    _in_flight: metrics::GaugeGuard,
 }
 
 /// How a response body ended (the `body` field of the `request completed` event).

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod extract;
 pub mod health;
+pub mod import_gate;
 pub mod limits;
 pub mod paging;
 pub mod partners;

@@ -173,7 +173,8 @@ async fn name_cohort(
     params(("partner" = String, Path, description = "Partner name, e.g. kubit")),
     request_body = CohortUsersRequest,
     responses((status = 200, body = ImportResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 413, body = ErrorBody)))]
+        (status = 413, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "`IMPORT_CONCURRENCY` imports ran and others waited longer than `DB_ACQUIRE_TIMEOUT_SECS`; retry after `Retry-After`")))]
 async fn import_cohort_users(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -184,6 +185,7 @@ async fn import_cohort_users(
         ImportOutcome::default()
     } else {
         let key = CohortKey::new(caller.workspace_id, &caller.partner, &body.cohort_id);
+        let _turn = state.cohort_imports.enter(key).await?;
         let outcome = store::cohorts::import(&state.db, key, &body.changes, &request_id(&headers)).await?;
         metrics::record_import(&caller.partner, outcome);
         outcome

@@ -897,6 +897,46 @@ async fn an_import_waits_for_a_user_deletion_and_then_finds_the_user_gone() {
 }
 
 #[tokio::test]
+async fn imports_beyond_import_concurrency_wait_their_turn_then_get_503() {
+    let app = TestApp::spawn_with(|config| {
+        config.import_concurrency = 1;
+        config.db_acquire_timeout_secs = 1;
+    })
+    .await;
+    let setup = app.partner_setup("kubit").await;
+    add_identified(&app, setup.workspace, "u", 2).await;
+    // The one running import is held up inside PostgreSQL by a user deletion...
+    let mut deletion = app.pool.begin().await.unwrap();
+    locks::memberships(&mut deletion, setup.workspace, MembershipWriter::AcrossCohorts).await.unwrap();
+    let import = |cohort_id: &'static str| {
+        let (client, url) = (app.client.clone(), app.url("/partners/kubit/cohorts/users"));
+        let body = json!({ "partner_api_key": setup.partner_api_key, "client_secret": setup.client_secret,
+            "cohort_id": cohort_id, "cohort_changes": [{ "user_ids": ["u0", "u1"] }] });
+        async move { client.post(url).json(&body).send().await.unwrap() }
+    };
+    let running = tokio::spawn(import("c1"));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // ...so an import of another cohort waits for the slot, not in PostgreSQL (the pool
+    // has connections to spare), and gives up after DB_ACQUIRE_TIMEOUT_SECS, having
+    // written nothing.
+    let started = std::time::Instant::now();
+    let waited = import("c2").await;
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900), "{:?}", started.elapsed());
+    assert_eq!(waited.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    expect_error(waited, 503, "too many cohort imports are waiting; retry later").await;
+    assert!(!running.is_finished());
+    deletion.commit().await.unwrap();
+    expect_counts(running.await.unwrap(), 2, 0, 0, 0).await;
+    let cohorts: Vec<String> =
+        sqlx::query_scalar("SELECT cohort_id FROM cohorts ORDER BY cohort_id").fetch_all(&app.pool).await.unwrap();
+    assert_eq!(cohorts, ["c1"], "the refused import must not have created its cohort");
+    assert_eq!(count(&app, "cohort_imports").await, 1);
+    // With the slot free again, the same request goes through.
+    expect_counts(import("c2").await, 2, 0, 0, 0).await;
+    assert_member_counts_exact(&app).await;
+}
+
+#[tokio::test]
 async fn user_deletions_racing_imports_leave_exact_counts_and_no_orphans() {
     let app = TestApp::spawn().await;
     let setup = app.partner_setup("kubit").await;
