@@ -4,10 +4,10 @@
 //! Why queue here rather than let every import into PostgreSQL at once: the imports
 //! PostgreSQL runs together share the machine's cores, so eight of them on two cores each
 //! take about four times as long, and which finishes first is left to the OS scheduler.
-//! With 8 clients the p99 was ~2× the p50. Queued here in arrival order, an import waits its
-//! turn, then runs on a core of its own, and its latency is its place in the queue plus
-//! its own work: the p99 came within ~1.3× of the p50 at the same throughput
-//! (BENCHMARKS.md §2).
+//! With 8 clients the p99 was ~1.9× the p50. Queued here in arrival order, an import waits
+//! its turn, then shares the cores with fewer others, and its latency is its place in the
+//! queue plus its own work: the p99 came to ~1.65× the p50 (medians of 8 benchmark runs
+//! without the gate and 20 with it, BENCHMARKS.md §2).
 //!
 //! Two imports of the same cohort would wait for each other on the cohort's row lock in
 //! PostgreSQL anyway; holding the second back here leaves its slot to another cohort's
@@ -75,11 +75,10 @@ impl ImportGate {
             // its cohort, and every import takes them in this one order, so none can wait
             // for another that waits for it.
             let cohort = lock.lock().await;
-            let slot = self.running.acquire().await.expect("the gate's semaphore is never closed");
-            (cohort, slot)
+            self.running.acquire().await.map(|slot| (cohort, slot))
         };
         match tokio::time::timeout(self.max_wait, turn).await {
-            Ok((cohort, slot)) => {
+            Ok(Ok((cohort, slot))) => {
                 drop(waiting);
                 Ok(ImportTurn {
                     _cohort: cohort,
@@ -87,7 +86,8 @@ impl ImportGate {
                     _running: GaugeGuard::start(metrics::COHORT_IMPORTS_RUNNING),
                 })
             }
-            Err(_) => Err(ApiError::Overloaded("too many cohort imports are waiting; retry later".into())),
+            // Out of time (a closed semaphore would land here too, but nothing closes it).
+            Ok(Err(_)) | Err(_) => Err(ApiError::Overloaded("too many cohort imports are waiting; retry later".into())),
         }
     }
 
