@@ -48,9 +48,21 @@ mod tests {
     }
 
     #[test]
-    fn this_process_has_used_some_cpu() {
-        let spin: u64 = (0..20_000_000u64).fold(0, |acc, n| acc.wrapping_add(n * n));
-        assert!(spin > 0);
-        assert!(process_cpu(std::process::id()).unwrap() > Duration::ZERO);
+    fn counts_the_cpu_a_process_spends() {
+        let before = process_cpu(std::process::id()).unwrap();
+        let started = std::time::Instant::now();
+        let mut spin = 0u64;
+        // Busy until the reading has moved by 50 ms (5 ticks); a reading that never moves
+        // fails after 5 s, however loaded the machine is.
+        loop {
+            for _ in 0..1_000_000 {
+                spin = std::hint::black_box(spin.wrapping_add(1));
+            }
+            let spent = process_cpu(std::process::id()).unwrap().saturating_sub(before);
+            if spent >= Duration::from_millis(50) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "5 s of busy work read as {spent:?} of CPU");
+        }
     }
 }
