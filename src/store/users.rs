@@ -5,8 +5,6 @@
 //! read, so nothing may change those identifiers between the read and the write. Reads
 //! (lookups, cohort imports) take no lock.
 
-use std::fmt::Write as _;
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgExecutor, Postgres, Transaction};
@@ -296,7 +294,7 @@ async fn apply_changes(conn: &mut PgConnection, workspace_id: Uuid, changes: &Us
                 .text(user.external_id.as_ref().map(ExternalId::as_str))
                 .end_row();
         }
-        rows.copy(conn, "COPY users (workspace_id, id, braze_id, external_id) FROM STDIN").await?;
+        rows.copy(conn, "COPY users (workspace_id, id, braze_id, external_id) FROM STDIN (FORMAT binary)").await?;
     }
 
     if !changes.changed_users.is_empty() {
@@ -326,7 +324,11 @@ async fn apply_changes(conn: &mut PgConnection, workspace_id: Uuid, changes: &Us
                 .int(id_of(*user))
                 .end_row();
         }
-        rows.copy(conn, "COPY user_aliases (workspace_id, alias_label, alias_name, user_id) FROM STDIN").await?;
+        rows.copy(
+            conn,
+            "COPY user_aliases (workspace_id, alias_label, alias_name, user_id) FROM STDIN (FORMAT binary)",
+        )
+        .await?;
     }
 
     if !changes.new_device_ids.is_empty() {
@@ -334,77 +336,84 @@ async fn apply_changes(conn: &mut PgConnection, workspace_id: Uuid, changes: &Us
         for (user, device_id) in &changes.new_device_ids {
             rows.uuid(workspace_id).text(Some(device_id.as_str())).int(id_of(*user)).end_row();
         }
-        rows.copy(conn, "COPY user_device_ids (workspace_id, device_id, user_id) FROM STDIN").await?;
+        rows.copy(conn, "COPY user_device_ids (workspace_id, device_id, user_id) FROM STDIN (FORMAT binary)").await?;
     }
     Ok(())
 }
 
-/// Rows in COPY's text format, written field by field straight into one buffer (a
-/// million-user import writes four million fields: no allocation per field).
+/// Rows in COPY's binary format, written field by field straight into one buffer (a
+/// million-user import writes four million fields: no allocation per field). Binary, so
+/// that PostgreSQL copies each field's bytes instead of splitting lines, unescaping text and
+/// parsing UUIDs and numbers from text, and nothing needs escaping on this side.
 struct CopyRows {
-    text: String,
-    /// The next field starts a row: no tab before it.
-    at_row_start: bool,
+    bytes: Vec<u8>,
+    /// Where the current row's field count goes, once its fields are written.
+    row_start: Option<usize>,
+    fields: i16,
 }
+
+/// The binary COPY header: signature, flags (none), header extension length (none).
+const COPY_BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+/// The binary COPY trailer: a field count of -1.
+const COPY_BINARY_TRAILER: [u8; 2] = (-1i16).to_be_bytes();
 
 impl CopyRows {
     /// Room for `rows` rows of about `row_bytes` bytes.
     fn with_capacity(rows: usize, row_bytes: usize) -> Self {
-        CopyRows { text: String::with_capacity(rows * row_bytes), at_row_start: true }
+        let mut bytes = Vec::with_capacity(COPY_BINARY_HEADER.len() + rows * row_bytes + COPY_BINARY_TRAILER.len());
+        bytes.extend_from_slice(COPY_BINARY_HEADER);
+        CopyRows { bytes, row_start: None, fields: 0 }
     }
 
-    fn separate(&mut self) {
-        if !self.at_row_start {
-            self.text.push('\t');
+    /// Appends one field: its length (-1 for NULL), then its bytes in the column type's
+    /// binary form.
+    fn field(&mut self, value: Option<&[u8]>) -> &mut Self {
+        if self.row_start.is_none() {
+            self.row_start = Some(self.bytes.len());
+            self.bytes.extend_from_slice(&[0, 0]); // the field count, filled in by end_row
+            self.fields = 0;
         }
-        self.at_row_start = false;
+        self.fields += 1;
+        match value {
+            None => self.bytes.extend_from_slice(&(-1i32).to_be_bytes()),
+            Some(value) => {
+                // Identifiers are at most 512 bytes; a field too long for COPY's length
+                // word would make PostgreSQL reject the data, not this panic.
+                let length = i32::try_from(value.len()).unwrap_or(i32::MAX);
+                self.bytes.extend_from_slice(&length.to_be_bytes());
+                self.bytes.extend_from_slice(value);
+            }
+        }
+        self
     }
 
-    /// Appends a text field, escaped; `None` is SQL NULL.
+    /// Appends a `text` field; `None` is SQL NULL.
     fn text(&mut self, value: Option<&str>) -> &mut Self {
-        self.separate();
-        let Some(mut rest) = value else {
-            self.text.push_str("\\N");
-            return self;
-        };
-        while let Some(at) = rest.find(['\\', '\n', '\r', '\t']) {
-            self.text.push_str(&rest[..at]);
-            self.text.push_str(match rest.as_bytes()[at] {
-                b'\\' => "\\\\",
-                b'\n' => "\\n",
-                b'\r' => "\\r",
-                _ => "\\t",
-            });
-            rest = &rest[at + 1..];
-        }
-        self.text.push_str(rest);
-        self
+        self.field(value.map(str::as_bytes))
     }
 
-    /// Appends an integer field.
+    /// Appends a `bigint` field.
     fn int(&mut self, value: i64) -> &mut Self {
-        self.separate();
-        let _ = write!(self.text, "{value}");
-        self
+        self.field(Some(&value.to_be_bytes()))
     }
 
-    /// Appends a UUID field.
+    /// Appends a `uuid` field.
     fn uuid(&mut self, value: Uuid) -> &mut Self {
-        self.separate();
-        self.text.push_str(value.hyphenated().encode_lower(&mut Uuid::encode_buffer()));
-        self
+        self.field(Some(value.as_bytes()))
     }
 
     /// Ends the row.
     fn end_row(&mut self) {
-        self.text.push('\n');
-        self.at_row_start = true;
+        if let Some(start) = self.row_start.take() {
+            self.bytes[start..start + 2].copy_from_slice(&self.fields.to_be_bytes());
+        }
     }
 
-    /// Sends the rows with `statement` (a `COPY … FROM STDIN`).
-    async fn copy(self, conn: &mut PgConnection, statement: &'static str) -> sqlx::Result<()> {
+    /// Sends the rows with `statement` (a `COPY … FROM STDIN (FORMAT binary)`).
+    async fn copy(mut self, conn: &mut PgConnection, statement: &'static str) -> sqlx::Result<()> {
+        self.bytes.extend_from_slice(&COPY_BINARY_TRAILER);
         let mut copy = conn.copy_in_raw(statement).await?;
-        copy.send(self.text.into_bytes()).await?;
+        copy.send(self.bytes).await?;
         copy.finish().await?;
         Ok(())
     }
@@ -505,11 +514,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn copy_rows_escape_text_and_write_nulls_numbers_and_uuids() {
+    fn copy_rows_write_the_binary_format() {
         let mut rows = CopyRows::with_capacity(2, 10);
         let id = Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
-        rows.uuid(id).int(-42).text(Some("a\\b\tc\nd\re")).text(None).end_row();
-        rows.text(Some("plain")).int(7).end_row();
-        assert_eq!(rows.text, "01234567-89ab-cdef-0123-456789abcdef\t-42\ta\\\\b\\tc\\nd\\re\t\\N\nplain\t7\n");
+        rows.uuid(id).int(-42).text(Some("a\\b\tc\n\\N")).text(None).end_row();
+        rows.text(Some("")).end_row();
+        let mut expected = b"PGCOPY\n\xff\r\n\0".to_vec();
+        expected.extend([0; 8]); // flags, header extension length
+        expected.extend([0, 4]); // four fields
+        expected.extend([0, 0, 0, 16]);
+        expected.extend(id.as_bytes());
+        expected.extend([0, 0, 0, 8]);
+        expected.extend((-42i64).to_be_bytes());
+        expected.extend([0, 0, 0, 8]);
+        expected.extend(b"a\\b\tc\n\\N"); // as it is: nothing is escaped
+        expected.extend([0xff; 4]); // NULL
+        expected.extend([0, 1, 0, 0, 0, 0]); // one field, empty
+        assert_eq!(rows.bytes, expected);
     }
 }
