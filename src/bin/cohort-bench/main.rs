@@ -96,7 +96,10 @@ async fn run_steps(args: &Args, database: &BenchDatabase) -> anyhow::Result<Benc
     let setup = api.set_up().await?;
 
     progress(&format!("seeding {} users", args.users));
-    let seed = seed::seed_users(&api, setup.workspace, args.users).await?;
+    let (service_cpu, postgres_cpu) = (service.cpu_time()?, cpu::postgres_cpu());
+    let mut seed = seed::seed_users(&api, setup.workspace, args.users).await?;
+    seed.service_cpu = service.cpu_time()?.saturating_sub(service_cpu);
+    seed.postgres_cpu = cpu::postgres_cpu().saturating_sub(postgres_cpu);
     // A production database has planner statistics, and its long-lived users are
     // all-visible (index-only scans need that); a bulk load gets both only when autovacuum
     // comes by, which would then run in the middle of the ingest. Not timed.

@@ -37,10 +37,22 @@ impl BenchReport {
         let mut rows: Vec<[String; 4]> = Vec::new();
         let mut row =
             |what: &str, service: String, sql: String, ratio: String| rows.push([what.to_owned(), service, sql, ratio]);
+        // CPU time per 1,000 items (users or changes), in milliseconds.
+        let per_thousand = |cpu: Duration, items: u64| ms(cpu) / (items.max(1) as f64 / 1_000.0);
         let seed = &self.seed;
         row(
             &format!("seed {} users (NDJSON import)", seed.users),
             rate(seed.per_second(), "users/s"),
+            "-".into(),
+            "-".into(),
+        );
+        row(
+            "  service / PostgreSQL CPU per 1,000 users",
+            format!(
+                "{:.1} / {:.1} ms",
+                per_thousand(seed.service_cpu, seed.users),
+                per_thousand(seed.postgres_cpu, seed.users)
+            ),
             "-".into(),
             "-".into(),
         );
@@ -71,7 +83,6 @@ impl BenchReport {
             format!("{:.1} s", self.baseline.elapsed.as_secs_f64()),
             "-".into(),
         );
-        let per_thousand = |cpu: Duration, changes: u64| ms(cpu) / (changes.max(1) as f64 / 1_000.0);
         let (service_pg, raw_pg) = (
             per_thousand(ingest.postgres_cpu, ingest.changes),
             per_thousand(self.baseline.postgres_cpu, self.baseline.changes),
