@@ -15,11 +15,13 @@
 //! only shapes the load of one.
 
 use std::{
-    hash::{BuildHasher, RandomState},
+    collections::HashMap,
+    sync::{Arc, PoisonError},
     time::Duration,
 };
 
-use tokio::sync::{Mutex, MutexGuard, Semaphore, SemaphorePermit};
+use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore, SemaphorePermit};
+use uuid::Uuid;
 
 use crate::{
     error::ApiError,
@@ -27,107 +29,120 @@ use crate::{
     store::cohorts::CohortKey,
 };
 
-/// Locks the cohorts hash into: two cohorts share one with probability 1/1,024, which
-/// only makes one wait for the other, as an import of the same cohort would.
-const COHORT_LOCKS: usize = 1024;
+/// A cohort's key, owned: workspace, partner, the partner's cohort id.
+type CohortName = (Uuid, String, String);
 
 /// Holds imports back until PostgreSQL can run them; see the module documentation.
 #[derive(Debug)]
 pub struct ImportGate {
-    /// One import per cohort at a time (by hash of the cohort's key).
-    cohorts: Box<[Mutex<()>]>,
+    /// The cohorts that have an import running or waiting here, each with the lock that
+    /// runs their imports one at a time. An entry lives while anyone holds or waits for
+    /// its lock, so the map is as large as the imports in flight. One lock per cohort,
+    /// not a fixed set of locks the cohorts hash into: two hot cohorts sharing one would
+    /// wait for each other for the life of the process (seen in the benchmark: two of its
+    /// ten cohorts at twice the others' latency).
+    cohorts: std::sync::Mutex<HashMap<CohortName, Arc<Mutex<()>>>>,
     /// `IMPORT_CONCURRENCY` permits; tokio's semaphore hands them out first come, first
     /// served.
     running: Semaphore,
-    /// Seeded per process, so which cohorts share a lock cannot be chosen from outside.
-    hasher: RandomState,
     /// How long an import may wait for its turn before it answers 503.
     max_wait: Duration,
 }
 
-/// An import's turn: it may run until this is dropped.
+/// An import's turn: it may run until this is dropped. Fields drop in order: the slot,
+/// then the cohort's lock, then the cohort's entry if nobody else wants it.
 #[derive(Debug)]
 pub struct ImportTurn<'a> {
-    _cohort: MutexGuard<'a, ()>,
-    _slot: SemaphorePermit<'a>,
     _running: GaugeGuard,
+    _slot: SemaphorePermit<'a>,
+    _cohort: OwnedMutexGuard<()>,
+    _interest: CohortInterest<'a>,
+}
+
+/// An import's hold on its cohort's entry in [`ImportGate::cohorts`], running or waiting.
+#[derive(Debug)]
+struct CohortInterest<'a> {
+    gate: &'a ImportGate,
+    name: CohortName,
+    lock: Arc<Mutex<()>>,
+}
+
+impl Drop for CohortInterest<'_> {
+    fn drop(&mut self) {
+        let mut cohorts = self.gate.cohorts();
+        // The map's reference and this one: nobody else runs or waits for this cohort.
+        // References are only taken with the map locked, so none can appear meanwhile.
+        if Arc::strong_count(&self.lock) == 2 {
+            cohorts.remove(&self.name);
+        }
+    }
 }
 
 impl ImportGate {
     /// A gate that lets `concurrency` imports run at once (at least one), each waiting at
     /// most `max_wait` for its turn.
     pub fn new(concurrency: usize, max_wait: Duration) -> Self {
-        ImportGate {
-            cohorts: (0..COHORT_LOCKS).map(|_| Mutex::new(())).collect(),
-            running: Semaphore::new(concurrency.max(1)),
-            hasher: RandomState::new(),
-            max_wait,
-        }
+        ImportGate { cohorts: std::sync::Mutex::default(), running: Semaphore::new(concurrency.max(1)), max_wait }
     }
 
     /// Waits until no other import of this cohort runs here and a slot is free. After
     /// `max_wait` it gives up with a 503, before anything was written.
     pub async fn enter(&self, cohort: CohortKey<'_>) -> Result<ImportTurn<'_>, ApiError> {
         let waiting = GaugeGuard::start(metrics::COHORT_IMPORTS_WAITING);
-        let lock = &self.cohorts[self.lock_index(cohort)];
+        let interest = self.interest(cohort);
+        let lock = Arc::clone(&interest.lock);
+        // Cohort first, slot second: an import never holds a slot while it waits for its
+        // cohort, and every import takes them in this one order, so none can wait for
+        // another that waits for it.
         let turn = async {
-            // Cohort first, slot second: an import never holds a slot while it waits for
-            // its cohort, and every import takes them in this one order, so none can wait
-            // for another that waits for it.
-            let cohort = lock.lock().await;
+            let cohort = lock.lock_owned().await;
             self.running.acquire().await.map(|slot| (cohort, slot))
         };
-        match tokio::time::timeout(self.max_wait, turn).await {
-            Ok(Ok((cohort, slot))) => {
-                drop(waiting);
-                Ok(ImportTurn {
-                    _cohort: cohort,
-                    _slot: slot,
-                    _running: GaugeGuard::start(metrics::COHORT_IMPORTS_RUNNING),
-                })
-            }
+        let turn = tokio::time::timeout(self.max_wait, turn).await;
+        drop(waiting);
+        match turn {
+            Ok(Ok((cohort, slot))) => Ok(ImportTurn {
+                _running: GaugeGuard::start(metrics::COHORT_IMPORTS_RUNNING),
+                _slot: slot,
+                _cohort: cohort,
+                _interest: interest,
+            }),
             // Out of time (a closed semaphore would land here too, but nothing closes it).
             Ok(Err(_)) | Err(_) => Err(ApiError::Overloaded("too many cohort imports are waiting; retry later".into())),
         }
     }
 
-    fn lock_index(&self, cohort: CohortKey<'_>) -> usize {
-        let hash = self.hasher.hash_one((cohort.workspace_id, cohort.partner, cohort.cohort_id));
-        // The remainder is below COHORT_LOCKS, so it fits in a usize.
-        (hash % COHORT_LOCKS as u64) as usize
+    /// Registers an import's interest in its cohort's lock, creating the entry if it is
+    /// the only one.
+    fn interest(&self, cohort: CohortKey<'_>) -> CohortInterest<'_> {
+        let name = (cohort.workspace_id, cohort.partner.to_owned(), cohort.cohort_id.to_owned());
+        let lock = Arc::clone(self.cohorts().entry(name.clone()).or_default());
+        CohortInterest { gate: self, name, lock }
+    }
+
+    /// The map of cohorts. Its critical sections cannot panic, but a poisoned lock would
+    /// still hold a consistent map.
+    fn cohorts(&self) -> std::sync::MutexGuard<'_, HashMap<CohortName, Arc<Mutex<()>>>> {
+        self.cohorts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use uuid::Uuid;
-
     use super::*;
 
     const WAIT: Duration = Duration::from_millis(50);
 
-    /// `n` cohorts of one workspace that share no lock in `gate`.
-    fn cohorts(gate: &ImportGate, n: usize) -> Vec<CohortKey<'static>> {
+    /// Keys of cohorts `names` of one workspace.
+    fn keys<'a>(names: &'a [&'a str]) -> Vec<CohortKey<'a>> {
         let workspace_id = Uuid::new_v4();
-        let ids: &'static [String] = (0..64 * n).map(|i| format!("cohort-{i}")).collect::<Vec<_>>().leak();
-        let mut taken = Vec::new();
-        let mut keys = Vec::new();
-        for id in ids {
-            let key = CohortKey { workspace_id, partner: "kubit", cohort_id: id };
-            if !taken.contains(&gate.lock_index(key)) {
-                taken.push(gate.lock_index(key));
-                keys.push(key);
-            }
-        }
-        keys.truncate(n);
-        assert_eq!(keys.len(), n);
-        keys
+        names.iter().map(|name| CohortKey { workspace_id, partner: "kubit", cohort_id: name }).collect()
     }
 
     #[tokio::test]
     async fn lets_in_as_many_imports_as_it_has_slots() {
         let gate = ImportGate::new(2, WAIT);
-        let [a, b, c] = cohorts(&gate, 3)[..] else { unreachable!() };
+        let [a, b, c] = keys(&["a", "b", "c"])[..] else { unreachable!() };
         let _first = gate.enter(a).await.unwrap();
         let second = gate.enter(b).await.unwrap();
         assert!(matches!(gate.enter(c).await, Err(ApiError::Overloaded(_))), "a third import must wait for a slot");
@@ -138,9 +153,12 @@ mod tests {
     #[tokio::test]
     async fn runs_one_import_of_a_cohort_at_a_time() {
         let gate = ImportGate::new(4, WAIT);
-        let [a] = cohorts(&gate, 1)[..] else { unreachable!() };
+        let [a, a_elsewhere] = keys(&["a", "a"])[..] else { unreachable!() };
+        let a_elsewhere = CohortKey { workspace_id: Uuid::new_v4(), ..a_elsewhere };
         let first = gate.enter(a).await.unwrap();
         assert!(matches!(gate.enter(a).await, Err(ApiError::Overloaded(_))), "the same cohort waits, slots or not");
+        let _other_workspace =
+            gate.enter(a_elsewhere).await.expect("the same cohort id in another workspace is another cohort");
         drop(first);
         assert!(gate.enter(a).await.is_ok());
     }
@@ -148,7 +166,7 @@ mod tests {
     #[tokio::test]
     async fn an_import_waiting_for_its_cohort_holds_no_slot() {
         let gate = ImportGate::new(2, WAIT);
-        let [a, b] = cohorts(&gate, 2)[..] else { unreachable!() };
+        let [a, b] = keys(&["a", "b"])[..] else { unreachable!() };
         let _running = gate.enter(a).await.unwrap();
         let other = async {
             // Arrives after the second import of `a` below has started waiting.
@@ -163,7 +181,7 @@ mod tests {
     #[tokio::test]
     async fn admits_in_arrival_order() {
         let gate = ImportGate::new(1, Duration::from_secs(5));
-        let keys = cohorts(&gate, 5);
+        let keys = keys(&["c0", "c1", "c2", "c3", "c4"]);
         let order = std::sync::Mutex::new(Vec::new());
         let first = gate.enter(keys[0]).await.unwrap();
         let waiters = keys[1..].iter().enumerate().map(|(n, &key)| {
@@ -181,5 +199,29 @@ mod tests {
         };
         tokio::join!(futures::future::join_all(waiters), release);
         assert_eq!(order.into_inner().unwrap(), vec![0, 1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn forgets_a_cohort_once_nobody_runs_or_waits_for_it() {
+        let gate = ImportGate::new(1, WAIT);
+        let [a, b] = keys(&["a", "b"])[..] else { unreachable!() };
+        let running = gate.enter(a).await.unwrap();
+        // Times out waiting for the slot, and again for the cohort.
+        assert!(gate.enter(b).await.is_err());
+        assert!(gate.enter(a).await.is_err());
+        assert_eq!(gate.cohorts().len(), 1, "only the running import's cohort is known");
+        drop(running);
+        assert!(gate.cohorts().is_empty());
+        // A holder that leaves while another import waits leaves the entry to the waiter,
+        // which removes it when its own turn ends.
+        let holder = gate.enter(a).await.unwrap();
+        let waiter = gate.enter(a);
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            drop(holder);
+        };
+        let (waited, ()) = tokio::join!(waiter, release);
+        drop(waited.expect("the waiter gets its turn once the holder leaves"));
+        assert!(gate.cohorts().is_empty());
     }
 }
