@@ -166,6 +166,19 @@ impl StoreLookups {
         Ok(if has_users { StoreLookups::Every } else { StoreLookups::WrittenHere(WrittenIdentifiers::default()) })
     }
 
+    /// Decides the upserts of `profiles` without reading the store, when it certainly
+    /// holds none of their identifiers (a first load, mostly); `None` when it has to be
+    /// read ([`plan_upserts`]). Needs no connection, so a long import can decide its
+    /// next chunk while PostgreSQL writes the last one.
+    pub fn plan_unread(&mut self, profiles: &[Profile]) -> Option<UpsertPlan> {
+        if matches!(self, StoreLookups::Every) {
+            return None;
+        }
+        let mut keys = IdentifierKeys::of(profiles);
+        self.narrow(&mut keys);
+        keys.is_empty().then(|| self.decide(Upserter::new(), profiles))
+    }
+
     /// Drops from `keys` the identifiers the store certainly does not hold.
     fn narrow(&self, keys: &mut IdentifierKeys<'_>) {
         if let StoreLookups::WrittenHere(written) = self {
@@ -173,12 +186,24 @@ impl StoreLookups {
         }
     }
 
-    /// Notes what `changes` wrote.
-    fn record(&mut self, changes: &UserStoreChanges) {
+    /// Runs the upsert rules over `profiles`, from what `upserter` knows of the store,
+    /// and notes what the result writes: later plans must look those identifiers up.
+    fn decide(&mut self, mut upserter: Upserter, profiles: &[Profile]) -> UpsertPlan {
+        let outcomes = profiles.iter().map(|profile| upserter.upsert(profile)).collect();
+        let changes = upserter.into_changes();
         if let StoreLookups::WrittenHere(written) = self {
             changes.written_keys().for_each(|key| written.insert(key));
         }
+        UpsertPlan { outcomes, changes }
     }
+}
+
+/// The upserts of some profiles, decided: one outcome per profile, and the writes that
+/// carry them out ([`write_upserts`]).
+#[derive(Debug)]
+pub struct UpsertPlan {
+    outcomes: Vec<UpsertOutcome>,
+    changes: UserStoreChanges,
 }
 
 /// Upserts `profiles` in order (see [`Upserter`] for the rules) inside a transaction from
@@ -190,17 +215,36 @@ pub async fn upsert_profiles(
     profiles: &[Profile],
     lookups: &mut StoreLookups,
 ) -> sqlx::Result<Vec<UpsertOutcome>> {
+    let plan = plan_upserts(&mut *conn, workspace_id, profiles, lookups).await?;
+    write_upserts(conn, workspace_id, plan).await
+}
+
+/// Decides the upserts of `profiles` from one read of what the store knows of their
+/// identifiers (those `lookups` cannot rule out). Plans of one transaction must be
+/// written in the order they were made: each counts on the ones before.
+pub async fn plan_upserts(
+    conn: &mut PgConnection,
+    workspace_id: Uuid,
+    profiles: &[Profile],
+    lookups: &mut StoreLookups,
+) -> sqlx::Result<UpsertPlan> {
     let mut upserter = Upserter::new();
     let mut keys = IdentifierKeys::of(profiles);
     lookups.narrow(&mut keys);
     if !keys.is_empty() {
-        load_known_identifiers(&mut *conn, workspace_id, &keys, &mut upserter).await?;
+        load_known_identifiers(conn, workspace_id, &keys, &mut upserter).await?;
     }
-    let outcomes = profiles.iter().map(|profile| upserter.upsert(profile)).collect();
-    let changes = upserter.into_changes();
-    apply_changes(conn, workspace_id, &changes).await?;
-    lookups.record(&changes);
-    Ok(outcomes)
+    Ok(lookups.decide(upserter, profiles))
+}
+
+/// Writes `plan` in a few set-based statements; returns its outcomes, one per profile.
+pub async fn write_upserts(
+    conn: &mut PgConnection,
+    workspace_id: Uuid,
+    plan: UpsertPlan,
+) -> sqlx::Result<Vec<UpsertOutcome>> {
+    apply_changes(conn, workspace_id, &plan.changes).await?;
+    Ok(plan.outcomes)
 }
 
 /// Tells `upserter` which stored user owns each of `keys`, in one query.
@@ -512,6 +556,31 @@ pub async fn delete(db: &Database, workspace_id: Uuid, braze_id: Uuid) -> sqlx::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn profile(json: &str) -> Profile {
+        Profile::parse(serde_json::from_str(json).unwrap()).unwrap()
+    }
+
+    /// A long first load decides a chunk without the store (and so while the chunk
+    /// before is being written) only when the store cannot hold its identifiers.
+    #[test]
+    fn plans_made_unread_only_when_the_store_cannot_hold_the_identifiers() {
+        let mut lookups = StoreLookups::WrittenHere(WrittenIdentifiers::default());
+        let plan = lookups
+            .plan_unread(&[profile(r#"{"external_id":"a","device_ids":["d"]}"#)])
+            .expect("an empty workspace holds nothing yet");
+        assert!(matches!(plan.outcomes[..], [UpsertOutcome::Created(_)]));
+        assert_eq!(plan.changes.new_users.len(), 1);
+        assert_eq!(plan.changes.new_device_ids.len(), 1);
+
+        // What that plan writes, a later one must read back from the store.
+        assert!(lookups.plan_unread(&[profile(r#"{"device_ids":["d"]}"#)]).is_none());
+        assert!(lookups.plan_unread(&[profile(r#"{"external_id":"a"}"#)]).is_none());
+        assert!(lookups.plan_unread(&[profile(r#"{"external_id":"b"}"#)]).is_some());
+
+        // A workspace that had users: every plan reads the store.
+        assert!(StoreLookups::Every.plan_unread(&[profile(r#"{"external_id":"b"}"#)]).is_none());
+    }
 
     #[test]
     fn copy_rows_write_the_binary_format() {

@@ -29,7 +29,7 @@ use crate::{
     http::extract::{Json, Path, Query},
     store::{
         self,
-        users::{IdentifyOutcome, StoreLookups, UserLookup, UserProfile},
+        users::{IdentifyOutcome, StoreLookups, UpsertPlan, UserLookup, UserProfile},
     },
 };
 
@@ -207,16 +207,37 @@ async fn import_users(
     }
     require_workspace(&state, ws).await?;
 
-    // Reading and parsing (here) overlap with upserting the previous chunk (the writer
-    // task, which owns the transaction); the channel holds one chunk, so the lines held
-    // in memory stay bounded.
+    // Three stages overlap: reading and parsing (here), deciding the upserts of a chunk
+    // (a blocking thread, when that needs no read of the store), and writing the chunk
+    // before it (the writer task, which owns the transaction). So PostgreSQL does not
+    // wait for the service between chunks. The channel holds one chunk, so the lines
+    // held in memory stay bounded.
     let mut tx = store::users::begin_writes(&state.db, ws).await?;
     let mut lookups = StoreLookups::for_workspace(&mut tx, ws).await?;
     let (chunks, mut pending) = mpsc::channel::<ImportChunk>(1);
     let writer = tokio::spawn(async move {
         let mut summary = ImportSummary::default();
+        let mut decided: Option<(ImportChunk, UpsertPlan)> = None;
         while let Some(chunk) = pending.recv().await {
-            chunk.upsert(&mut tx, ws, &mut lookups, &mut summary).await?;
+            let deciding = tokio::task::spawn_blocking(move || {
+                let plan = lookups.plan_unread(&chunk.profiles);
+                (chunk, lookups, plan)
+            });
+            if let Some((previous, plan)) = decided.take() {
+                previous.write(&mut tx, ws, plan, &mut summary).await?;
+            }
+            let (chunk, returned, plan) = deciding
+                .await
+                .map_err(|e| ApiError::Internal(anyhow::anyhow!("deciding an import chunk failed: {e}")))?;
+            lookups = returned;
+            let plan = match plan {
+                Some(plan) => plan,
+                None => store::users::plan_upserts(&mut tx, ws, &chunk.profiles, &mut lookups).await?,
+            };
+            decided = Some((chunk, plan));
+        }
+        if let Some((last, plan)) = decided {
+            last.write(&mut tx, ws, plan, &mut summary).await?;
         }
         Ok::<_, ApiError>((tx, summary))
     });
@@ -370,22 +391,21 @@ impl ImportChunk {
         self.profiles.len() >= IMPORT_CHUNK_LINES || self.bytes >= IMPORT_CHUNK_BYTES
     }
 
-    /// Upserts the chunk and adds its outcomes to `summary`, failures in line order.
-    async fn upsert(
+    /// Writes the chunk's upserts, decided in `plan`, and adds their outcomes to
+    /// `summary`, failures in line order.
+    async fn write(
         mut self,
         conn: &mut PgConnection,
         workspace_id: Uuid,
-        lookups: &mut StoreLookups,
+        plan: UpsertPlan,
         summary: &mut ImportSummary,
     ) -> ApiResult<()> {
-        if !self.profiles.is_empty() {
-            let outcomes = store::users::upsert_profiles(conn, workspace_id, &self.profiles, lookups).await?;
-            for (line, outcome) in self.lines.into_iter().zip(outcomes) {
-                match outcome {
-                    UpsertOutcome::Created(_) => summary.created += 1,
-                    UpsertOutcome::Updated(_) => summary.updated += 1,
-                    UpsertOutcome::Failed(reason) => self.errors.push((line, reason)),
-                }
+        let outcomes = store::users::write_upserts(conn, workspace_id, plan).await?;
+        for (line, outcome) in self.lines.into_iter().zip(outcomes) {
+            match outcome {
+                UpsertOutcome::Created(_) => summary.created += 1,
+                UpsertOutcome::Updated(_) => summary.updated += 1,
+                UpsertOutcome::Failed(reason) => self.errors.push((line, reason)),
             }
         }
         summary.failed += self.errors.len() as u64;
