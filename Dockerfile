@@ -8,9 +8,11 @@
 FROM rust:1.94-bookworm AS build
 WORKDIR /src
 
-# Dependencies first, in their own layer: rebuilt only when Cargo.toml or Cargo.lock
-# change. Stub sources at the paths Cargo.toml declares let cargo compile every dependency.
+# Dependencies first, in their own layer: rebuilt only when Cargo.toml, Cargo.lock or a
+# vendored crate (vendor/README.md) change. Stub sources at the paths Cargo.toml declares
+# let cargo compile every dependency.
 COPY Cargo.toml Cargo.lock ./
+COPY vendor ./vendor
 RUN mkdir -p src/bin/cohort-bench \
     && echo 'fn main() {}' > src/main.rs \
     && echo 'fn main() {}' > src/bin/cohort-bench/main.rs \
