@@ -53,9 +53,10 @@ pub struct Config {
     pub db_acquire_timeout_secs: u64,
 
     /// Partner cohort imports that run in PostgreSQL at once; the others wait their turn
-    /// in arrival order. About twice PostgreSQL's cores: more only share the cores and
-    /// spread the latencies.
-    #[arg(long, env = "IMPORT_CONCURRENCY", default_value_t = 4,
+    /// in arrival order. PostgreSQL's cores plus one, so that one import can wait for
+    /// its commit's WAL flush while the others use the cores; more only share the cores
+    /// and spread the latencies (BENCHMARKS.md).
+    #[arg(long, env = "IMPORT_CONCURRENCY", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..), global = true)]
     pub import_concurrency: u32,
 
