@@ -176,8 +176,9 @@ pub struct ImportSummary {
 }
 
 /// Loads users from an NDJSON body (`application/x-ndjson`, one batch item a line),
-/// streamed: memory holds a chunk or two of lines (plus, on a first load into an empty
-/// workspace, 4 MiB of Bloom filters per 3 million identifiers). A line that is malformed
+/// streamed: memory holds at most four chunks of lines, one per stage (being read, queued,
+/// being decided, being written), plus, on a first load into an empty workspace, 4 MiB of
+/// Bloom filters per 3 million identifiers. A line that is malformed
 /// or conflicts fails alone and is reported by number; the rest load. The import is one
 /// transaction: a request that fails as a whole (413, broken body, database failure)
 /// stores nothing.
