@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::service::Service;
+
 /// CPU time (user + system) process `pid` has used so far.
 pub fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("cannot read /proc/<pid>/stat")?;
@@ -15,7 +17,7 @@ pub fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
 /// CPU time used so far by every process named `postgres` on this machine (the server's
 /// backends, writers and autovacuum workers). A process that exits between two readings
 /// takes its time with it; the pooled connections that do the work stay.
-pub fn postgres_cpu() -> Duration {
+fn postgres_cpu() -> Duration {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Duration::ZERO };
     entries
         .filter_map(Result::ok)
@@ -24,6 +26,30 @@ pub fn postgres_cpu() -> Duration {
         .filter(|stat| stat.contains("(postgres)"))
         .filter_map(|stat| stat_cpu(&stat))
         .sum()
+}
+
+/// The service's and PostgreSQL's CPU time at one moment; two readings around a step
+/// tell what the step cost each.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuReading {
+    pub service: Duration,
+    pub postgres: Duration,
+}
+
+impl CpuReading {
+    /// Reads both now.
+    pub fn take(service: &Service) -> anyhow::Result<Self> {
+        Ok(CpuReading { service: service.cpu_time()?, postgres: postgres_cpu() })
+    }
+
+    /// What each has used since this reading.
+    pub fn spent_since(self, service: &Service) -> anyhow::Result<Self> {
+        let now = CpuReading::take(service)?;
+        Ok(CpuReading {
+            service: now.service.saturating_sub(self.service),
+            postgres: now.postgres.saturating_sub(self.postgres),
+        })
+    }
 }
 
 /// utime + stime of a `/proc/<pid>/stat` line: the 12th and 13th fields after the

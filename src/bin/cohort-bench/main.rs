@@ -24,7 +24,7 @@ use std::{process::ExitCode, time::Instant};
 use anyhow::Context;
 use clap::Parser;
 
-use crate::{api::Api, database::BenchDatabase, report::BenchReport, service::Service};
+use crate::{api::Api, cpu::CpuReading, database::BenchDatabase, report::BenchReport, service::Service};
 
 /// The admin token the child service is started with (it only listens on localhost and
 /// lives as long as the run).
@@ -96,10 +96,10 @@ async fn run_steps(args: &Args, database: &BenchDatabase) -> anyhow::Result<Benc
     let setup = api.set_up().await?;
 
     progress(&format!("seeding {} users", args.users));
-    let (service_cpu, postgres_cpu) = (service.cpu_time()?, cpu::postgres_cpu());
+    let before = CpuReading::take(&service)?;
     let mut seed = seed::seed_users(&api, setup.workspace, args.users).await?;
-    seed.service_cpu = service.cpu_time()?.saturating_sub(service_cpu);
-    seed.postgres_cpu = cpu::postgres_cpu().saturating_sub(postgres_cpu);
+    let spent = before.spent_since(&service)?;
+    (seed.service_cpu, seed.postgres_cpu) = (spent.service, spent.postgres);
     // A production database has planner statistics, and its long-lived users are
     // all-visible (index-only scans need that); a bulk load gets both only when autovacuum
     // comes by, which would then run in the middle of the ingest. Not timed.
@@ -108,17 +108,17 @@ async fn run_steps(args: &Args, database: &BenchDatabase) -> anyhow::Result<Benc
     let requests = data::change_requests(args.users, args.changes);
     progress(&format!("sending {} changes in {} requests, {} clients", args.changes, requests.len(), args.concurrency));
     ingest::name_cohorts(&api, &setup).await?;
-    let (service_cpu, postgres_cpu) = (service.cpu_time()?, cpu::postgres_cpu());
+    let before = CpuReading::take(&service)?;
     let mut ingest =
         ingest::drive_changes(&api, &setup, &requests, args.concurrency as usize, args.latencies_csv.as_deref())
             .await?;
-    ingest.service_cpu = service.cpu_time()?.saturating_sub(service_cpu);
-    ingest.postgres_cpu = cpu::postgres_cpu().saturating_sub(postgres_cpu);
+    let spent = before.spent_since(&service)?;
+    (ingest.service_cpu, ingest.postgres_cpu) = (spent.service, spent.postgres);
 
     progress("applying the same changes with raw SQL");
-    let postgres_cpu = cpu::postgres_cpu();
+    let before = CpuReading::take(&service)?;
     let mut baseline = baseline::apply_changes(&pool, setup.workspace, &requests).await?;
-    baseline.postgres_cpu = cpu::postgres_cpu().saturating_sub(postgres_cpu);
+    baseline.postgres_cpu = before.spent_since(&service)?.postgres;
     drop(requests);
     let members = (
         baseline::members_of(&pool, setup.workspace, "cohort-").await?,
