@@ -50,6 +50,10 @@ struct Args {
     /// start_ms,latency_ms`), to see when the slow ones happened.
     #[arg(long)]
     latencies_csv: Option<std::path::PathBuf>,
+    /// Leave the benchmark's database in place at the end (its name is printed), to
+    /// profile statements against the seeded data afterwards. Drop it by hand.
+    #[arg(long)]
+    keep_database: bool,
 }
 
 #[tokio::main]
@@ -79,6 +83,10 @@ async fn run(args: &Args) -> anyhow::Result<BenchReport> {
         outcome = run_steps(args, &database) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
+    if args.keep_database {
+        eprintln!("cohort-bench: kept database {}", database.name());
+        return outcome;
+    }
     // The service (killed on drop) is gone by now; FORCE ends any connection left over.
     let dropped = database.drop_now().await;
     let report = outcome?;
