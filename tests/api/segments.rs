@@ -564,6 +564,51 @@ async fn check_resolves_each_kind_of_reference_in_the_order_given() {
 }
 
 #[tokio::test]
+async fn check_agrees_with_the_memberships_across_bitmap_blocks() {
+    let s = Segments::new().await;
+    // Internal ids 8,001..=28,000: four 8,192-bit blocks. A and B hold members only below
+    // id 16,001 (n <= 8,000), so the last two blocks have no bitmap row in any cohort.
+    sqlx::query("SELECT setval(pg_get_serial_sequence('users', 'id'), 8000)").execute(&s.app.pool).await.unwrap();
+    s.numbered_users(s.workspace, "p", 20_000).await;
+    let memberships = |n: u32| (n <= 8_000 && n.is_multiple_of(2), n <= 8_000 && n.is_multiple_of(3));
+    for (position, cohort) in ["A", "B"].into_iter().enumerate() {
+        let ids: Vec<String> = (1..=20_000)
+            .filter(|&n| {
+                let (a, b) = memberships(n);
+                [a, b][position]
+            })
+            .map(|n| format!("p{n}"))
+            .collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        s.cohort(s.workspace, "kubit", cohort, cohort, &ids).await;
+    }
+    // 1,000 users spread over every block (and both sides of each edge), one unknown.
+    let checked: Vec<u32> = (0..999).map(|i| 1 + i * 20 + i % 7).chain([8_192 - 8_000]).collect();
+    let mut users: Vec<Value> = checked.iter().map(|n| json!({"external_id": format!("p{n}")})).collect();
+    users[500] = json!({"external_id": "nobody"});
+    type Expected = fn(bool, bool) -> bool;
+    let cases: [(Value, Expected); 5] = [
+        (json!({"and": [includes(&["A"]), excludes(&["B"])]}), |a, b| a && !b),
+        (includes(&["A", "B"]), |a, b| a || b),
+        // Not bounded: users in blocks no cohort reaches match too.
+        (json!({"not": includes(&["A"])}), |a, _| !a),
+        (json!({"or": [includes(&["A"]), excludes(&["B"])]}), |a, b| a || !b),
+        (excludes(&["A", "B"]), |a, b| !a && !b),
+    ];
+    for (filter, expected) in &cases {
+        let body =
+            expect_json(s.post("/v1/segments/check", &json!({"filter": filter, "users": users})).await, 200).await;
+        let results = body["results"].as_array().unwrap();
+        assert_eq!(results.len(), checked.len());
+        for (i, (result, &n)) in results.iter().zip(&checked).enumerate() {
+            let (a, b) = memberships(n);
+            let want = i != 500 && expected(a, b);
+            assert_eq!(result["matches"], want, "users[{i}] (p{n}) for {filter}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn check_rejects_malformed_references_and_too_many() {
     let s = small_world().await;
     let filter = includes(&["A"]);
