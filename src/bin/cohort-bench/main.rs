@@ -112,6 +112,13 @@ async fn run_steps(args: &Args, database: &BenchDatabase) -> anyhow::Result<Benc
     // all-visible (index-only scans need that); a bulk load gets both only when autovacuum
     // comes by, which would then run in the middle of the ingest. Not timed.
     sqlx::query("VACUUM ANALYZE").execute(&pool).await?;
+    // Nor has it a million users' freshly written gigabyte in the OS page cache: left
+    // there, the kernel writes it back ~30 s later (vm.dirty_expire_centisecs), in the
+    // middle of the ingest, and every commit's WAL fsync waits behind it for a second or
+    // so (BENCHMARKS.md, 2). A checkpoint writes and syncs it now. Not timed.
+    if let Err(error) = sqlx::query("CHECKPOINT").execute(&pool).await {
+        progress(&format!("no CHECKPOINT ({error}): the seeding's writes may land in the ingest"));
+    }
 
     let requests = data::change_requests(args.users, args.changes);
     progress(&format!("sending {} changes in {} requests, {} clients", args.changes, requests.len(), args.concurrency));
