@@ -706,8 +706,8 @@ pub async fn check(db: &Database, query: &SegmentQuery, refs: &[UserRef]) -> sql
     }
     // Each row has exactly one kind of identifier set, so exactly one branch of the
     // lateral UNION ALL can find a user; every branch is a unique-index probe. The filter
-    // is then read from the bitmaps of the blocks those users fall in (a few hundred KiB
-    // at most, one index range per cohort), not probed per user in the memberships: on
+    // is then evaluated on the bitmaps of just the blocks those users fall in (1 KiB per
+    // cohort of the filter and such block), not probed per user in the memberships: on
     // 1M users that took the membership test from ~6 ms to ~2 ms (BENCHMARKS.md, 4).
     let sql = format!(
         "WITH resolved AS MATERIALIZED (

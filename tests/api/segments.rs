@@ -582,8 +582,10 @@ async fn check_agrees_with_the_memberships_across_bitmap_blocks() {
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         s.cohort(s.workspace, "kubit", cohort, cohort, &ids).await;
     }
-    // 1,000 users spread over every block (and both sides of each edge), one unknown.
-    let checked: Vec<u32> = (0..999).map(|i| 1 + i * 20 + i % 7).chain([8_192 - 8_000]).collect();
+    // 1,000 references: users spread over every block, both sides of each block edge
+    // (ids 8,191 | 8,192, 16,383 | 16,384, 24,575 | 24,576), and one unknown at [500].
+    let edges = [191, 192, 8_383, 8_384, 16_575, 16_576];
+    let checked: Vec<u32> = (0..994).map(|i| 1 + i * 20 + i % 7).chain(edges).collect();
     let mut users: Vec<Value> = checked.iter().map(|n| json!({"external_id": format!("p{n}")})).collect();
     users[500] = json!({"external_id": "nobody"});
     type Expected = fn(bool, bool) -> bool;
