@@ -11,7 +11,7 @@ use std::{sync::OnceLock, time::Duration};
 use axum::http::{Method, StatusCode};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::store::database::Database;
+use crate::{domain::ImportOutcome, store::database::Database};
 
 /// Requests served, by method, route template and status.
 pub const HTTP_REQUESTS: &str = "cohort_ingest_http_requests_total";
@@ -44,19 +44,6 @@ const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 
 
 /// How often histogram samples are folded into buckets when nobody scrapes.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Outcome counts of one cohort import request, by partner.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ImportOutcome {
-    /// Memberships that newly exist.
-    pub added: u64,
-    /// Memberships that newly ended.
-    pub removed: u64,
-    /// Users already in the requested state.
-    pub unchanged: u64,
-    /// Identifiers that matched no eligible user.
-    pub unmatched: u64,
-}
 
 /// Counts the identifiers a partner import processed, by partner and outcome.
 pub fn record_import(partner: &str, outcome: ImportOutcome) {

@@ -9,7 +9,7 @@ use axum::{
 };
 use serde::Serialize;
 
-use crate::error::ApiError;
+use crate::{error::ApiError, telemetry::REQUEST_ID};
 
 /// A JSON body (or response). Rejections: 400 naming the field, 413, 415.
 #[derive(Debug, Clone, Copy, Default, FromRequest)]
@@ -31,6 +31,35 @@ pub struct Path<T>(pub T);
 #[derive(Debug, Clone, Copy, Default, FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct Query<T>(pub T);
+
+/// The request's id, as the import log keeps it: the `x-request-id` header (set by the
+/// request-id layer when the client sends none) when it is usable, else a new UUID.
+#[derive(Debug, Clone)]
+pub struct RequestId(String);
+
+/// Longest request id kept in the import log.
+const MAX_REQUEST_ID_BYTES: usize = 255;
+
+impl RequestId {
+    /// The id's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let id = parts
+            .headers
+            .get(&REQUEST_ID)
+            .and_then(|value| value.to_str().ok())
+            .filter(|id| !id.is_empty() && id.len() <= MAX_REQUEST_ID_BYTES)
+            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+        Ok(RequestId(id))
+    }
+}
 
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {

@@ -3,10 +3,7 @@
 //! Credentials come from the body ([`PartnerRequest`]); statuses and messages are the
 //! contract's, word for word.
 
-use axum::{
-    extract::State,
-    http::{HeaderMap, HeaderName},
-};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -15,20 +12,14 @@ use crate::{
     app::AppState,
     auth::partner::{BodyFields, FromPartnerBody, PartnerRequest},
     domain::{
-        CohortChanges, CohortId, CohortName,
+        CohortChanges, CohortId, CohortName, ImportOutcome,
         cohort::{INVALID_COHORT_CHANGES, INVALID_COHORT_ID, INVALID_CREATED_AT, INVALID_NAME, parse_created_at},
     },
     error::{ApiError, ApiResult, ErrorBody},
-    http::extract::Json,
-    metrics::{self, ImportOutcome},
+    http::extract::{Json, RequestId},
+    metrics,
     store::{self, cohorts::CohortKey},
 };
-
-/// The header a request id arrives in (set by the request-id layer when the client
-/// sends none).
-static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-/// Longest client-supplied request id kept in the import log.
-const MAX_REQUEST_ID_BYTES: usize = 255;
 
 /// The partners routes.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -177,7 +168,7 @@ async fn name_cohort(
         (status = 503, body = ErrorBody, description = "`IMPORT_CONCURRENCY` imports ran and others waited longer than `DB_ACQUIRE_TIMEOUT_SECS`; retry after `Retry-After`")))]
 async fn import_cohort_users(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    request_id: RequestId,
     PartnerRequest { caller, body }: PartnerRequest<ImportCohortUsers>,
 ) -> ApiResult<Json<ImportResult>> {
     // No identifier at all: a credentials check, which changes nothing.
@@ -186,19 +177,10 @@ async fn import_cohort_users(
     } else {
         let key = CohortKey::new(caller.workspace_id, &caller.partner, &body.cohort_id);
         let _turn = state.cohort_imports.enter(key).await?;
-        let outcome = store::cohorts::import(&state.db, key, &body.changes, &request_id(&headers)).await?;
+        let outcome = store::cohorts::import(&state.db, key, &body.changes, request_id.as_str()).await?;
         metrics::record_import(&caller.partner, outcome);
         outcome
     };
     let ImportOutcome { added, removed, unchanged, unmatched } = outcome;
     Ok(Json(ImportResult { message: "success", added, removed, unchanged, unmatched }))
-}
-
-/// The request's id: the `x-request-id` header when there is a usable one, else a new UUID.
-fn request_id(headers: &HeaderMap) -> String {
-    headers
-        .get(&REQUEST_ID)
-        .and_then(|value| value.to_str().ok())
-        .filter(|id| !id.is_empty() && id.len() <= MAX_REQUEST_ID_BYTES)
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }

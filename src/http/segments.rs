@@ -375,17 +375,14 @@ async fn export_response(mut chunks: mpsc::Receiver<Result<Bytes, ExportFailure>
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(body)).into_response())
 }
 
-/// Produces an export on a connection of its own ([`store::segments::export`]), its rows
-/// sent as NDJSON chunks.
+/// Produces an export in a snapshot of its own ([`store::segments::begin_snapshot`]), its
+/// rows sent as NDJSON chunks. The snapshot is committed after the last row; an export
+/// that stops early (an error, a client gone, a panic) drops it, which rolls it back.
 async fn export_rows(db: Database, query: SegmentQuery, mut sender: ExportSender) -> Result<(), ExportFailure> {
-    let mut connection = db.acquire().await?;
-    let sent = stream_ndjson(&mut connection, &query, &mut sender).await;
-    if sent.is_err() {
-        // The query may still be sending rows: close the connection rather than hand the
-        // pool one that must first drain them.
-        connection.close_on_drop();
-    }
-    sent
+    let mut snapshot = store::segments::begin_snapshot(&db).await?;
+    stream_ndjson(&mut snapshot, &query, &mut sender).await?;
+    snapshot.commit().await?;
+    Ok(())
 }
 
 /// Reads the export's rows and sends them as NDJSON chunks, to the last (or none, for

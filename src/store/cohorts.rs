@@ -1,13 +1,13 @@
 //! `cohorts`, `cohort_memberships`, `cohort_imports`: partner cohorts, who is in them,
-//! and the log of every accepted import.
+//! and the log of every change to their membership.
 //!
-//! An import is one transaction of three statements whatever its size: the first takes
-//! the workspace's membership lock in shared mode (see [`super::locks`]: it keeps user
-//! deletions out), the second creates or locks the cohort row (imports of one cohort run
-//! one after the other, so member counts are exact and no two imports wait on each
-//! other's membership rows), the third resolves every identifier, applies the changes,
-//! updates the count and writes the log. Triggers keep the cohort's bitmaps (migration
-//! `…013`) in step within that statement.
+//! An import is one transaction of a fixed number of statements whatever its size, each
+//! on one workspace's rows (on Citus, one node): it takes the workspace lock in shared
+//! mode (see [`super::locks`]: it keeps user deletions out), creates or locks the cohort
+//! row (imports of one cohort run one after the other, so what they read of its
+//! memberships stays true until they commit), resolves every identifier and reads
+//! whether each user is a member, then writes exactly the memberships that change, their
+//! bits, the count and the log.
 //! (Resolving before taking the lock was measured too: it lets a request overtake one on
 //! the same cohort sent just before it, and under load it made the tail latency worse.)
 
@@ -19,12 +19,16 @@ use sqlx::{PgConnection, Postgres, Transaction};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::locks::{self, MembershipWriter};
-use crate::store::database::Database;
-use crate::{
-    domain::{CohortChanges, CohortId, CohortName},
-    metrics::ImportOutcome,
+use super::{
+    bitmaps::{self, Bitmap},
+    copy::CopyRows,
+    locks::{WorkspaceLock, lock_workspace},
 };
+use crate::domain::{
+    CohortChanges, CohortId, CohortName, ImportOutcome, MembershipChanges,
+    membership::{MatchedUser, Resolved, SentIdentifier},
+};
+use crate::store::database::Database;
 
 /// How many times an import is attempted when PostgreSQL reports a transient conflict.
 const IMPORT_ATTEMPTS: u32 = 5;
@@ -48,11 +52,14 @@ pub struct Cohort {
     pub last_import_at: Option<DateTime<Utc>>,
 }
 
-/// One accepted users request, as logged.
+/// One change to a cohort's membership, as logged.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
 pub struct ImportRecord {
-    /// The log entry's id; pass it as `before` to page further back.
+    /// The log entry's id within the cohort; pass it as `before` to page further back.
     pub id: i64,
+    /// `import` (a partner's users request) or `user_deletion` (an operator deleted a
+    /// member).
+    pub kind: String,
     /// The request id (`x-request-id`), to find the request in the logs.
     pub request_id: String,
     /// When the request was received.
@@ -65,7 +72,7 @@ pub struct ImportRecord {
     pub unchanged: i32,
     /// Identifiers that matched no eligible user.
     pub unmatched: i32,
-    /// The cohort's member count right after this import.
+    /// The cohort's member count right after this change.
     pub member_count_after: i64,
 }
 
@@ -96,19 +103,73 @@ pub struct CohortKey<'a> {
 
 /// Creates the cohort with `name`, or renames it. Never touches its members.
 pub async fn upsert_name(db: &Database, key: CohortKey<'_>, name: &CohortName) -> sqlx::Result<()> {
-    let mut conn = db.acquire().await?;
-    sqlx::query(
-        "INSERT INTO cohorts (workspace_id, partner, cohort_id, name) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (workspace_id, partner, cohort_id)
-         DO UPDATE SET name = excluded.name, updated_at = now() WHERE cohorts.name <> excluded.name",
+    let mut tx = db.begin().await?;
+    let now = Utc::now();
+    let renamed = sqlx::query(
+        "UPDATE cohorts SET name = $4, updated_at = $5
+          WHERE workspace_id = $1 AND partner = $2 AND cohort_id = $3 AND name <> $4",
     )
     .bind(key.workspace_id)
     .bind(key.partner)
     .bind(key.cohort_id)
     .bind(name.as_str())
-    .execute(&mut *conn)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    if renamed.rows_affected() == 0 {
+        // Unknown, or already so named (which this finds and leaves alone).
+        create_or_lock(&mut tx, key, name.as_str(), now, None).await?;
+    }
+    tx.commit().await
+}
+
+/// The cohort's internal id, creating the cohort (named `name`) if it does not exist, and
+/// holding its row lock until the transaction ends. `last_import_at`, when given, is
+/// written to a cohort this creates.
+async fn create_or_lock(
+    tx: &mut PgConnection,
+    key: CohortKey<'_>,
+    name: &str,
+    now: DateTime<Utc>,
+    last_import_at: Option<DateTime<Utc>>,
+) -> sqlx::Result<i64> {
+    let existing: Option<i64> = sqlx::query_scalar(
+        "SELECT id FROM cohorts WHERE workspace_id = $1 AND partner = $2 AND cohort_id = $3 FOR UPDATE",
+    )
+    .bind(key.workspace_id)
+    .bind(key.partner)
+    .bind(key.cohort_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(id) = existing {
+        return Ok(id);
+    }
+    // New cohorts of one workspace are created one at a time (this row lock), which is
+    // rare enough; existing ones never touch the counter.
+    let id: i64 = sqlx::query_scalar(
+        "UPDATE cohort_id_counters SET next_cohort_id = next_cohort_id + 1 WHERE workspace_id = $1
+         RETURNING next_cohort_id - 1",
+    )
+    .bind(key.workspace_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    // A concurrent creator may have won the race since the read above: then this locks
+    // its row instead.
+    sqlx::query_scalar(
+        "INSERT INTO cohorts AS c (workspace_id, id, partner, cohort_id, name, created_at, updated_at, last_import_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $6, $7)
+         ON CONFLICT (workspace_id, partner, cohort_id) DO UPDATE SET updated_at = c.updated_at
+         RETURNING id",
+    )
+    .bind(key.workspace_id)
+    .bind(id)
+    .bind(key.partner)
+    .bind(key.cohort_id)
+    .bind(name)
+    .bind(now)
+    .bind(last_import_at)
+    .fetch_one(&mut *tx)
     .await
-    .map(|_| ())
 }
 
 /// Applies a users request to a cohort (created, named by its id, if unknown) in one
@@ -123,7 +184,7 @@ pub async fn import(
     let columns = ChangeColumns::of(changes);
     let mut attempt = 1;
     loop {
-        match try_import(db, key, &columns, request_id).await {
+        match try_import(db, key, changes, &columns, request_id).await {
             Err(error) if attempt < IMPORT_ATTEMPTS && is_transient_conflict(&error) => {
                 tracing::debug!(%error, attempt, "cohort import conflicted; retrying");
                 tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
@@ -143,154 +204,216 @@ fn is_transient_conflict(error: &sqlx::Error) -> bool {
 
 /// The identifiers of a request as parallel arrays, bound to `unnest(...)`.
 struct ChangeColumns<'a> {
-    external_change: Vec<i32>,
     external_id: Vec<&'a str>,
-    external_remove: Vec<bool>,
-    alias_change: Vec<i32>,
     alias_label: Vec<&'a str>,
     alias_name: Vec<&'a str>,
-    alias_remove: Vec<bool>,
-    device_change: Vec<i32>,
     device_id: Vec<&'a str>,
-    device_remove: Vec<bool>,
 }
 
 impl<'a> ChangeColumns<'a> {
     fn of(changes: &'a CohortChanges) -> Self {
         ChangeColumns {
-            external_change: changes.external_ids.iter().map(|t| t.change).collect(),
             external_id: changes.external_ids.iter().map(|t| t.id.as_str()).collect(),
-            external_remove: changes.external_ids.iter().map(|t| t.remove).collect(),
-            alias_change: changes.aliases.iter().map(|t| t.change).collect(),
             alias_label: changes.aliases.iter().map(|t| t.id.alias_label.as_str()).collect(),
             alias_name: changes.aliases.iter().map(|t| t.id.alias_name.as_str()).collect(),
-            alias_remove: changes.aliases.iter().map(|t| t.remove).collect(),
-            device_change: changes.device_ids.iter().map(|t| t.change).collect(),
             device_id: changes.device_ids.iter().map(|t| t.id.as_str()).collect(),
-            device_remove: changes.device_ids.iter().map(|t| t.remove).collect(),
         }
     }
 }
 
-/// Creates the cohort if needed and locks its row until the transaction ends.
-const LOCK_COHORT: &str = "
-INSERT INTO cohorts (workspace_id, partner, cohort_id, name) VALUES ($1, $2, $3, $3)
-ON CONFLICT (workspace_id, partner, cohort_id) DO UPDATE SET last_import_at = now()
-RETURNING id";
-
-/// Resolves, applies, counts and logs, in one statement. `resolved` holds one row per
-/// identifier with the user it reaches (null: no eligible user); `requested` keeps, per
-/// user, the last change that reaches it; the data-modifying CTEs apply those, and their
-/// RETURNING rows are the exact counts (the cohort row is locked, so nothing else changes
-/// these memberships meanwhile).
-const APPLY_CHANGES: &str = "
-WITH resolved AS MATERIALIZED (
-    SELECT 0 AS kind, c.change, c.remove, c.value, NULL::text AS label, u.id AS user_id
-      FROM unnest($3::int4[], $4::text[], $5::bool[]) AS c(change, value, remove)
-      LEFT JOIN users u ON u.workspace_id = $1 AND u.external_id = c.value
-    UNION ALL
-    SELECT 1, c.change, c.remove, c.value, c.label, a.user_id
-      FROM unnest($6::int4[], $7::text[], $8::text[], $9::bool[]) AS c(change, label, value, remove)
-      LEFT JOIN user_aliases a ON a.workspace_id = $1 AND a.alias_label = c.label AND a.alias_name = c.value
-    UNION ALL
-    SELECT 2, c.change, c.remove, c.value, NULL, eligible.user_id
-      FROM unnest($10::int4[], $11::text[], $12::bool[]) AS c(change, value, remove)
-      LEFT JOIN LATERAL (
-          SELECT d.user_id FROM user_device_ids d
-            JOIN users u ON u.workspace_id = d.workspace_id AND u.id = d.user_id AND u.external_id IS NULL
-           WHERE d.workspace_id = $1 AND d.device_id = c.value
-      ) AS eligible ON true
-),
-requested AS MATERIALIZED (
-    SELECT DISTINCT ON (user_id) user_id, remove
-      FROM resolved WHERE user_id IS NOT NULL
-     ORDER BY user_id, change DESC
-),
-added AS (
-    INSERT INTO cohort_memberships (workspace_id, cohort_ref, user_id)
-    SELECT $1, $2, user_id FROM requested WHERE NOT remove
-    ON CONFLICT DO NOTHING
-    RETURNING 1
-),
-removed AS (
-    -- One primary-key probe per user, then a delete by row address, whatever the
-    -- statistics say. Written as a join, it was planned from a growing cohort's stale
-    -- row estimate (a few rows) as a hash join over every member of the cohort: in
-    -- the benchmark a removal read ~11k members at 400k changes, and removals were 1.6x
-    -- slower than additions. The OFFSET 0 keeps the lateral subquery a nested loop.
-    DELETE FROM cohort_memberships m
-     USING (SELECT member.row_address
-              FROM requested r
-             CROSS JOIN LATERAL (SELECT ctid AS row_address FROM cohort_memberships
-                                  WHERE workspace_id = $1 AND cohort_ref = $2 AND user_id = r.user_id
-                                 OFFSET 0) AS member
-             WHERE r.remove) AS doomed
-     WHERE m.ctid = doomed.row_address
-    RETURNING 1
-),
-counts AS (
-    SELECT (SELECT count(*) FROM added) AS added,
-           (SELECT count(*) FROM removed) AS removed,
-           (SELECT count(*) FROM requested) AS matched,
-           (SELECT count(DISTINCT (kind, label, value)) FROM resolved WHERE user_id IS NULL) AS unmatched
-),
-cohort AS (
-    UPDATE cohorts c
-       SET member_count = c.member_count + counts.added - counts.removed,
-           last_import_at = now(),
-           updated_at = CASE WHEN counts.added + counts.removed > 0 THEN now() ELSE c.updated_at END
-      FROM counts
-     WHERE c.workspace_id = $1 AND c.id = $2
-    RETURNING c.member_count
-)
-INSERT INTO cohort_imports
-       (workspace_id, cohort_ref, request_id, received_at, added, removed, unchanged, unmatched, member_count_after)
-SELECT $1, $2, $13, now(), counts.added, counts.removed, counts.matched - counts.added - counts.removed,
-       counts.unmatched, cohort.member_count
-  FROM counts, cohort
-RETURNING added::int8, removed::int8, unchanged::int8, unmatched::int8";
+/// One row per identifier: its kind (0 external id, 1 alias, 2 device id) and 1-based
+/// position in its array, the user it matches (null: no eligible user) and whether that
+/// user is in cohort `$2` now. Every branch is a unique-index probe.
+pub(crate) const RESOLVE: &str = "
+SELECT r.kind, r.position, r.user_id, m.user_id IS NOT NULL AS member
+  FROM (SELECT 0::int2 AS kind, c.position, u.id AS user_id
+          FROM unnest($3::text[]) WITH ORDINALITY AS c(value, position)
+          LEFT JOIN users u ON u.workspace_id = $1 AND u.external_id = c.value
+        UNION ALL
+        SELECT 1::int2, c.position, a.user_id
+          FROM unnest($4::text[], $5::text[]) WITH ORDINALITY AS c(label, value, position)
+          LEFT JOIN user_aliases a ON a.workspace_id = $1 AND a.alias_label = c.label AND a.alias_name = c.value
+        UNION ALL
+        SELECT 2::int2, c.position, eligible.user_id
+          FROM unnest($6::text[]) WITH ORDINALITY AS c(value, position)
+          LEFT JOIN LATERAL (
+              SELECT d.user_id FROM user_device_ids d
+                JOIN users u ON u.workspace_id = d.workspace_id AND u.id = d.user_id AND u.external_id IS NULL
+               WHERE d.workspace_id = $1 AND d.device_id = c.value
+          ) AS eligible ON true
+       ) AS r
+  LEFT JOIN cohort_memberships m ON m.workspace_id = $1 AND m.cohort_ref = $2 AND m.user_id = r.user_id";
 
 async fn try_import(
     db: &Database,
     key: CohortKey<'_>,
+    changes: &CohortChanges,
     columns: &ChangeColumns<'_>,
     request_id: &str,
 ) -> sqlx::Result<ImportOutcome> {
     let mut tx: Transaction<'_, Postgres> = db.begin().await?;
+    let now = Utc::now();
     // Before the statement that resolves users: it must not start while a user deletion
     // of this workspace is uncommitted.
-    locks::memberships(&mut tx, key.workspace_id, MembershipWriter::OneCohort).await?;
-    let cohort_ref: i64 = sqlx::query_scalar(LOCK_COHORT)
-        .bind(key.workspace_id)
-        .bind(key.partner)
-        .bind(key.cohort_id)
-        .fetch_one(&mut *tx)
-        .await?;
-    let (added, removed, unchanged, unmatched): (i64, i64, i64, i64) = sqlx::query_as(APPLY_CHANGES)
+    lock_workspace(&mut tx, key.workspace_id, WorkspaceLock::OneCohort).await?;
+    let cohort_ref = create_or_lock(&mut tx, key, key.cohort_id, now, Some(now)).await?;
+    let rows: Vec<(i16, i64, Option<i64>, bool)> = sqlx::query_as(RESOLVE)
         .bind(key.workspace_id)
         .bind(cohort_ref)
-        .bind(&columns.external_change)
         .bind(&columns.external_id)
-        .bind(&columns.external_remove)
-        .bind(&columns.alias_change)
         .bind(&columns.alias_label)
         .bind(&columns.alias_name)
-        .bind(&columns.alias_remove)
-        .bind(&columns.device_change)
         .bind(&columns.device_id)
-        .bind(&columns.device_remove)
-        .bind(request_id)
-        .fetch_one(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
+    let resolved = rows
+        .into_iter()
+        .map(|(kind, position, user, member)| {
+            let sent = sent_identifier(changes, kind, position)
+                .ok_or_else(|| sqlx::Error::Protocol("resolved an identifier that was not sent".into()))?;
+            let (identifier, change, remove) = sent;
+            Ok(Resolved { identifier, change, remove, user: user.map(|id| MatchedUser { id, member }) })
+        })
+        .collect::<sqlx::Result<Vec<_>>>()?;
+    let decided = MembershipChanges::decide(resolved);
+
+    write_memberships(&mut tx, key.workspace_id, cohort_ref, &decided.added, &decided.removed, now).await?;
+    let outcome = decided.outcome();
+    log_import(&mut tx, key.workspace_id, cohort_ref, request_id, now, &outcome).await?;
     tx.commit().await?;
-    // Counts are non-negative by construction.
-    let count = |n: i64| u64::try_from(n).unwrap_or(0);
-    Ok(ImportOutcome {
-        added: count(added),
-        removed: count(removed),
-        unchanged: count(unchanged),
-        unmatched: count(unmatched),
-    })
+    Ok(outcome)
+}
+
+/// The identifier at 1-based `position` of the array of `kind` (as [`RESOLVE`] numbers
+/// them), with its change's position and direction.
+fn sent_identifier(changes: &CohortChanges, kind: i16, position: i64) -> Option<(SentIdentifier<'_>, i32, bool)> {
+    let index = usize::try_from(position.checked_sub(1)?).ok()?;
+    match kind {
+        0 => changes.external_ids.get(index).map(|t| (SentIdentifier::ExternalId(&t.id), t.change, t.remove)),
+        1 => changes.aliases.get(index).map(|t| (SentIdentifier::Alias(&t.id), t.change, t.remove)),
+        2 => changes.device_ids.get(index).map(|t| (SentIdentifier::DeviceId(&t.id), t.change, t.remove)),
+        _ => None,
+    }
+}
+
+/// Adds and removes memberships of one cohort, with their bits; the caller holds the
+/// cohort's row lock and has read that `added` are not members and `removed` are.
+async fn write_memberships(
+    tx: &mut PgConnection,
+    workspace_id: Uuid,
+    cohort_ref: i64,
+    added: &[i64],
+    removed: &[i64],
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    let mut rows = CopyRows::with_capacity(added.len(), 50);
+    for &user_id in added {
+        rows.uuid(workspace_id).int(cohort_ref).int(user_id).timestamp(now).end_row();
+    }
+    rows.copy(tx, "COPY cohort_memberships (workspace_id, cohort_ref, user_id, added_at) FROM STDIN (FORMAT binary)")
+        .await?;
+    if !removed.is_empty() {
+        sqlx::query("DELETE FROM cohort_memberships WHERE workspace_id = $1 AND cohort_ref = $2 AND user_id = ANY($3)")
+            .bind(workspace_id)
+            .bind(cohort_ref)
+            .bind(removed)
+            .execute(&mut *tx)
+            .await?;
+    }
+    bitmaps::apply(tx, workspace_id, Bitmap::Cohort(cohort_ref), added, removed).await
+}
+
+/// Moves the cohort's count by the import's added and removed and appends the import to
+/// its log.
+async fn log_import(
+    tx: &mut PgConnection,
+    workspace_id: Uuid,
+    cohort_ref: i64,
+    request_id: &str,
+    now: DateTime<Utc>,
+    outcome: &ImportOutcome,
+) -> sqlx::Result<()> {
+    // At most 1,000 identifiers a request.
+    let count = |n: u64| i32::try_from(n).unwrap_or(i32::MAX);
+    let changed = outcome.added + outcome.removed > 0;
+    let (member_count, id): (i64, i64) = sqlx::query_as(
+        "UPDATE cohorts SET member_count = member_count + $3, log_entries = log_entries + 1,
+                updated_at = coalesce($4, updated_at), last_import_at = $5
+          WHERE workspace_id = $1 AND id = $2
+         RETURNING member_count, log_entries",
+    )
+    .bind(workspace_id)
+    .bind(cohort_ref)
+    .bind(outcome.added as i64 - outcome.removed as i64)
+    .bind(changed.then_some(now))
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO cohort_imports (workspace_id, cohort_ref, id, kind, request_id, received_at,
+                                     added, removed, unchanged, unmatched, member_count_after)
+         VALUES ($1, $2, $3, 'import', $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(workspace_id)
+    .bind(cohort_ref)
+    .bind(id)
+    .bind(request_id)
+    .bind(now)
+    .bind(count(outcome.added))
+    .bind(count(outcome.removed))
+    .bind(count(outcome.unchanged))
+    .bind(count(outcome.unmatched))
+    .bind(member_count)
+    .execute(&mut *tx)
+    .await
+    .map(|_| ())
+}
+
+/// Takes user `user_id` out of every cohort it is in, with its bits and a `user_deletion`
+/// entry in each such cohort's log, in four statements however many cohorts; the caller
+/// holds the workspace lock for a user deletion.
+pub(super) async fn remove_user_everywhere(
+    tx: &mut PgConnection,
+    workspace_id: Uuid,
+    user_id: i64,
+    request_id: &str,
+) -> sqlx::Result<()> {
+    // Through the workspace's cohorts: one primary-key probe per cohort.
+    let cohorts: Vec<i64> = sqlx::query_scalar(
+        "DELETE FROM cohort_memberships m USING cohorts c
+          WHERE c.workspace_id = $1 AND m.workspace_id = $1 AND m.cohort_ref = c.id AND m.user_id = $2
+         RETURNING m.cohort_ref",
+    )
+    .bind(workspace_id)
+    .bind(user_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    if cohorts.is_empty() {
+        return Ok(());
+    }
+    bitmaps::clear_in_cohorts(tx, workspace_id, &cohorts, user_id).await?;
+    let now = Utc::now();
+    let logged: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "UPDATE cohorts SET member_count = member_count - 1, log_entries = log_entries + 1, updated_at = $3
+          WHERE workspace_id = $1 AND id = ANY($2)
+         RETURNING id, member_count, log_entries",
+    )
+    .bind(workspace_id)
+    .bind(&cohorts)
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut rows = CopyRows::with_capacity(logged.len(), 160);
+    for (cohort_ref, member_count, id) in logged {
+        rows.uuid(workspace_id).int(cohort_ref).int(id).text(Some("user_deletion")).text(Some(request_id));
+        rows.timestamp(now).int4(0).int4(1).int4(0).int4(0).int(member_count).end_row();
+    }
+    rows.copy(
+        tx,
+        "COPY cohort_imports (workspace_id, cohort_ref, id, kind, request_id, received_at,
+                              added, removed, unchanged, unmatched, member_count_after) FROM STDIN (FORMAT binary)",
+    )
+    .await
 }
 
 // ---- operator views ---------------------------------------------------------------
@@ -334,7 +457,7 @@ pub async fn imports(
     let mut conn = db.acquire().await?;
     let Some(cohort_ref) = find_ref(&mut conn, key).await? else { return Ok(None) };
     let records = sqlx::query_as(
-        "SELECT id, request_id, received_at, added, removed, unchanged, unmatched, member_count_after
+        "SELECT id, kind, request_id, received_at, added, removed, unchanged, unmatched, member_count_after
            FROM cohort_imports
           WHERE workspace_id = $1 AND cohort_ref = $2 AND ($3::int8 IS NULL OR id < $3)
           ORDER BY id DESC LIMIT $4",
@@ -375,21 +498,26 @@ pub async fn members(
     Ok(Some(members))
 }
 
-/// Deletes a cohort with its memberships, bitmaps (by trigger) and import log (by
-/// cascade). `false` if it did not exist.
+/// Deletes a cohort with its memberships, bitmaps and import log (those two by foreign
+/// key cascade). `false` if it did not exist.
 pub async fn delete(db: &Database, key: CohortKey<'_>) -> sqlx::Result<bool> {
     let mut tx = db.begin().await?;
     // It writes memberships: a concurrent user deletion must not take one of them from
     // under it (nor it one from under the user deletion's member count).
-    locks::memberships(&mut tx, key.workspace_id, MembershipWriter::OneCohort).await?;
-    let result = sqlx::query("DELETE FROM cohorts WHERE workspace_id = $1 AND partner = $2 AND cohort_id = $3")
+    lock_workspace(&mut tx, key.workspace_id, WorkspaceLock::OneCohort).await?;
+    let Some(cohort_ref) = find_ref(&mut tx, key).await? else { return Ok(false) };
+    sqlx::query("DELETE FROM cohort_memberships WHERE workspace_id = $1 AND cohort_ref = $2")
         .bind(key.workspace_id)
-        .bind(key.partner)
-        .bind(key.cohort_id)
+        .bind(cohort_ref)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM cohorts WHERE workspace_id = $1 AND id = $2")
+        .bind(key.workspace_id)
+        .bind(cohort_ref)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(result.rows_affected() == 1)
+    Ok(true)
 }
 
 /// The internal id of a cohort, if it exists.

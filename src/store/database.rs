@@ -93,10 +93,12 @@ pub async fn connect_pool(
     Ok(Database::new(pool))
 }
 
-/// Applies pending migrations.
+/// Applies pending migrations and, on Citus, distributes the tables
+/// ([`super::distribution`]).
 pub async fn migrate(db: &Database) -> anyhow::Result<()> {
     let mut conn = db.acquire().await.context("cannot connect to apply migrations")?;
     MIGRATOR.run(&mut *conn).await.context("cannot apply migrations")?;
+    super::distribution::distribute(&mut conn).await.context("cannot distribute the tables on Citus")?;
     Ok(())
 }
 

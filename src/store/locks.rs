@@ -1,38 +1,50 @@
-//! Transaction-level advisory locks, for the exclusions row locks cannot express.
+//! The workspace lock: a row lock on the workspace's `user_id_counters` row, the one
+//! exclusion row locks on the data itself cannot express.
 //!
-//! **The membership lock** of a workspace is held by every transaction that writes
-//! `cohort_memberships`: imports and cohort deletions in shared mode (they run side by
-//! side; each also holds its cohort's row lock), user deletions in exclusive mode. It is
-//! what keeps a membership from outliving its user now that `cohort_memberships` has no
-//! foreign keys (migration `…012`): a user deletion waits for the imports in flight, and
-//! an import that starts meanwhile waits before it resolves a single identifier, so it
-//! never sees the user being deleted.
+//! A row lock, not an advisory lock: it is taken on the node that holds the workspace's
+//! rows, so on Citus it holds whichever coordinator a request came through (an advisory
+//! lock would hold only on the node that took it). Its modes follow PostgreSQL's row-lock
+//! conflicts:
+//!
+//! | writer | mode | waits for |
+//! | --- | --- | --- |
+//! | a cohort's imports and deletion ([`WorkspaceLock::OneCohort`]) | `FOR KEY SHARE` | user deletions |
+//! | user-store writes ([`WorkspaceLock::UserStore`]) | `FOR NO KEY UPDATE` | each other, user deletions |
+//! | user deletions ([`WorkspaceLock::UserDeletion`]) | `FOR UPDATE` | everyone |
+//!
+//! Imports run side by side (each also holds its cohort's row lock) and beside user
+//! loads; a user deletion waits for the imports in flight and holds new ones back until
+//! it commits, so an import, which resolves its identifiers after it holds the lock,
+//! never writes a membership of a user being deleted (`cohort_memberships` has no foreign
+//! keys). Every writer takes this lock first, before any other row lock: no deadlock.
 
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-/// How a membership writer holds the lock.
+/// How a transaction holds its workspace's lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MembershipWriter {
+pub enum WorkspaceLock {
     /// Writes the memberships of one cohort, whose row lock it holds: an import, a cohort deletion.
     OneCohort,
-    /// Writes the memberships of users across every cohort: a user deletion.
-    AcrossCohorts,
+    /// Writes users and their identifiers: upserts, identify. One at a time per workspace,
+    /// since the upsert rules decide in memory from what they read.
+    UserStore,
+    /// Deletes a user, its identifiers and its memberships across cohorts.
+    UserDeletion,
 }
 
-/// Takes the membership lock of `workspace_id` until the transaction ends.
-pub async fn memberships(
+/// Takes `workspace_id`'s lock in `mode` until the transaction ends; `false` if the
+/// workspace does not exist.
+pub async fn lock_workspace(
     transaction: &mut PgConnection,
     workspace_id: Uuid,
-    writer: MembershipWriter,
-) -> sqlx::Result<()> {
-    let sql = match writer {
-        MembershipWriter::OneCohort => {
-            "SELECT pg_advisory_xact_lock_shared(hashtextextended('cohort-ingest memberships ' || $1::text, 0))"
-        }
-        MembershipWriter::AcrossCohorts => {
-            "SELECT pg_advisory_xact_lock(hashtextextended('cohort-ingest memberships ' || $1::text, 0))"
-        }
+    mode: WorkspaceLock,
+) -> sqlx::Result<bool> {
+    let sql = match mode {
+        WorkspaceLock::OneCohort => "SELECT 1 FROM user_id_counters WHERE workspace_id = $1 FOR KEY SHARE",
+        WorkspaceLock::UserStore => "SELECT 1 FROM user_id_counters WHERE workspace_id = $1 FOR NO KEY UPDATE",
+        WorkspaceLock::UserDeletion => "SELECT 1 FROM user_id_counters WHERE workspace_id = $1 FOR UPDATE",
     };
-    sqlx::query(sql).bind(workspace_id).execute(transaction).await.map(|_| ())
+    let found: Option<i32> = sqlx::query_scalar(sql).bind(workspace_id).fetch_optional(transaction).await?;
+    Ok(found.is_some())
 }

@@ -1,10 +1,15 @@
 //! Every SQL statement of the service lives here, one file per table family.
 //!
 //! Functions take the [`database::Database`] (and acquire through it) or a connection or
-//! transaction, and return plain row types; they know nothing of HTTP.
+//! transaction, and return plain row types; they know nothing of HTTP. Every statement on
+//! a workspace's tables filters them by one `workspace_id`, so that on Citus it runs on
+//! the one node holding that workspace ([`distribution`]).
 
+pub mod bitmaps;
 pub mod cohorts;
+pub mod copy;
 pub mod database;
+pub mod distribution;
 pub mod keys;
 pub mod locks;
 pub mod partners;

@@ -1,9 +1,10 @@
 //! The user store: `users`, `user_aliases`, `user_device_ids`.
 //!
-//! Every write to a workspace's users runs in a transaction that holds the workspace's
-//! user-store lock ([`begin_writes`]): the upsert rules decide in memory from what they
-//! read, so nothing may change those identifiers between the read and the write. Reads
-//! (lookups, cohort imports) take no lock.
+//! Every write to a workspace's users runs in a transaction that holds the workspace
+//! lock for user-store writes ([`begin_writes`]): the upsert rules decide in memory from
+//! what they read, so nothing may change those identifiers between the read and the
+//! write. Reads (lookups, cohort imports) take no lock. New users get the next internal
+//! ids of their workspace's counter row, and their bits in `user_bitmaps`.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -11,7 +12,12 @@ use sqlx::{PgConnection, PgExecutor, Postgres, Transaction};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::locks::{self, MembershipWriter};
+use super::{
+    bitmaps::{self, Bitmap},
+    cohorts,
+    copy::CopyRows,
+    locks::{WorkspaceLock, lock_workspace},
+};
 use crate::domain::{
     Alias, DeviceId, ExternalId, IdentifierError,
     profile::{
@@ -128,14 +134,11 @@ pub async fn find_profile(
     query.fetch_optional(executor).await
 }
 
-/// Begins a transaction that holds the workspace's user-store lock until it ends, so
-/// user-store writes of one workspace happen one at a time.
+/// Begins a transaction that holds the workspace lock for user-store writes until it
+/// ends, so user-store writes of one workspace happen one at a time.
 pub async fn begin_writes(db: &Database, workspace_id: Uuid) -> sqlx::Result<Transaction<'static, Postgres>> {
     let mut tx = db.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('cohort-ingest user store ' || $1::text, 0))")
-        .bind(workspace_id)
-        .execute(&mut *tx)
-        .await?;
+    lock_workspace(&mut tx, workspace_id, WorkspaceLock::UserStore).await?;
     Ok(tx)
 }
 
@@ -307,22 +310,25 @@ fn undecodable(error: IdentifierError) -> sqlx::Error {
     sqlx::Error::Decode(Box::new(error))
 }
 
-/// Writes what an upsert decided: new users, external ids gained, new aliases and
-/// device ids. New rows go in with COPY, the fastest way into PostgreSQL; the users'
-/// ids are drawn from their sequence first so aliases and device ids can name them.
+/// Writes what an upsert decided: new users (with their bits), external ids gained, new
+/// aliases and device ids. New rows go in with COPY, the fastest way into PostgreSQL; the
+/// users' ids are drawn from the workspace's counter first so aliases and device ids can
+/// name them.
 async fn apply_changes(conn: &mut PgConnection, workspace_id: Uuid, changes: &UserStoreChanges) -> sqlx::Result<()> {
     let new_ids: Vec<i64> = if changes.new_users.is_empty() {
         Vec::new()
     } else {
-        // The sequence is looked up once, not per row (that would triple the cost), and
-        // the ids come back as one array rather than as a row each.
-        sqlx::query_scalar(
-            "WITH s AS MATERIALIZED (SELECT pg_get_serial_sequence('users', 'id')::regclass AS seq)
-             SELECT array_agg(nextval(s.seq)) FROM s, generate_series(1, $1)",
+        let count = changes.new_users.len() as i64;
+        // The transaction holds the counter row (begin_writes): the ids are its own.
+        let first: i64 = sqlx::query_scalar(
+            "UPDATE user_id_counters SET next_user_id = next_user_id + $2 WHERE workspace_id = $1
+             RETURNING next_user_id - $2",
         )
-        .bind(changes.new_users.len() as i64)
+        .bind(workspace_id)
+        .bind(count)
         .fetch_one(&mut *conn)
-        .await?
+        .await?;
+        (first..first + count).collect()
     };
     let id_of = |user: UserRef| match user {
         UserRef::Stored(id) => id,
@@ -339,6 +345,7 @@ async fn apply_changes(conn: &mut PgConnection, workspace_id: Uuid, changes: &Us
                 .end_row();
         }
         rows.copy(conn, "COPY users (workspace_id, id, braze_id, external_id) FROM STDIN (FORMAT binary)").await?;
+        bitmaps::apply(conn, workspace_id, Bitmap::Users, &new_ids, &[]).await?;
     }
 
     if !changes.changed_users.is_empty() {
@@ -348,13 +355,14 @@ async fn apply_changes(conn: &mut PgConnection, workspace_id: Uuid, changes: &Us
             .map(|(id, external_id)| (*id, external_id.as_ref().map(|e| e.as_str())))
             .unzip();
         sqlx::query(
-            "UPDATE users u SET external_id = coalesce(c.external_id, u.external_id), updated_at = now()
+            "UPDATE users u SET external_id = coalesce(c.external_id, u.external_id), updated_at = $4
              FROM unnest($2::bigint[], $3::text[]) AS c(id, external_id)
              WHERE u.workspace_id = $1 AND u.id = c.id",
         )
         .bind(workspace_id)
         .bind(&ids)
         .bind(&external_ids)
+        .bind(chrono::Utc::now())
         .execute(&mut *conn)
         .await?;
     }
@@ -383,84 +391,6 @@ async fn apply_changes(conn: &mut PgConnection, workspace_id: Uuid, changes: &Us
         rows.copy(conn, "COPY user_device_ids (workspace_id, device_id, user_id) FROM STDIN (FORMAT binary)").await?;
     }
     Ok(())
-}
-
-/// Rows in COPY's binary format, written field by field straight into one buffer (a
-/// million-user import writes four million fields: no allocation per field). Binary, so
-/// that PostgreSQL copies each field's bytes instead of splitting lines, unescaping text and
-/// parsing UUIDs and numbers from text, and nothing needs escaping on this side.
-struct CopyRows {
-    bytes: Vec<u8>,
-    /// Where the current row's field count goes, once its fields are written.
-    row_start: Option<usize>,
-    fields: i16,
-}
-
-/// The binary COPY header: signature, flags (none), header extension length (none).
-const COPY_BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
-/// The binary COPY trailer: a field count of -1.
-const COPY_BINARY_TRAILER: [u8; 2] = (-1i16).to_be_bytes();
-
-impl CopyRows {
-    /// Room for `rows` rows of about `row_bytes` bytes.
-    fn with_capacity(rows: usize, row_bytes: usize) -> Self {
-        let mut bytes = Vec::with_capacity(COPY_BINARY_HEADER.len() + rows * row_bytes + COPY_BINARY_TRAILER.len());
-        bytes.extend_from_slice(COPY_BINARY_HEADER);
-        CopyRows { bytes, row_start: None, fields: 0 }
-    }
-
-    /// Appends one field: its length (-1 for NULL), then its bytes in the column type's
-    /// binary form.
-    fn field(&mut self, value: Option<&[u8]>) -> &mut Self {
-        if self.row_start.is_none() {
-            self.row_start = Some(self.bytes.len());
-            self.bytes.extend_from_slice(&[0, 0]); // the field count, filled in by end_row
-            self.fields = 0;
-        }
-        self.fields += 1;
-        match value {
-            None => self.bytes.extend_from_slice(&(-1i32).to_be_bytes()),
-            Some(value) => {
-                // Identifiers are at most 512 bytes; a field too long for COPY's length
-                // word would make PostgreSQL reject the data, not this panic.
-                let length = i32::try_from(value.len()).unwrap_or(i32::MAX);
-                self.bytes.extend_from_slice(&length.to_be_bytes());
-                self.bytes.extend_from_slice(value);
-            }
-        }
-        self
-    }
-
-    /// Appends a `text` field; `None` is SQL NULL.
-    fn text(&mut self, value: Option<&str>) -> &mut Self {
-        self.field(value.map(str::as_bytes))
-    }
-
-    /// Appends a `bigint` field.
-    fn int(&mut self, value: i64) -> &mut Self {
-        self.field(Some(&value.to_be_bytes()))
-    }
-
-    /// Appends a `uuid` field.
-    fn uuid(&mut self, value: Uuid) -> &mut Self {
-        self.field(Some(value.as_bytes()))
-    }
-
-    /// Ends the row.
-    fn end_row(&mut self) {
-        if let Some(start) = self.row_start.take() {
-            self.bytes[start..start + 2].copy_from_slice(&self.fields.to_be_bytes());
-        }
-    }
-
-    /// Sends the rows with `statement` (a `COPY … FROM STDIN (FORMAT binary)`).
-    async fn copy(mut self, conn: &mut PgConnection, statement: &'static str) -> sqlx::Result<()> {
-        self.bytes.extend_from_slice(&COPY_BINARY_TRAILER);
-        let mut copy = conn.copy_in_raw(statement).await?;
-        copy.send(self.bytes).await?;
-        copy.finish().await?;
-        Ok(())
-    }
 }
 
 /// What [`identify`] did.
@@ -505,50 +435,41 @@ pub async fn identify(
     if let Some(owner) = owner {
         return Ok(IdentifyOutcome::TakenBy(owner));
     }
-    sqlx::query("UPDATE users SET external_id = $3, updated_at = now() WHERE workspace_id = $1 AND id = $2")
+    sqlx::query("UPDATE users SET external_id = $3, updated_at = $4 WHERE workspace_id = $1 AND id = $2")
         .bind(workspace_id)
         .bind(id)
         .bind(external_id.as_str())
+        .bind(chrono::Utc::now())
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
     Ok(IdentifyOutcome::Identified)
 }
 
-/// Deletes the user `braze_id` with its identifiers and memberships, and takes it off
-/// the `member_count` of every cohort it was in, in one transaction. False if no such user.
-pub async fn delete(db: &Database, workspace_id: Uuid, braze_id: Uuid) -> sqlx::Result<bool> {
-    let mut tx = begin_writes(db, workspace_id).await?;
+/// Deletes the user `braze_id` with its identifiers, memberships and bits, takes it off
+/// the `member_count` of every cohort it was in and logs that in each cohort's import
+/// log under `request_id`, in one transaction. False if no such user.
+pub async fn delete(db: &Database, workspace_id: Uuid, braze_id: Uuid, request_id: &str) -> sqlx::Result<bool> {
+    let mut tx = db.begin().await?;
+    // Exclusive: waits for the imports and user-store writes in flight and keeps new ones
+    // from starting until this user is gone, so no membership or identifier of it is
+    // written meanwhile, and the memberships deleted here are exactly the counts to fix.
+    lock_workspace(&mut tx, workspace_id, WorkspaceLock::UserDeletion).await?;
     let id: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE workspace_id = $1 AND braze_id = $2")
         .bind(workspace_id)
         .bind(braze_id)
         .fetch_optional(&mut *tx)
         .await?;
     let Some(id) = id else { return Ok(false) };
-    // Exclusive: waits for the cohort imports and deletions in flight and keeps new ones
-    // from starting until this user is gone. They take it before any row lock, so none of
-    // them holds a lock this transaction needs next: no deadlock. And no other writer
-    // changes memberships meanwhile, so those deleted here are exactly the counts to fix.
-    locks::memberships(&mut tx, workspace_id, MembershipWriter::AcrossCohorts).await?;
-    // Through the workspace's cohorts: one primary-key probe per cohort.
-    sqlx::query(
-        "WITH gone AS (DELETE FROM cohort_memberships m USING cohorts c
-                        WHERE c.workspace_id = $1 AND m.workspace_id = $1 AND m.cohort_ref = c.id AND m.user_id = $2
-                        RETURNING m.cohort_ref)
-         UPDATE cohorts c SET member_count = c.member_count - 1
-         FROM gone WHERE c.workspace_id = $1 AND c.id = gone.cohort_ref",
-    )
-    .bind(workspace_id)
-    .bind(id)
-    .execute(&mut *tx)
-    .await?;
-    // Triggers delete its aliases and device ids with it; its memberships are gone
-    // already, so the one that deletes a deleted user's memberships finds none.
-    sqlx::query("DELETE FROM users WHERE workspace_id = $1 AND id = $2")
-        .bind(workspace_id)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+    cohorts::remove_user_everywhere(&mut tx, workspace_id, id, request_id).await?;
+    for statement in [
+        "DELETE FROM user_aliases WHERE workspace_id = $1 AND user_id = $2",
+        "DELETE FROM user_device_ids WHERE workspace_id = $1 AND user_id = $2",
+        "DELETE FROM users WHERE workspace_id = $1 AND id = $2",
+    ] {
+        sqlx::query(statement).bind(workspace_id).bind(id).execute(&mut *tx).await?;
+    }
+    bitmaps::apply(&mut tx, workspace_id, Bitmap::Users, &[], &[id]).await?;
     tx.commit().await?;
     Ok(true)
 }
@@ -580,25 +501,5 @@ mod tests {
 
         // A workspace that had users: every plan reads the store.
         assert!(StoreLookups::Every.plan_unread(&[profile(r#"{"external_id":"b"}"#)]).is_none());
-    }
-
-    #[test]
-    fn copy_rows_write_the_binary_format() {
-        let mut rows = CopyRows::with_capacity(2, 10);
-        let id = Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
-        rows.uuid(id).int(-42).text(Some("a\\b\tc\n\\N")).text(None).end_row();
-        rows.text(Some("")).end_row();
-        let mut expected = b"PGCOPY\n\xff\r\n\0".to_vec();
-        expected.extend([0; 8]); // flags, header extension length
-        expected.extend([0, 4]); // four fields
-        expected.extend([0, 0, 0, 16]);
-        expected.extend(id.as_bytes());
-        expected.extend([0, 0, 0, 8]);
-        expected.extend((-42i64).to_be_bytes());
-        expected.extend([0, 0, 0, 8]);
-        expected.extend(b"a\\b\tc\n\\N"); // as it is: nothing is escaped
-        expected.extend([0xff; 4]); // NULL
-        expected.extend([0, 1, 0, 0, 0, 0]); // one field, empty
-        assert_eq!(rows.bytes, expected);
     }
 }

@@ -19,14 +19,24 @@ pub struct Workspace {
     pub created_at: DateTime<Utc>,
 }
 
-/// Creates a workspace with a fresh id.
+/// Creates a workspace with a fresh id, with the counter rows its users and cohorts draw
+/// their internal ids from (the user counter's row is also the workspace lock).
 pub async fn create(db: &Database, name: &str) -> sqlx::Result<Workspace> {
-    let mut conn = db.acquire().await?;
-    sqlx::query_as("INSERT INTO workspaces (id, name) VALUES ($1, $2) RETURNING id, name, created_at")
-        .bind(Uuid::new_v4())
-        .bind(name)
-        .fetch_one(&mut *conn)
-        .await
+    let mut tx = db.begin().await?;
+    let workspace: Workspace =
+        sqlx::query_as("INSERT INTO workspaces (id, name) VALUES ($1, $2) RETURNING id, name, created_at")
+            .bind(Uuid::new_v4())
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?;
+    for counter in [
+        "INSERT INTO user_id_counters (workspace_id) VALUES ($1)",
+        "INSERT INTO cohort_id_counters (workspace_id) VALUES ($1)",
+    ] {
+        sqlx::query(counter).bind(workspace.id).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(workspace)
 }
 
 /// Every workspace, oldest first.

@@ -1,12 +1,12 @@
 //! The partner cohort-import endpoints (Braze partner contract) and the operator's view
 //! of cohorts: authentication, validation, identity resolution, memberships, the log.
 
-use cohort_ingest::store::locks::{self, MembershipWriter};
+use cohort_ingest::store::locks::{WorkspaceLock, lock_workspace};
 use reqwest::Response;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{PartnerSetup, TestApp, assert_bitmaps_match_memberships, expect_error, expect_json};
+use crate::helpers::{ADMIN_TOKEN, PartnerSetup, TestApp, assert_bitmaps_match_memberships, expect_error, expect_json};
 
 const SHAPE_MESSAGE: &str = "cohort_changes must be an array of objects each with key user_ids and/or device_ids mapping to an array of strings, or an aliases object";
 
@@ -582,15 +582,12 @@ async fn a_request_that_fails_partway_leaves_nothing_changed() {
     let users = add_identified(&app, setup.workspace, "u", 4).await;
     expect_counts(post_users(&app, &setup, "c1", json!([{ "user_ids": ["u0", "u1"] }])).await, 2, 0, 0, 0).await;
 
-    // Make the last write of an import (its log entry) fail, after the memberships and
-    // the count have been written by the same statement.
-    sqlx::raw_sql(
-        "CREATE FUNCTION fail_import() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$;
-         CREATE TRIGGER fail_import BEFORE INSERT ON cohort_imports FOR EACH ROW EXECUTE FUNCTION fail_import();",
-    )
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    // Make the last write of an import (its log entry) fail, after the memberships, their
+    // bits and the count have been written in the same transaction.
+    sqlx::raw_sql("ALTER TABLE cohort_imports ADD CONSTRAINT injected_failure CHECK (false) NOT VALID")
+        .execute(&app.pool)
+        .await
+        .unwrap();
     let changes = json!([{ "user_ids": ["u2", "u3"] }, { "user_ids": ["u0"], "should_remove": true }]);
     expect_error(post_users(&app, &setup, "c1", changes.clone()).await, 500, "internal error").await;
     expect_error(post_users(&app, &setup, "c2", changes.clone()).await, 500, "internal error").await;
@@ -603,7 +600,8 @@ async fn a_request_that_fails_partway_leaves_nothing_changed() {
     assert_eq!(cohorts, vec![("c1".to_owned(), 2)], "c2 was not created");
     assert_eq!(count(&app, "cohort_imports").await, 1);
 
-    sqlx::raw_sql("DROP TRIGGER fail_import ON cohort_imports").execute(&app.pool).await.unwrap();
+    assert_bitmaps_match_memberships(&app.pool).await;
+    sqlx::raw_sql("ALTER TABLE cohort_imports DROP CONSTRAINT injected_failure").execute(&app.pool).await.unwrap();
     expect_counts(post_users(&app, &setup, "c1", changes).await, 2, 1, 0, 0).await;
     assert_member_counts_exact(&app).await;
 }
@@ -876,9 +874,9 @@ async fn an_import_waits_for_a_user_deletion_and_then_finds_the_user_gone() {
     let setup = app.partner_setup("kubit").await;
     let users = add_identified(&app, setup.workspace, "u", 2).await;
     // A user deletion in progress, as the admin endpoint runs it: it holds the
-    // workspace's membership lock exclusively until it commits...
+    // workspace lock exclusively until it commits...
     let mut deletion = app.pool.begin().await.unwrap();
-    locks::memberships(&mut deletion, setup.workspace, MembershipWriter::AcrossCohorts).await.unwrap();
+    lock_workspace(&mut deletion, setup.workspace, WorkspaceLock::UserDeletion).await.unwrap();
     let import = tokio::spawn({
         let (client, url) = (app.client.clone(), app.url("/partners/kubit/cohorts/users"));
         let body = json!({ "partner_api_key": setup.partner_api_key, "client_secret": setup.client_secret,
@@ -889,6 +887,11 @@ async fn an_import_waits_for_a_user_deletion_and_then_finds_the_user_gone() {
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(!import.is_finished(), "the import went ahead of an uncommitted user deletion");
     sqlx::query("DELETE FROM users WHERE id = $1").bind(users[1]).execute(&mut *deletion).await.unwrap();
+    sqlx::query("UPDATE user_bitmaps SET bits = set_bit(bits, ($1 & 8191)::int, 0) WHERE block = $1 >> 13")
+        .bind(users[1])
+        .execute(&mut *deletion)
+        .await
+        .unwrap();
     deletion.commit().await.unwrap();
     // ...and then resolves u1 to nobody: no membership outlives its user.
     expect_counts(import.await.unwrap(), 1, 0, 0, 1).await;
@@ -907,7 +910,7 @@ async fn imports_beyond_import_concurrency_wait_their_turn_then_get_503() {
     add_identified(&app, setup.workspace, "u", 2).await;
     // The one running import is held up inside PostgreSQL by a user deletion...
     let mut deletion = app.pool.begin().await.unwrap();
-    locks::memberships(&mut deletion, setup.workspace, MembershipWriter::AcrossCohorts).await.unwrap();
+    lock_workspace(&mut deletion, setup.workspace, WorkspaceLock::UserDeletion).await.unwrap();
     let import = |cohort_id: &'static str| {
         let (client, url) = (app.client.clone(), app.url("/partners/kubit/cohorts/users"));
         let body = json!({ "partner_api_key": setup.partner_api_key, "client_secret": setup.client_secret,
@@ -975,23 +978,53 @@ async fn user_deletions_racing_imports_leave_exact_counts_and_no_orphans() {
 }
 
 #[tokio::test]
-async fn users_and_cohorts_deleted_by_any_means_take_their_memberships_along() {
+async fn deleting_users_and_cohorts_takes_their_memberships_bits_and_log_along() {
     let app = TestApp::spawn().await;
     let setup = app.partner_setup("kubit").await;
-    let users = add_identified(&app, setup.workspace, "u", 3).await;
+    let ws = setup.workspace;
+    let users = add_identified(&app, ws, "u", 3).await;
     for cohort in ["c1", "c2"] {
         let changes = json!([{ "user_ids": ["u0", "u1", "u2"] }]);
         expect_counts(post_users(&app, &setup, cohort, changes).await, 3, 0, 0, 0).await;
     }
-    // By hand, as a workspace deletion or an operator's SQL would: no endpoint involved.
-    sqlx::query("DELETE FROM users WHERE id = $1").bind(users[0]).execute(&app.pool).await.unwrap();
-    assert_eq!(members(&app, setup.workspace, "c1").await, vec![users[1], users[2]]);
-    assert_eq!(members(&app, setup.workspace, "c2").await, vec![users[1], users[2]]);
+    let braze_id: Uuid = sqlx::query_scalar("SELECT braze_id FROM users WHERE workspace_id = $1 AND id = $2")
+        .bind(ws)
+        .bind(users[0])
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let response = app.client.delete(app.url(&format!("/admin/workspaces/{ws}/users/{braze_id}")));
+    let response = response.bearer_auth(ADMIN_TOKEN).header("x-request-id", "delete-u0").send().await.unwrap();
+    assert_eq!(response.status(), 204);
+    assert_eq!(members(&app, ws, "c1").await, vec![users[1], users[2]]);
+    assert_eq!(members(&app, ws, "c2").await, vec![users[1], users[2]]);
     assert_bitmaps_match_memberships(&app.pool).await;
-    sqlx::query("DELETE FROM cohorts WHERE cohort_id = 'c1'").execute(&app.pool).await.unwrap();
+    assert_member_counts_exact(&app).await;
+    // The deletion is in each cohort's history, so the log adds up to the count.
+    let history: Vec<(String, String, i32, i64)> = sqlx::query_as(
+        "SELECT kind, request_id, removed, member_count_after FROM cohort_imports WHERE id = 2 ORDER BY cohort_ref",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let entry = ("user_deletion".to_owned(), "delete-u0".to_owned(), 1, 2);
+    assert_eq!(history, vec![entry.clone(), entry]);
+    let unbalanced: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM cohorts c
+          WHERE c.member_count <> (SELECT sum(added - removed) FROM cohort_imports i
+                                    WHERE i.workspace_id = c.workspace_id AND i.cohort_ref = c.id)",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(unbalanced, 0, "a cohort whose import log does not add up to its count");
+
+    let path = format!("/admin/workspaces/{ws}/cohorts/kubit/c1");
+    assert_eq!(app.admin_delete(&path).await.status(), 204);
     assert_eq!(count(&app, "cohort_memberships").await, 2);
     let bitmaps: i64 =
         sqlx::query_scalar("SELECT count(DISTINCT cohort_ref) FROM cohort_bitmaps").fetch_one(&app.pool).await.unwrap();
     assert_eq!(bitmaps, 1, "the deleted cohort's bitmaps went with it");
+    assert_eq!(count(&app, "cohort_imports").await, 2, "and so did its log");
     assert_bitmaps_match_memberships(&app.pool).await;
 }

@@ -197,8 +197,9 @@ pub async fn expect_error(response: Response, status: u16, message: &str) {
     assert_eq!(body["message"].as_str(), Some(message), "unexpected error body: {body}");
 }
 
-/// Asserts that `cohort_bitmaps` holds exactly the memberships: one bit per row, at bit
-/// `user_id & 8191` of block `user_id >> 13` (blocks with no bit left are ignored).
+/// Asserts that `cohort_bitmaps` holds exactly the memberships and `user_bitmaps` exactly
+/// the users: one bit per row, at bit `id & 8191` of block `id >> 13` (blocks with no bit
+/// left are ignored).
 pub async fn assert_bitmaps_match_memberships(pool: &PgPool) {
     let differing: Vec<(Uuid, i64, i64)> = sqlx::query_as(
         "WITH expected AS (
@@ -215,4 +216,139 @@ pub async fn assert_bitmaps_match_memberships(pool: &PgPool) {
     .await
     .unwrap();
     assert!(differing.is_empty(), "bitmap blocks that differ from the memberships: {differing:?}");
+    let differing: Vec<(Uuid, i64)> = sqlx::query_as(
+        "WITH expected AS (
+             SELECT workspace_id, id >> 13 AS block, bit_or(B'1'::bit(8192) >> (id & 8191)::int) AS bits
+               FROM users GROUP BY 1, 2),
+         stored AS (SELECT workspace_id, block, bits FROM user_bitmaps WHERE bit_count(bits) > 0)
+         SELECT workspace_id, block FROM (
+             (SELECT * FROM expected EXCEPT SELECT * FROM stored)
+             UNION ALL
+             (SELECT * FROM stored EXCEPT SELECT * FROM expected)) AS d",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(differing.is_empty(), "user bitmap blocks that differ from the users: {differing:?}");
+}
+
+/// Inserts users straight into the store as the user store writes them (ids from the
+/// workspace's counter, bits in `user_bitmaps`), for tests that need many quickly; `None`
+/// makes an anonymous user. Returns their internal ids and braze_ids, in order.
+pub async fn insert_users(pool: &PgPool, workspace: Uuid, external_ids: &[Option<String>]) -> Vec<(i64, Uuid)> {
+    let mut tx = pool.begin().await.unwrap();
+    let first: i64 = sqlx::query_scalar(
+        "UPDATE user_id_counters SET next_user_id = next_user_id + $2 WHERE workspace_id = $1
+         RETURNING next_user_id - $2",
+    )
+    .bind(workspace)
+    .bind(external_ids.len() as i64)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    let users: Vec<(i64, Uuid)> = sqlx::query_as(
+        "INSERT INTO users (workspace_id, id, braze_id, external_id)
+         SELECT $1, $2 + t.ord - 1, gen_random_uuid(), t.e FROM unnest($3::text[]) WITH ORDINALITY AS t(e, ord)
+         RETURNING id, braze_id",
+    )
+    .bind(workspace)
+    .bind(first)
+    .bind(external_ids)
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    let ids: Vec<i64> = users.iter().map(|(id, _)| *id).collect();
+    set_bits(&mut tx, "user_bitmaps", workspace, None, &ids, true).await;
+    tx.commit().await.unwrap();
+    let mut users = users;
+    users.sort();
+    users
+}
+
+/// Creates a cohort straight in the store, as the service does (its id from the
+/// workspace's counter); returns its internal id.
+pub async fn insert_cohort(pool: &PgPool, workspace: Uuid, partner: &str, cohort_id: &str, name: &str) -> i64 {
+    let id: i64 = sqlx::query_scalar(
+        "UPDATE cohort_id_counters SET next_cohort_id = next_cohort_id + 1 WHERE workspace_id = $1
+         RETURNING next_cohort_id - 1",
+    )
+    .bind(workspace)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO cohorts (workspace_id, id, partner, cohort_id, name, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, now(), now())",
+    )
+    .bind(workspace)
+    .bind(id)
+    .bind(partner)
+    .bind(cohort_id)
+    .bind(name)
+    .execute(pool)
+    .await
+    .unwrap();
+    id
+}
+
+/// Adds and removes members of a cohort straight in the store, as an import does: the
+/// rows, their bits and an exact `member_count`.
+pub async fn change_members(pool: &PgPool, workspace: Uuid, cohort_ref: i64, add: &[i64], remove: &[i64]) {
+    let mut tx = pool.begin().await.unwrap();
+    let added: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO cohort_memberships (workspace_id, cohort_ref, user_id, added_at)
+         SELECT $1, $2, u, now() FROM unnest($3::int8[]) AS u ON CONFLICT DO NOTHING RETURNING user_id",
+    )
+    .bind(workspace)
+    .bind(cohort_ref)
+    .bind(add)
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    let removed: Vec<i64> = sqlx::query_scalar(
+        "DELETE FROM cohort_memberships WHERE workspace_id = $1 AND cohort_ref = $2 AND user_id = ANY($3)
+         RETURNING user_id",
+    )
+    .bind(workspace)
+    .bind(cohort_ref)
+    .bind(remove)
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    set_bits(&mut tx, "cohort_bitmaps", workspace, Some(cohort_ref), &added, true).await;
+    set_bits(&mut tx, "cohort_bitmaps", workspace, Some(cohort_ref), &removed, false).await;
+    sqlx::query("UPDATE cohorts SET member_count = member_count + $3 WHERE workspace_id = $1 AND id = $2")
+        .bind(workspace)
+        .bind(cohort_ref)
+        .bind(added.len() as i64 - removed.len() as i64)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// Sets (or clears) the bits of `ids` in `table` (`user_bitmaps`, or `cohort_bitmaps` of
+/// `cohort_ref`).
+async fn set_bits(tx: &mut PgConnection, table: &str, workspace: Uuid, cohort_ref: Option<i64>, ids: &[i64], on: bool) {
+    let (cohort_column, cohort_value) = match cohort_ref {
+        Some(cohort_ref) => ("cohort_ref, ", format!("{cohort_ref}, ")),
+        None => ("", String::new()),
+    };
+    let sql = if on {
+        format!(
+            "INSERT INTO {table} AS b (workspace_id, {cohort_column}block, bits)
+             SELECT $1, {cohort_value}id >> 13, bit_or(B'1'::bit(8192) >> (id & 8191)::int)
+               FROM unnest($2::int8[]) AS id GROUP BY id >> 13
+             ON CONFLICT (workspace_id, {cohort_column}block) DO UPDATE SET bits = b.bits | excluded.bits"
+        )
+    } else {
+        let cohort = cohort_ref.map(|c| format!(" AND b.cohort_ref = {c}")).unwrap_or_default();
+        format!(
+            "UPDATE {table} b SET bits = b.bits & ~g.bits
+               FROM (SELECT id >> 13 AS block, bit_or(B'1'::bit(8192) >> (id & 8191)::int) AS bits
+                       FROM unnest($2::int8[]) AS id GROUP BY 1) AS g
+              WHERE b.workspace_id = $1{cohort} AND b.block = g.block"
+        )
+    };
+    sqlx::query(AssertSqlSafe(sql)).bind(workspace).bind(ids).execute(tx).await.unwrap();
 }

@@ -27,7 +27,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::helpers::{ADMIN_TOKEN, PartnerSetup, TestApp, TestDatabase, expect_error, expect_json};
+use crate::helpers::{
+    ADMIN_TOKEN, PartnerSetup, TestApp, TestDatabase, expect_error, expect_json, insert_cohort, insert_users,
+};
 
 #[tokio::test]
 async fn healthz_and_readyz_answer_200_without_auth() {
@@ -443,11 +445,7 @@ async fn the_latency_of_a_streamed_export_runs_to_the_end_of_its_body() {
     app.create_partner("kubit").await;
     let workspace = app.create_workspace("slow reader").await;
     let key = app.create_api_key(workspace, &["segments.read"]).await;
-    sqlx::query("INSERT INTO cohorts (workspace_id, partner, cohort_id, name) VALUES ($1, 'kubit', 'empty', 'empty')")
-        .bind(workspace)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    insert_cohort(&app.pool, workspace, "kubit", "empty", "empty").await;
     // The export must not fit in the sockets, or the server would finish it while the
     // client pauses: the client's receive buffer is pinned small below, and the server's
     // send buffer grows to net.ipv4.tcp_wmem's maximum at most. Twice that, then.
@@ -456,15 +454,8 @@ async fn the_latency_of_a_streamed_export_runs_to_the_end_of_its_body() {
         .and_then(|text| text.split_whitespace().last()?.parse::<usize>().ok())
         .unwrap_or(4 << 20);
     let users = 2 * send_buffer_max / LINE_BYTES;
-    sqlx::query(
-        "INSERT INTO users (workspace_id, braze_id, external_id)
-         SELECT $1, gen_random_uuid(), lpad(g::text, 500, 'x') FROM generate_series(1, $2) AS g",
-    )
-    .bind(workspace)
-    .bind(users as i64)
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    let external_ids: Vec<Option<String>> = (0..users).map(|n| Some(format!("{n:x>500}"))).collect();
+    insert_users(&app.pool, workspace, &external_ids).await;
     let before = export_latency_sum(&scrape_until(&app, "a scrape", |_| true).await);
 
     // Everyone but the members of an empty cohort: every user.

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, expect_error, expect_json};
+use crate::helpers::{TestApp, change_members, expect_error, expect_json, insert_cohort, insert_users};
 
 // ---- fixture ----------------------------------------------------------------------
 
@@ -55,40 +55,19 @@ impl Segments {
 
     /// Identified users with these external ids.
     async fn users(&self, workspace: Uuid, external_ids: &[&str]) {
-        sqlx::query(
-            "INSERT INTO users (workspace_id, braze_id, external_id)
-             SELECT $1, gen_random_uuid(), e FROM unnest($2::text[]) WITH ORDINALITY AS t(e, ord) ORDER BY ord",
-        )
-        .bind(workspace)
-        .bind(external_ids)
-        .execute(&self.app.pool)
-        .await
-        .unwrap();
+        let external_ids: Vec<Option<String>> = external_ids.iter().map(|e| Some(e.to_string())).collect();
+        insert_users(&self.app.pool, workspace, &external_ids).await;
     }
 
     /// `count` identified users `<prefix><n>`, n = 1..=count.
     async fn numbered_users(&self, workspace: Uuid, prefix: &str, count: i32) {
-        sqlx::query(
-            "INSERT INTO users (workspace_id, braze_id, external_id)
-             SELECT $1, gen_random_uuid(), $2 || g FROM generate_series(1, $3) g ORDER BY g",
-        )
-        .bind(workspace)
-        .bind(prefix)
-        .bind(count)
-        .execute(&self.app.pool)
-        .await
-        .unwrap();
+        let external_ids: Vec<Option<String>> = (1..=count).map(|n| Some(format!("{prefix}{n}"))).collect();
+        insert_users(&self.app.pool, workspace, &external_ids).await;
     }
 
     /// An anonymous user (no external id) with a device id; returns its braze_id.
     async fn anonymous_user(&self, workspace: Uuid, device_id: &str) -> Uuid {
-        let (id, braze_id): (i64, Uuid) = sqlx::query_as(
-            "INSERT INTO users (workspace_id, braze_id) VALUES ($1, gen_random_uuid()) RETURNING id, braze_id",
-        )
-        .bind(workspace)
-        .fetch_one(&self.app.pool)
-        .await
-        .unwrap();
+        let [(id, braze_id)] = insert_users(&self.app.pool, workspace, &[None]).await[..] else { unreachable!() };
         sqlx::query("INSERT INTO user_device_ids (workspace_id, device_id, user_id) VALUES ($1, $2, $3)")
             .bind(workspace)
             .bind(device_id)
@@ -110,14 +89,7 @@ impl Segments {
 
     /// A cohort whose members are the users with these external ids.
     async fn cohort(&self, workspace: Uuid, partner: &str, cohort_id: &str, name: &str, members: &[&str]) {
-        sqlx::query("INSERT INTO cohorts (workspace_id, partner, cohort_id, name) VALUES ($1, $2, $3, $4)")
-            .bind(workspace)
-            .bind(partner)
-            .bind(cohort_id)
-            .bind(name)
-            .execute(&self.app.pool)
-            .await
-            .unwrap();
+        insert_cohort(&self.app.pool, workspace, partner, cohort_id, name).await;
         self.change_members(workspace, partner, cohort_id, members, &[]).await;
     }
 
@@ -131,37 +103,15 @@ impl Segments {
                 .fetch_one(&self.app.pool)
                 .await
                 .unwrap();
-        sqlx::query(
-            "INSERT INTO cohort_memberships (workspace_id, cohort_ref, user_id)
-             SELECT $1, $2, id FROM users WHERE workspace_id = $1 AND external_id = ANY($3) ON CONFLICT DO NOTHING",
-        )
-        .bind(workspace)
-        .bind(cohort_ref)
-        .bind(add)
-        .execute(&self.app.pool)
-        .await
-        .unwrap();
-        sqlx::query(
-            "DELETE FROM cohort_memberships m USING users u
-              WHERE m.workspace_id = $1 AND m.cohort_ref = $2 AND u.workspace_id = $1 AND u.id = m.user_id
-                AND u.external_id = ANY($3)",
-        )
-        .bind(workspace)
-        .bind(cohort_ref)
-        .bind(remove)
-        .execute(&self.app.pool)
-        .await
-        .unwrap();
-        sqlx::query(
-            "UPDATE cohorts SET member_count =
-                 (SELECT count(*) FROM cohort_memberships WHERE workspace_id = $1 AND cohort_ref = $2)
-              WHERE workspace_id = $1 AND id = $2",
-        )
-        .bind(workspace)
-        .bind(cohort_ref)
-        .execute(&self.app.pool)
-        .await
-        .unwrap();
+        let ids = |external_ids: &[&str]| {
+            let external_ids: Vec<String> = external_ids.iter().map(|e| e.to_string()).collect();
+            sqlx::query_scalar::<_, i64>("SELECT id FROM users WHERE workspace_id = $1 AND external_id = ANY($2)")
+                .bind(workspace)
+                .bind(external_ids)
+                .fetch_all(&self.app.pool)
+        };
+        let (add, remove) = (ids(add).await.unwrap(), ids(remove).await.unwrap());
+        change_members(&self.app.pool, workspace, cohort_ref, &add, &remove).await;
     }
 
     async fn count(&self, filter: &Value) -> i64 {
@@ -443,9 +393,9 @@ async fn exports_past_the_cap_are_refused_until_one_ends() {
     s.users(s.workspace, &["u1", "u2"]).await;
     s.cohort(s.workspace, "kubit", "A", "Churn risk", &["u1", "u2"]).await;
     let body = json!({ "filter": includes(&["A"]) });
-    // Lock the memberships so that the first export's query waits, holding its permit.
+    // Lock the bitmaps so that the first export's query waits, holding its permit.
     let mut blocker = s.app.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE cohort_memberships IN ACCESS EXCLUSIVE MODE").execute(&mut *blocker).await.unwrap();
+    sqlx::query("LOCK TABLE cohort_bitmaps IN ACCESS EXCLUSIVE MODE").execute(&mut *blocker).await.unwrap();
     let first =
         tokio::spawn(s.app.client.post(s.app.url("/v1/segments/export")).bearer_auth(&s.key).json(&body).send());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -483,16 +433,15 @@ async fn exports_past_the_cap_are_refused_until_one_ends() {
 async fn export_lines_carry_braze_id_and_external_id() {
     let s = small_world().await;
     let anonymous = s.anonymous_user(s.workspace, "device-1").await;
-    s.change_members(s.workspace, "kubit", "C", &[], &[]).await;
-    sqlx::query(
-        "INSERT INTO cohort_memberships (workspace_id, cohort_ref, user_id)
-         SELECT u.workspace_id, c.id, u.id FROM users u JOIN cohorts c ON c.workspace_id = u.workspace_id
+    let (cohort_ref, user): (i64, i64) = sqlx::query_as(
+        "SELECT c.id, u.id FROM users u JOIN cohorts c ON c.workspace_id = u.workspace_id
           WHERE u.braze_id = $1 AND c.cohort_id = 'C'",
     )
     .bind(anonymous)
-    .execute(&s.app.pool)
+    .fetch_one(&s.app.pool)
     .await
     .unwrap();
+    change_members(&s.app.pool, s.workspace, cohort_ref, &[user], &[]).await;
     let u4 = s.braze_id(s.workspace, "u4").await;
     let lines = s.export(&json!({"or": [includes(&["C"])]})).await;
     assert_eq!(

@@ -26,7 +26,7 @@ use crate::{
         profile::{Profile, ProfileFields, UpsertOutcome},
     },
     error::{ApiError, ApiResult, ErrorBody},
-    http::extract::{Json, Path, Query},
+    http::extract::{Json, Path, Query, RequestId},
     store::{
         self,
         users::{IdentifyOutcome, StoreLookups, UpsertPlan, UserLookup, UserProfile},
@@ -544,9 +544,10 @@ async fn delete_user(
     _: AdminAuth,
     State(state): State<AppState>,
     Path((ws, braze_id)): Path<(Uuid, Uuid)>,
+    request_id: RequestId,
 ) -> ApiResult<StatusCode> {
     require_workspace(&state, ws).await?;
-    if store::users::delete(&state.db, ws, braze_id).await? {
+    if store::users::delete(&state.db, ws, braze_id, request_id.as_str()).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("unknown user {braze_id}")))

@@ -1,7 +1,6 @@
--- Tenancy and credentials.
+-- Tenancy and credentials: the global tables. On Citus they are reference tables (a
+-- copy on every node), so every workspace table can join or reference them locally.
 --
--- Every table that belongs to a workspace leads its primary key and every unique key
--- with workspace_id, so the schema can be distributed by workspace (e.g. Citus) later.
 -- Secrets are never stored: only their SHA-256 hash and a short, readable prefix.
 
 CREATE TABLE workspaces (
@@ -27,7 +26,9 @@ CREATE TABLE partner_api_keys (
 );
 CREATE INDEX partner_api_keys_partner_idx ON partner_api_keys (partner, created_at);
 
--- Keys a workspace hands to one partner, sent by the partner as `client_secret`.
+-- Keys a workspace hands to one partner, sent by the partner as `client_secret`. Global
+-- although workspace-owned: the partner endpoints know only the secret, so
+-- authentication looks its hash up across workspaces.
 CREATE TABLE data_import_keys (
     workspace_id uuid        NOT NULL REFERENCES workspaces (id) ON DELETE CASCADE,
     id           uuid        NOT NULL,
@@ -40,12 +41,10 @@ CREATE TABLE data_import_keys (
     PRIMARY KEY (workspace_id, id),
     UNIQUE (workspace_id, key_hash)
 );
--- The partner endpoints know only the secret, not the workspace: authentication looks the
--- hash up across workspaces. (Not unique on its own: see the note on workspace_id above;
--- SHA-256 of a 192-bit random secret does not collide.)
+-- Not unique on its own: SHA-256 of a 192-bit random secret does not collide.
 CREATE INDEX data_import_keys_key_hash_idx ON data_import_keys (key_hash);
 
--- REST API keys for the segment filter API.
+-- REST API keys for the segment filter API; global for the same reason.
 CREATE TABLE api_keys (
     workspace_id uuid        NOT NULL REFERENCES workspaces (id) ON DELETE CASCADE,
     id           uuid        NOT NULL,
