@@ -168,33 +168,5 @@ fn json_rejection_message(rejection: &JsonRejection) -> String {
     text
 }
 
-/// Turns a violated unique or foreign-key constraint into a client error in one line:
-/// `store::insert(...).await.on_constraint("partners_pkey", |_| ApiError::conflict(...))`.
-pub trait ResultExt<T> {
-    /// Maps a database error on the named constraint with `map`; other errors pass through.
-    fn on_constraint(
-        self,
-        name: &str,
-        map: impl FnOnce(Box<dyn sqlx::error::DatabaseError>) -> ApiError,
-    ) -> Result<T, ApiError>;
-}
-
-impl<T, E: Into<ApiError>> ResultExt<T> for Result<T, E> {
-    fn on_constraint(
-        self,
-        name: &str,
-        map: impl FnOnce(Box<dyn sqlx::error::DatabaseError>) -> ApiError,
-    ) -> Result<T, ApiError> {
-        self.map_err(|e| match e.into() {
-            ApiError::Internal(cause) => match cause.downcast::<sqlx::Error>() {
-                Ok(sqlx::Error::Database(db)) if db.constraint() == Some(name) => map(db),
-                Ok(other) => ApiError::Internal(other.into()),
-                Err(cause) => ApiError::Internal(cause),
-            },
-            other => other,
-        })
-    }
-}
-
 /// Result type of handlers.
 pub type ApiResult<T> = Result<T, ApiError>;

@@ -87,6 +87,16 @@ pub async fn connect_pool(
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(acquire_timeout)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                // A statement prepared once and run again may get a generic plan, which
+                // Citus cannot prune to one shard: on Citus every plan is custom.
+                if super::distribution::is_citus(&mut *conn).await? {
+                    sqlx::query("SET plan_cache_mode = force_custom_plan").execute(&mut *conn).await?;
+                }
+                Ok(())
+            })
+        })
         .connect_with(options)
         .await
         .with_context(|| format!("cannot connect to PostgreSQL at {host}:{port}"))?;

@@ -95,13 +95,13 @@ pub async fn insert_partner_api_key(
 /// already revoked key keeps its first `revoked_at`.
 pub async fn revoke_partner_api_key(db: &Database, partner: &str, id: Uuid) -> sqlx::Result<bool> {
     let mut conn = db.acquire().await?;
-    let result = sqlx::query(
-        "UPDATE partner_api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE partner = $1 AND id = $2",
-    )
-    .bind(partner)
-    .bind(id)
-    .execute(&mut *conn)
-    .await?;
+    let result =
+        sqlx::query("UPDATE partner_api_keys SET revoked_at = coalesce(revoked_at, $3) WHERE partner = $1 AND id = $2")
+            .bind(partner)
+            .bind(id)
+            .bind(Utc::now())
+            .execute(&mut *conn)
+            .await?;
     Ok(result.rows_affected() == 1)
 }
 
@@ -144,12 +144,13 @@ pub async fn list_data_import_keys(db: &Database, workspace_id: Uuid, partner: &
 pub async fn revoke_data_import_key(db: &Database, workspace_id: Uuid, partner: &str, id: Uuid) -> sqlx::Result<bool> {
     let mut conn = db.acquire().await?;
     let result = sqlx::query(
-        "UPDATE data_import_keys SET revoked_at = coalesce(revoked_at, now())
+        "UPDATE data_import_keys SET revoked_at = coalesce(revoked_at, $4)
           WHERE workspace_id = $1 AND partner = $2 AND id = $3",
     )
     .bind(workspace_id)
     .bind(partner)
     .bind(id)
+    .bind(Utc::now())
     .execute(&mut *conn)
     .await?;
     Ok(result.rows_affected() == 1)
@@ -231,9 +232,10 @@ pub async fn list_api_keys(db: &Database, workspace_id: Uuid) -> sqlx::Result<Ve
 pub async fn revoke_api_key(db: &Database, workspace_id: Uuid, id: Uuid) -> sqlx::Result<bool> {
     let mut conn = db.acquire().await?;
     let result =
-        sqlx::query("UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE workspace_id = $1 AND id = $2")
+        sqlx::query("UPDATE api_keys SET revoked_at = coalesce(revoked_at, $3) WHERE workspace_id = $1 AND id = $2")
             .bind(workspace_id)
             .bind(id)
+            .bind(Utc::now())
             .execute(&mut *conn)
             .await?;
     Ok(result.rows_affected() == 1)
@@ -261,21 +263,25 @@ pub async fn find_api_key(db: &Database, hash: &KeyHash) -> sqlx::Result<Option<
 
 // ---- usage ------------------------------------------------------------------------
 
-/// Records that a key authenticated a request now.
+/// Records that a key authenticated a request now. (The time is bound, never `now()`:
+/// Citus evaluates no volatile function inside its statements on shards.)
 pub async fn record_last_used(db: &Database, key: UsedKey) -> sqlx::Result<()> {
+    let now = Utc::now();
     let query = match key {
         UsedKey::PartnerApi(id) => {
-            sqlx::query("UPDATE partner_api_keys SET last_used_at = now() WHERE id = $1").bind(id)
+            sqlx::query("UPDATE partner_api_keys SET last_used_at = $2 WHERE id = $1").bind(id).bind(now)
         }
         UsedKey::DataImport { workspace_id, id } => {
-            sqlx::query("UPDATE data_import_keys SET last_used_at = now() WHERE workspace_id = $1 AND id = $2")
+            sqlx::query("UPDATE data_import_keys SET last_used_at = $3 WHERE workspace_id = $1 AND id = $2")
                 .bind(workspace_id)
                 .bind(id)
+                .bind(now)
         }
         UsedKey::Api { workspace_id, id } => {
-            sqlx::query("UPDATE api_keys SET last_used_at = now() WHERE workspace_id = $1 AND id = $2")
+            sqlx::query("UPDATE api_keys SET last_used_at = $3 WHERE workspace_id = $1 AND id = $2")
                 .bind(workspace_id)
                 .bind(id)
+                .bind(now)
         }
     };
     let mut conn = db.acquire().await?;

@@ -21,9 +21,14 @@ pub struct PartnerWithKeys {
     pub keys: Vec<KeyInfo>,
 }
 
-/// Inserts a partner; fails on `partners_pkey` if the name is taken.
-pub async fn insert(executor: impl PgExecutor<'_>, name: &PartnerName) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO partners (name) VALUES ($1)").bind(name.as_str()).execute(executor).await.map(|_| ())
+/// Inserts a partner; `false` if the name is taken. (A conflict, not a unique violation:
+/// on Citus a violation names the constraint of a shard, not the table's.)
+pub async fn insert(executor: impl PgExecutor<'_>, name: &PartnerName) -> sqlx::Result<bool> {
+    let inserted = sqlx::query("INSERT INTO partners (name) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(name.as_str())
+        .execute(executor)
+        .await?;
+    Ok(inserted.rows_affected() == 1)
 }
 
 /// Whether a partner of that name exists.

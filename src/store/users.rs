@@ -88,16 +88,16 @@ macro_rules! profile_query {
             "SELECT u.braze_id, u.external_id, u.created_at,
                 coalesce((SELECT jsonb_agg(jsonb_build_object('alias_label', a.alias_label, 'alias_name', a.alias_name)
                                            ORDER BY a.alias_label, a.alias_name)
-                          FROM user_aliases a WHERE a.workspace_id = u.workspace_id AND a.user_id = u.id),
+                          FROM user_aliases a WHERE a.workspace_id = $1 AND a.user_id = u.id),
                          '[]') AS aliases,
                 ARRAY(SELECT d.device_id FROM user_device_ids d
-                      WHERE d.workspace_id = u.workspace_id AND d.user_id = u.id ORDER BY d.device_id) AS device_ids,
+                      WHERE d.workspace_id = $1 AND d.user_id = u.id ORDER BY d.device_id) AS device_ids,
                 coalesce((SELECT jsonb_agg(jsonb_build_object('partner', c.partner, 'cohort_id', c.cohort_id,
                                                               'name', c.name, 'added_at', m.added_at)
                                            ORDER BY c.partner, c.cohort_id)
                           FROM cohort_memberships m
-                          JOIN cohorts c ON c.workspace_id = m.workspace_id AND c.id = m.cohort_ref
-                          WHERE m.workspace_id = u.workspace_id AND m.user_id = u.id),
+                          JOIN cohorts c ON c.workspace_id = $1 AND c.id = m.cohort_ref
+                          WHERE m.workspace_id = $1 AND m.user_id = u.id),
                          '[]') AS cohorts
              FROM users u WHERE u.workspace_id = $1 AND ",
             $filter

@@ -349,7 +349,9 @@ async fn ndjson_import_stores_identifiers_byte_for_byte() {
     assert_eq!(summary["created"], 1, "{summary}");
     let stored: (String, String, String, String) = sqlx::query_as(
         "SELECT u.external_id, a.alias_label, a.alias_name, d.device_id
-           FROM users u JOIN user_aliases a ON a.user_id = u.id JOIN user_device_ids d ON d.user_id = u.id",
+           FROM users u
+             JOIN user_aliases a ON a.workspace_id = u.workspace_id AND a.user_id = u.id
+             JOIN user_device_ids d ON d.workspace_id = u.workspace_id AND d.user_id = u.id",
     )
     .fetch_one(&app.pool)
     .await
@@ -531,19 +533,26 @@ async fn the_schema_has_no_trigger_sequence_or_identity_that_citus_refuses() {
     let ws = app.create_workspace("acme").await;
     batch(&app, ws, json!([{ "external_id": "e1", "device_ids": ["d1"] }])).await;
     // Foreign keys make internal triggers; anything else would not run on Citus's shards.
-    let triggers: Vec<String> = sqlx::query_scalar("SELECT tgname::text FROM pg_trigger WHERE NOT tgisinternal")
-        .fetch_all(&app.pool)
-        .await
-        .unwrap();
+    let triggers: Vec<String> = sqlx::query_scalar(
+        "SELECT tgname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+          WHERE NOT t.tgisinternal AND c.relnamespace = 'public'::regnamespace",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
     assert_eq!(triggers, Vec::<String>::new());
-    let sequences: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM pg_class WHERE relkind = 'S'").fetch_one(&app.pool).await.unwrap();
-    assert_eq!(sequences, 0, "a sequence (serial or identity column)");
+    let sequences: Vec<String> = sqlx::query_scalar(
+        "SELECT relname::text FROM pg_class WHERE relkind = 'S' AND relnamespace = 'public'::regnamespace",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(sequences, Vec::<String>::new(), "a sequence (serial or identity column)");
     // Every workspace table leads its primary key with workspace_id.
     let not_led: Vec<String> = sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
           JOIN pg_namespace n ON n.oid = c.relnamespace
-          WHERE k.contype = 'p' AND n.nspname = 'public' AND c.relname NOT IN ('workspaces', 'partners', 'partner_api_keys', '_sqlx_migrations')
+          WHERE k.contype = 'p' AND n.nspname = 'public' AND c.relkind = 'r' AND c.relname NOT IN ('workspaces', 'partners', 'partner_api_keys', '_sqlx_migrations')
             AND (SELECT attname FROM pg_attribute WHERE attrelid = c.oid AND attnum = k.conkey[1]) <> 'workspace_id'
           ORDER BY 1",
     )

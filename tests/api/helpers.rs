@@ -17,11 +17,34 @@ use uuid::Uuid;
 pub const ADMIN_TOKEN: &str = "test-admin-token-for-cohort-ingest";
 
 /// Server the test databases are created on: `TEST_DATABASE_URL`, else the local default.
+/// In the Citus mode ([`citus_workers`]), the coordinator.
 fn server_url() -> &'static str {
     static URL: OnceLock<String> = OnceLock::new();
     URL.get_or_init(|| {
-        std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+        std::env::var("CITUS_TEST_COORDINATOR")
+            .or_else(|_| std::env::var("TEST_DATABASE_URL"))
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
     })
+}
+
+/// The Citus mode: with `CITUS_TEST_COORDINATOR` (a URL of the coordinator's maintenance
+/// database) and `CITUS_TEST_WORKERS` (`host:port,host:port`), every test database is
+/// created on the coordinator and every worker with the `citus` extension, the workers are
+/// added, and the migrations distribute the schema. The workers' `host:port`, if so.
+pub fn citus_workers() -> Option<&'static [(String, u16)]> {
+    static WORKERS: OnceLock<Option<Vec<(String, u16)>>> = OnceLock::new();
+    WORKERS
+        .get_or_init(|| {
+            std::env::var("CITUS_TEST_COORDINATOR").ok()?;
+            let workers =
+                std::env::var("CITUS_TEST_WORKERS").expect("CITUS_TEST_WORKERS goes with CITUS_TEST_COORDINATOR");
+            let parse = |node: &str| {
+                let (host, port) = node.trim().rsplit_once(':').expect("CITUS_TEST_WORKERS holds host:port pairs");
+                (host.to_owned(), port.parse().expect("a worker's port is a number"))
+            };
+            Some(workers.split(',').map(parse).collect())
+        })
+        .as_deref()
 }
 
 /// A database created for one test and dropped when the test ends, pass or fail.
@@ -31,17 +54,51 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
-    /// Creates an empty database with a unique name and applies the migrations.
+    /// Creates an empty database with a unique name and applies the migrations (in the
+    /// Citus mode: on every node, with Citus, the workers added).
     pub async fn create() -> (TestDatabase, PgPool) {
         let server = database::connect_options(server_url()).expect("TEST_DATABASE_URL is valid");
         let name = format!("cohort_ingest_test_{}", Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect_with(&server).await.expect("PostgreSQL is reachable for tests");
-        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {}", quote_identifier(&name))))
-            .execute(&mut admin)
-            .await
-            .expect("can create a test database");
-        admin.close().await.ok();
-        let options = server.database(&name);
+        let nodes = Self::nodes(&server);
+        for node in &nodes {
+            let mut admin = PgConnection::connect_with(node).await.expect("PostgreSQL is reachable for tests");
+            sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {}", quote_identifier(&name))))
+                .execute(&mut admin)
+                .await
+                .expect("can create a test database");
+            admin.close().await.ok();
+        }
+        let options = server.clone().database(&name);
+        if let Some(workers) = citus_workers() {
+            for node in &nodes {
+                let mut conn = PgConnection::connect_with(&node.clone().database(&name)).await.unwrap();
+                sqlx::query("CREATE EXTENSION citus").execute(&mut conn).await.expect("the citus extension");
+                conn.close().await.ok();
+            }
+            let mut coordinator = PgConnection::connect_with(&options).await.unwrap();
+            sqlx::query("SELECT citus_set_coordinator_host($1, $2)")
+                .bind(server.get_host())
+                .bind(i32::from(server.get_port()))
+                .execute(&mut coordinator)
+                .await
+                .unwrap();
+            for (host, port) in workers {
+                // Adding a node creates the role on it, which concurrent test databases
+                // may do at the same moment ("tuple concurrently updated"): try again.
+                let mut attempt = 0;
+                while let Err(error) = sqlx::query("SELECT citus_add_node($1, $2)")
+                    .bind(host)
+                    .bind(i32::from(*port))
+                    .execute(&mut coordinator)
+                    .await
+                {
+                    attempt += 1;
+                    assert!(attempt < 10, "cannot add the Citus worker {host}:{port}: {error}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+                }
+            }
+            coordinator.close().await.ok();
+        }
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(8)
             .connect_with(options.clone())
@@ -50,6 +107,41 @@ impl TestDatabase {
         database::migrate(&Database::new(pool.clone())).await.expect("migrations apply");
         (TestDatabase { name, options }, pool)
     }
+
+    /// The database's URL, for a service started as a process of its own.
+    pub fn url(&self) -> String {
+        let server = server_url();
+        let base = server.rsplit_once('/').map_or(server, |(base, _)| base);
+        format!("{base}/{}", self.name)
+    }
+
+    /// The maintenance databases of every node: the server, and in the Citus mode its
+    /// workers.
+    fn nodes(server: &PgConnectOptions) -> Vec<PgConnectOptions> {
+        let workers = citus_workers().unwrap_or_default();
+        std::iter::once(server.clone())
+            .chain(workers.iter().map(|(host, port)| server.clone().host(host).port(*port)))
+            .collect()
+    }
+
+    /// Connection settings for the service's own pool: in the Citus mode, any statement
+    /// that would run on more than one shard fails, so that the whole suite proves every
+    /// statement of the service single-shard. With `log_plans`, PostgreSQL also sends the
+    /// plan of every statement back as a NOTICE (auto_explain).
+    pub fn service_options(&self, log_plans: bool) -> PgConnectOptions {
+        let mut options = self.options.clone();
+        if citus_workers().is_some() {
+            options = options.options([("citus.multi_task_query_log_level", "error")]);
+        }
+        if log_plans {
+            options = options.options([
+                ("session_preload_libraries", "auto_explain"),
+                ("auto_explain.log_min_duration", "0"),
+                ("auto_explain.log_level", "notice"),
+            ]);
+        }
+        options
+    }
 }
 
 impl Drop for TestDatabase {
@@ -57,13 +149,15 @@ impl Drop for TestDatabase {
         // Drop runs outside async context (and during a panic): use a thread with its own
         // runtime so the database goes away whatever the test did.
         let name = self.name.clone();
-        let server = self.options.clone().database("postgres");
+        let nodes = Self::nodes(&self.options.clone().database("postgres"));
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async move {
-                if let Ok(mut admin) = PgConnection::connect_with(&server).await {
-                    let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_identifier(&name));
-                    let _ = sqlx::query(AssertSqlSafe(drop)).execute(&mut admin).await;
+                for node in nodes {
+                    if let Ok(mut admin) = PgConnection::connect_with(&node).await {
+                        let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_identifier(&name));
+                        let _ = sqlx::query(AssertSqlSafe(drop)).execute(&mut admin).await;
+                    }
                 }
             });
         })
@@ -96,6 +190,16 @@ impl TestApp {
     /// machine does not turn a slow acquire into a 503). The service gets a pool of its
     /// own, built from those settings as in production.
     pub async fn spawn_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+        Self::start(configure, false).await
+    }
+
+    /// The service with default settings, its every statement's plan sent back by
+    /// PostgreSQL as a NOTICE ([`TestDatabase::service_options`]), for plan checks.
+    pub async fn spawn_logging_plans() -> TestApp {
+        Self::start(|_| {}, true).await
+    }
+
+    async fn start(configure: impl FnOnce(&mut Config), log_plans: bool) -> TestApp {
         let (test_db, pool) = TestDatabase::create().await;
         let mut config = Config::defaults();
         config.admin_token = Some(ADMIN_TOKEN.into());
@@ -103,10 +207,13 @@ impl TestApp {
         config.db_acquire_timeout_secs = 30;
         configure(&mut config);
         let admin_token = config.admin_token.as_ref().map(|t| t.expose().to_owned());
-        let db =
-            database::connect_pool(test_db.options.clone(), config.db_max_connections, config.db_acquire_timeout())
-                .await
-                .expect("can connect the service to the test database");
+        let db = database::connect_pool(
+            test_db.service_options(log_plans),
+            config.db_max_connections,
+            config.db_acquire_timeout(),
+        )
+        .await
+        .expect("can connect the service to the test database");
         let state = AppState::new(db.clone(), config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());

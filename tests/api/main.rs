@@ -1,12 +1,13 @@
 //! Black-box tests: each starts the real service on a random port against its own fresh
 //! PostgreSQL database and talks HTTP to it. One test binary, so it links once.
 
-// Helpers serve every test module; some are used by modules still to be written.
+// Helpers serve every test module, each using some.
 #[allow(dead_code)]
 mod helpers;
 
 mod admin;
 mod admin_users;
+mod citus;
 mod cohort_import;
 mod operability;
 mod segments;

@@ -1085,11 +1085,8 @@ async fn a_database_outage_answers_503_quickly_and_the_service_recovers_alone() 
 
 /// The binary, started on a test database; returns it with the address it listens on.
 fn start_binary(db: &TestDatabase, shutdown_timeout_secs: u64) -> (std::process::Child, String) {
-    let server =
-        std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let base = server.rsplit_once('/').map_or(server.as_str(), |(base, _)| base);
     let mut child = Command::new(env!("CARGO_BIN_EXE_cohort-ingest"))
-        .env("DATABASE_URL", format!("{base}/{}", db.name))
+        .env("DATABASE_URL", db.url())
         .env("LISTEN_ADDR", "127.0.0.1:0")
         .env("ADMIN_TOKEN", ADMIN_TOKEN)
         .env("LOG_FORMAT", "json")

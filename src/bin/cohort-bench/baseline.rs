@@ -20,8 +20,9 @@ const CHANGES_PER_STATEMENT: usize = 100_000;
 
 /// Resolves each identifier by a join (user_ids by external_id, aliases by label and name,
 /// device_ids only to anonymous users), keeps the last change of each (cohort, user) in
-/// the batch, and inserts or deletes the memberships: one statement, no locks beyond the
-/// rows it writes.
+/// the batch, inserts or deletes the memberships and flips their bits in the cohorts'
+/// bitmaps (the memberships that changed are exactly the bits to flip): one statement, no
+/// locks beyond the rows it writes.
 const APPLY_CHANGES: &str = r"
 WITH input AS (
     SELECT *
@@ -46,15 +47,21 @@ WITH input AS (
       FROM resolved
      ORDER BY cohort_ref, user_id, seq DESC
 ), added AS (
-    INSERT INTO cohort_memberships (workspace_id, cohort_ref, user_id)
-    SELECT $1, cohort_ref, user_id FROM last_change WHERE NOT remove
+    INSERT INTO cohort_memberships (workspace_id, cohort_ref, user_id, added_at)
+    SELECT $1, cohort_ref, user_id, now() FROM last_change WHERE NOT remove
     ON CONFLICT DO NOTHING
-    RETURNING 1
+    RETURNING cohort_ref, user_id
 ), removed AS (
     DELETE FROM cohort_memberships m
      USING last_change c
      WHERE c.remove AND m.workspace_id = $1 AND m.cohort_ref = c.cohort_ref AND m.user_id = c.user_id
-    RETURNING 1
+    RETURNING m.cohort_ref, m.user_id
+), flipped AS (
+    INSERT INTO cohort_bitmaps AS b (workspace_id, cohort_ref, block, bits)
+    SELECT $1, cohort_ref, user_id >> 13, bit_or(B'1'::bit(8192) >> (user_id & 8191)::int)
+      FROM (SELECT * FROM added UNION ALL SELECT * FROM removed) AS changed
+     GROUP BY cohort_ref, user_id >> 13
+    ON CONFLICT (workspace_id, cohort_ref, block) DO UPDATE SET bits = b.bits # excluded.bits
 )
 SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM removed)";
 
@@ -171,10 +178,14 @@ async fn create_baseline_cohorts(pool: &PgPool, workspace: Uuid) -> anyhow::Resu
     Ok(refs)
 }
 
-/// Inserts a cohort of the benchmark's partner named by its id; its internal id.
+/// Inserts a cohort of the benchmark's partner named by its id (its internal id drawn from
+/// the workspace's counter, as the service does); its internal id.
 pub async fn insert_cohort(pool: &PgPool, workspace: Uuid, cohort_id: &str) -> anyhow::Result<i64> {
     sqlx::query_scalar(
-        "INSERT INTO cohorts (workspace_id, partner, cohort_id, name) VALUES ($1, $2, $3, $3) RETURNING id",
+        "WITH counter AS (UPDATE cohort_id_counters SET next_cohort_id = next_cohort_id + 1 WHERE workspace_id = $1
+                          RETURNING next_cohort_id - 1 AS id)
+         INSERT INTO cohorts (workspace_id, id, partner, cohort_id, name, created_at, updated_at)
+         SELECT $1, counter.id, $2, $3, $3, now(), now() FROM counter RETURNING id",
     )
     .bind(workspace)
     .bind(PARTNER)

@@ -67,7 +67,13 @@ pub struct FilterReport {
     pub members_a_not_b: i64,
     pub count: Option<Comparison>,
     pub andnot: Option<Comparison>,
+    /// `not A`: every user but A's members.
+    pub not: Option<Comparison>,
+    /// `A or not B`.
+    pub ornot: Option<Comparison>,
     pub page: Option<Comparison>,
+    /// Paging `A or B`.
+    pub page_or: Option<Comparison>,
     pub export: Option<Comparison>,
     pub check: Option<Comparison>,
     /// Answers that differ from SQL's.
@@ -101,8 +107,40 @@ pub async fn measure_filters(api: &Api, setup: &Setup, pool: &PgPool, users: u64
             sql_count_a_not_b(pool, workspace, &cohorts)
         })
         .await?;
-    report.page =
-        measure_paging(&segments, &a, pool, workspace, cohorts.a, report.members_a, &mut report.problems).await?;
+    let not_a = json!({ "not": a.clone() });
+    let expected = sql_count_where(pool, workspace, &cohorts, NOT_A).await?;
+    report.not = measure_count(&segments, &not_a, ANDNOT_REPETITIONS, expected, &mut report.problems, || {
+        sql_count_where(pool, workspace, &cohorts, NOT_A)
+    })
+    .await?;
+    let a_or_not_b = json!({ "or": [a.clone(), leaf("does_not_include_value", "filter-b")] });
+    let expected = sql_count_where(pool, workspace, &cohorts, A_OR_NOT_B).await?;
+    report.ornot = measure_count(&segments, &a_or_not_b, ANDNOT_REPETITIONS, expected, &mut report.problems, || {
+        sql_count_where(pool, workspace, &cohorts, A_OR_NOT_B)
+    })
+    .await?;
+    report.page = measure_paging(
+        &segments,
+        &a,
+        pool,
+        workspace,
+        SqlPaging::Cohort(cohorts.a),
+        report.members_a,
+        &mut report.problems,
+    )
+    .await?;
+    let a_or_b = json!({ "or": [a.clone(), leaf("includes_value", "filter-b")] });
+    let expected = sql_count_where(pool, workspace, &cohorts, A_OR_B).await?;
+    report.page_or = measure_paging(
+        &segments,
+        &a_or_b,
+        pool,
+        workspace,
+        SqlPaging::Either(cohorts.a, cohorts.b),
+        expected,
+        &mut report.problems,
+    )
+    .await?;
     report.export =
         measure_export(&segments, &a, pool, workspace, cohorts.a, report.members_a, &mut report.problems).await?;
     let references = check_references(pool, workspace, users).await?;
@@ -116,16 +154,21 @@ fn leaf(op: &str, cohort_id: &str) -> Value {
 }
 
 /// Writes cohorts `filter-a` (even user ids) and `filter-b` (ids whose half is even) with
-/// exact member counts, then refreshes the planner's statistics.
+/// their bitmaps and exact member counts, as imports would have, then refreshes the
+/// planner's statistics.
 async fn create_filter_cohorts(pool: &PgPool, workspace: Uuid) -> anyhow::Result<FilterCohorts> {
     let a = insert_cohort(pool, workspace, "filter-a").await?;
     let b = insert_cohort(pool, workspace, "filter-b").await?;
     for (cohort_ref, condition) in [(a, "id % 2 = 0"), (b, "(id / 2) % 2 = 0")] {
         let fill = format!(
             "WITH added AS (
-                INSERT INTO cohort_memberships (workspace_id, cohort_ref, user_id)
-                SELECT $1, $2, id FROM users WHERE workspace_id = $1 AND {condition} ORDER BY id
-                RETURNING 1)
+                INSERT INTO cohort_memberships (workspace_id, cohort_ref, user_id, added_at)
+                SELECT $1, $2, id, now() FROM users WHERE workspace_id = $1 AND {condition} ORDER BY id
+                RETURNING user_id),
+             bits AS (
+                INSERT INTO cohort_bitmaps (workspace_id, cohort_ref, block, bits)
+                SELECT $1, $2, user_id >> 13, bit_or(B'1'::bit(8192) >> (user_id & 8191)::int)
+                  FROM added GROUP BY user_id >> 13)
              UPDATE cohorts SET member_count = (SELECT count(*) FROM added) WHERE workspace_id = $1 AND id = $2"
         );
         sqlx::query(sqlx::AssertSqlSafe(fill)).bind(workspace).bind(cohort_ref).execute(pool).await?;
@@ -241,13 +284,46 @@ async fn sql_count_a_not_b(pool: &PgPool, workspace: Uuid, cohorts: &FilterCohor
     .await?)
 }
 
+/// `not A`, as a condition on the user `u` (A is `$2`, B is `$3`).
+const NOT_A: &str = "NOT EXISTS (SELECT 1 FROM cohort_memberships m WHERE m.workspace_id = $1 AND m.cohort_ref = $2 AND m.user_id = u.id)";
+/// `A or not B`, likewise.
+const A_OR_NOT_B: &str =
+    "(EXISTS (SELECT 1 FROM cohort_memberships m WHERE m.workspace_id = $1 AND m.cohort_ref = $2 AND m.user_id = u.id)
+      OR NOT EXISTS (SELECT 1 FROM cohort_memberships m WHERE m.workspace_id = $1 AND m.cohort_ref = $3 AND m.user_id = u.id))";
+/// `A or B`, likewise.
+const A_OR_B: &str = "EXISTS (SELECT 1 FROM cohort_memberships m WHERE m.workspace_id = $1 AND m.cohort_ref IN ($2, $3) AND m.user_id = u.id)";
+
+/// The users of the workspace matching `condition` (one of the consts above), by hand.
+async fn sql_count_where(
+    pool: &PgPool,
+    workspace: Uuid,
+    cohorts: &FilterCohorts,
+    condition: &str,
+) -> anyhow::Result<i64> {
+    let sql = format!("SELECT count(*) FROM users u WHERE u.workspace_id = $1 AND {condition}");
+    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(workspace)
+        .bind(cohorts.a)
+        .bind(cohorts.b)
+        .fetch_one(pool)
+        .await?)
+}
+
+/// How the hand-written SQL pages: through a cohort's memberships, or through the users
+/// in either of two cohorts.
+#[derive(Debug, Clone, Copy)]
+enum SqlPaging {
+    Cohort(i64),
+    Either(i64, i64),
+}
+
 /// Pages through the whole of `filter` with limit 10,000, against keyset paging by hand.
 async fn measure_paging(
     segments: &Segments<'_>,
     filter: &Value,
     pool: &PgPool,
     workspace: Uuid,
-    cohort_ref: i64,
+    sql_paging: SqlPaging,
     expected: i64,
     problems: &mut Vec<String>,
 ) -> anyhow::Result<Option<Comparison>> {
@@ -276,7 +352,7 @@ async fn measure_paging(
     }
 
     let started = Instant::now();
-    let sql_users = sql_page_through(pool, workspace, cohort_ref).await?;
+    let sql_users = sql_page_through(pool, workspace, sql_paging).await?;
     let sql_elapsed = started.elapsed();
     Ok(Some(Comparison::PerSecond {
         service: per_second(seen.len() as u64, service_elapsed),
@@ -284,23 +360,36 @@ async fn measure_paging(
     }))
 }
 
-/// Keyset paging through a cohort's members by hand, 10,000 a page; how many there were.
-async fn sql_page_through(pool: &PgPool, workspace: Uuid, cohort_ref: i64) -> anyhow::Result<u64> {
+/// Keyset paging by hand, 10,000 a page; how many users there were.
+async fn sql_page_through(pool: &PgPool, workspace: Uuid, paging: SqlPaging) -> anyhow::Result<u64> {
     let mut after = 0i64;
     let mut total = 0u64;
     loop {
-        let page: Vec<(i64, Uuid, Option<String>)> = sqlx::query_as(
-            "SELECT m.user_id, u.braze_id, u.external_id
-               FROM cohort_memberships m JOIN users u ON u.workspace_id = m.workspace_id AND u.id = m.user_id
-              WHERE m.workspace_id = $1 AND m.cohort_ref = $2 AND m.user_id > $3
-              ORDER BY m.user_id LIMIT $4",
-        )
-        .bind(workspace)
-        .bind(cohort_ref)
-        .bind(after)
-        .bind(PAGE_LIMIT as i64)
-        .fetch_all(pool)
-        .await?;
+        let query = match paging {
+            SqlPaging::Cohort(a) => sqlx::query_as(
+                "SELECT m.user_id, u.braze_id, u.external_id
+                   FROM cohort_memberships m JOIN users u ON u.workspace_id = m.workspace_id AND u.id = m.user_id
+                  WHERE m.workspace_id = $1 AND m.cohort_ref = $2 AND m.user_id > $3
+                  ORDER BY m.user_id LIMIT $4",
+            )
+            .bind(workspace)
+            .bind(a),
+            SqlPaging::Either(a, _) => sqlx::query_as(
+                "SELECT u.id, u.braze_id, u.external_id FROM users u
+                  WHERE u.workspace_id = $1 AND u.id > $3
+                    AND EXISTS (SELECT 1 FROM cohort_memberships m
+                                 WHERE m.workspace_id = $1 AND m.cohort_ref IN ($2, $5) AND m.user_id = u.id)
+                  ORDER BY u.id LIMIT $4",
+            )
+            .bind(workspace)
+            .bind(a),
+        };
+        let query = query.bind(after).bind(PAGE_LIMIT as i64);
+        let query = match paging {
+            SqlPaging::Cohort(_) => query,
+            SqlPaging::Either(_, b) => query.bind(b),
+        };
+        let page: Vec<(i64, Uuid, Option<String>)> = query.fetch_all(pool).await?;
         total += page.len() as u64;
         match page.last() {
             Some((last, _, _)) if page.len() == PAGE_LIMIT => after = *last,

@@ -38,7 +38,6 @@ impl BenchReport {
         let mut row =
             |what: &str, service: String, sql: String, ratio: String| rows.push([what.to_owned(), service, sql, ratio]);
         // CPU time per 1,000 items (users or changes), in milliseconds.
-        let per_thousand = |cpu: Duration, items: u64| ms(cpu) / (items.max(1) as f64 / 1_000.0);
         let seed = &self.seed;
         row(
             &format!("seed {} users (NDJSON import)", seed.users),
@@ -97,7 +96,10 @@ impl BenchReport {
         let filter = &self.filter;
         comparison_row(&mut row, &format!("count A ({} members)", filter.members_a), filter.count);
         comparison_row(&mut row, &format!("count A and not B ({})", filter.members_a_not_b), filter.andnot);
+        comparison_row(&mut row, "count not A", filter.not);
+        comparison_row(&mut row, "count A or not B", filter.ornot);
         comparison_row(&mut row, &format!("page through A, limit {}", 10_000), filter.page);
+        comparison_row(&mut row, "page through A or B", filter.page_or);
         comparison_row(&mut row, "export A (NDJSON)", filter.export);
         comparison_row(&mut row, "check 1,000 users against A", filter.check);
         row("service peak RSS (VmHWM)", format!("{:.0} MiB", self.rss_mb), "-".into(), "-".into());
@@ -113,16 +115,21 @@ impl BenchReport {
             None => "na".to_owned(),
         };
         format!(
-            "BENCH seed_per_s={:.0} ingest_per_s={:.0} ingest_ratio={:.2} p50_ms={:.1} p99_ms={:.1} count_ms={} andnot_ms={} \
-             page_per_s={} export_per_s={} check_ms={} rss_mb={:.0}",
+            "BENCH seed_per_s={:.0} ingest_per_s={:.0} ingest_ratio={:.2} p50_ms={:.1} p99_ms={:.1} \
+             pg_cpu_per_1k_ms={:.1} count_ms={} andnot_ms={} not_ms={} ornot_ms={} \
+             page_per_s={} pageor_per_s={} export_per_s={} check_ms={} rss_mb={:.0}",
             self.seed.per_second(),
             self.ingest.per_second(),
             self.ingest_ratio(),
             ms(self.ingest.latencies.p50),
             ms(self.ingest.latencies.p99),
+            per_thousand(self.ingest.postgres_cpu, self.ingest.changes),
             service(filter.count, 2),
             service(filter.andnot, 1),
+            service(filter.not, 1),
+            service(filter.ornot, 1),
             service(filter.page, 0),
+            service(filter.page_or, 0),
             service(filter.export, 0),
             service(filter.check, 1),
             self.rss_mb,
@@ -164,4 +171,9 @@ fn render(header: &[&str; 4], rows: &[[String; 4]]) -> String {
     let mut out = vec![line(*header), widths.map(|width| "-".repeat(width)).join("  ")];
     out.extend(rows.iter().map(|row| line([&row[0], &row[1], &row[2], &row[3]])));
     out.join("\n")
+}
+
+/// Milliseconds of `cpu` per 1,000 `items`.
+fn per_thousand(cpu: Duration, items: u64) -> f64 {
+    ms(cpu) / (items.max(1) as f64 / 1_000.0)
 }

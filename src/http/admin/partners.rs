@@ -11,7 +11,7 @@ use crate::{
     app::AppState,
     auth::AdminAuth,
     domain::PartnerName,
-    error::{ApiError, ApiResult, ErrorBody, ResultExt},
+    error::{ApiError, ApiResult, ErrorBody},
     http::{
         admin::keys::CreatedKey,
         extract::{Json, Path},
@@ -66,9 +66,9 @@ async fn create_partner(
     let name = PartnerName::parse(&body.name).map_err(ApiError::BadRequest)?;
     let key = NewKey::generate(KeyKind::PartnerApi);
     let mut tx = state.db.begin().await?;
-    store::partners::insert(&mut *tx, &name)
-        .await
-        .on_constraint("partners_pkey", |_| ApiError::conflict(format!("partner {name} already exists")))?;
+    if !store::partners::insert(&mut *tx, &name).await? {
+        return Err(ApiError::conflict(format!("partner {name} already exists")));
+    }
     store::keys::insert_partner_api_key(&mut *tx, &name, &key).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(CreatedPartner { name: name.to_string(), partner_api_key: key.secret })))
