@@ -7,23 +7,85 @@
 
 use std::collections::BTreeMap;
 
-use bit_vec::BitVec;
-use sqlx::PgConnection;
+use sqlx::{
+    Encode, PgConnection, Postgres, Type,
+    encode::IsNull,
+    error::BoxDynError,
+    postgres::{PgArgumentBuffer, PgHasArrayType, PgTypeInfo, types::Oid},
+};
 use uuid::Uuid;
 
 use super::copy::CopyRows;
 
 /// Bits per block.
 pub const BLOCK_BITS: i64 = 8192;
+/// Bytes per block.
+const BLOCK_BYTES: usize = BLOCK_BITS as usize / 8;
 
 /// The block holding user `id`, and its bit there.
 pub fn position(id: i64) -> (i64, usize) {
     (id >> 13, (id & (BLOCK_BITS - 1)) as usize)
 }
 
-/// The user ids a block's bits stand for, in order.
-pub fn ids_in(block: i64, bits: &BitVec) -> impl Iterator<Item = i64> + '_ {
-    bits.iter().enumerate().filter(|&(_, set)| set).map(move |(bit, _)| block * BLOCK_BITS + bit as i64)
+/// The user ids the bits of block `block` stand for, in order, from the block's bytes in
+/// PostgreSQL's order (the first bit is the high bit of the first byte). Zero bytes, most
+/// of a sparse block, are skipped whole.
+pub fn ids_in(block: i64, bytes: &[u8]) -> impl Iterator<Item = i64> + '_ {
+    bytes.iter().enumerate().filter(|&(_, &byte)| byte != 0).flat_map(move |(index, &byte)| {
+        (0..8)
+            .filter(move |bit| byte & (0x80 >> bit) != 0)
+            .map(move |bit| block * BLOCK_BITS + (index * 8 + bit) as i64)
+    })
+}
+
+/// One block of a bitmap, built in memory and sent as a `varbit` of 8,192 bits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Block(Box<[u8; BLOCK_BYTES]>);
+
+impl Block {
+    /// No bit set.
+    pub fn empty() -> Self {
+        Block(Box::new([0; BLOCK_BYTES]))
+    }
+
+    /// Sets bit `bit` (`0..8192`).
+    pub fn set(&mut self, bit: usize) {
+        self.0[bit / 8] |= 0x80 >> (bit % 8);
+    }
+
+    /// The bytes, first bit in the high bit of the first byte.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0[..]
+    }
+}
+
+/// PostgreSQL's `varbit` (oid 1562) and its array type (1563).
+const VARBIT: Oid = Oid(1562);
+const VARBIT_ARRAY: Oid = Oid(1563);
+
+impl Type<Postgres> for Block {
+    fn type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(VARBIT)
+    }
+}
+
+impl PgHasArrayType for Block {
+    fn array_type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(VARBIT_ARRAY)
+    }
+}
+
+impl Encode<'_, Postgres> for Block {
+    /// `varbit`'s binary form: the length in bits, then the bytes.
+    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        buf.extend_from_slice(&(BLOCK_BITS as i32).to_be_bytes());
+        buf.extend_from_slice(self.bytes());
+        Ok(IsNull::No)
+    }
+
+    fn size_hint(&self) -> usize {
+        4 + BLOCK_BYTES
+    }
 }
 
 /// Which bitmap a change is written to.
@@ -37,19 +99,19 @@ pub enum Bitmap {
 
 /// Ids grouped by block, as one mask per block.
 #[derive(Debug, Default)]
-struct Masks(BTreeMap<i64, BitVec>);
+struct Masks(BTreeMap<i64, Block>);
 
 impl Masks {
     fn of(ids: &[i64]) -> Self {
         let mut masks = Masks::default();
         for &id in ids {
             let (block, bit) = position(id);
-            masks.0.entry(block).or_insert_with(|| BitVec::from_elem(BLOCK_BITS as usize, false)).set(bit, true);
+            masks.0.entry(block).or_insert_with(Block::empty).set(bit);
         }
         masks
     }
 
-    fn get(&self, block: i64) -> Option<&BitVec> {
+    fn get(&self, block: i64) -> Option<&Block> {
         self.0.get(&block)
     }
 }
@@ -84,12 +146,12 @@ pub async fn apply(
         return Ok(());
     }
     let (set, clear) = (Masks::of(set), Masks::of(clear));
-    let empty = BitVec::from_elem(BLOCK_BITS as usize, false);
+    let empty = Block::empty();
     let mut blocks: Vec<i64> = set.0.keys().chain(clear.0.keys()).copied().collect();
     blocks.sort_unstable();
     blocks.dedup();
-    let set_bits: Vec<&BitVec> = blocks.iter().map(|&b| set.get(b).unwrap_or(&empty)).collect();
-    let clear_bits: Vec<&BitVec> = blocks.iter().map(|&b| clear.get(b).unwrap_or(&empty)).collect();
+    let set_bits: Vec<&Block> = blocks.iter().map(|&b| set.get(b).unwrap_or(&empty)).collect();
+    let clear_bits: Vec<&Block> = blocks.iter().map(|&b| clear.get(b).unwrap_or(&empty)).collect();
     let update = match bitmap {
         Bitmap::Users => sqlx::query_scalar(UPDATE_USER_BLOCKS),
         Bitmap::Cohort(_) => sqlx::query_scalar(UPDATE_COHORT_BLOCKS),
@@ -124,8 +186,8 @@ pub async fn clear_in_cohorts(
     user_id: i64,
 ) -> sqlx::Result<()> {
     let (block, bit) = position(user_id);
-    let mut mask = BitVec::from_elem(BLOCK_BITS as usize, false);
-    mask.set(bit, true);
+    let mut mask = Block::empty();
+    mask.set(bit);
     sqlx::query(
         "UPDATE cohort_bitmaps SET bits = bits & ~$4::varbit
           WHERE workspace_id = $1 AND cohort_ref = ANY($2) AND block = $3",
@@ -151,7 +213,10 @@ mod tests {
         let masks = Masks::of(&[1, 8191, 8192, 20_000]);
         let blocks: Vec<i64> = masks.0.keys().copied().collect();
         assert_eq!(blocks, [0, 1, 2]);
-        let ids: Vec<i64> = masks.0.iter().flat_map(|(block, bits)| ids_in(*block, bits)).collect();
+        let ids: Vec<i64> = masks.0.iter().flat_map(|(block, bits)| ids_in(*block, bits.bytes())).collect();
         assert_eq!(ids, [1, 8191, 8192, 20_000]);
+        // PostgreSQL's order: bit 0 is the high bit of the first byte, as `B'1' >> n` sets bit n.
+        assert_eq!(masks.0[&0].bytes()[0], 0b0100_0000);
+        assert_eq!(masks.0[&0].bytes()[1023], 0b0000_0001);
     }
 }

@@ -1,10 +1,11 @@
 //! Rows for `COPY … FROM STDIN (FORMAT binary)`: the fastest way into PostgreSQL, and on
 //! Citus a single-shard write when every row has the same `workspace_id`.
 
-use bit_vec::BitVec;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
+
+use super::bitmaps::Block;
 
 /// Rows in COPY's binary format, written field by field straight into one buffer (a
 /// million-user import writes four million fields: no allocation per field). Binary, so
@@ -81,12 +82,11 @@ impl CopyRows {
         self.field(Some(&micros.to_be_bytes()))
     }
 
-    /// Appends a `bit(n)` or `varbit` field: its length in bits, then the bits, first bit
-    /// in the high bit of the first byte.
-    pub fn bits(&mut self, value: &BitVec) -> &mut Self {
-        let length = i32::try_from(value.len()).unwrap_or(i32::MAX);
-        let mut field = length.to_be_bytes().to_vec();
-        field.extend(value.to_bytes());
+    /// Appends a `bit(8192)` field: its length in bits, then the bits.
+    pub fn bits(&mut self, value: &Block) -> &mut Self {
+        let mut field = Vec::with_capacity(4 + value.bytes().len());
+        field.extend_from_slice(&(value.bytes().len() as i32 * 8).to_be_bytes());
+        field.extend_from_slice(value.bytes());
         self.field(Some(&field))
     }
 
@@ -144,17 +144,18 @@ mod tests {
 
     #[test]
     fn bits_and_times_are_in_postgres_binary_form() {
-        let mut bits = BitVec::from_elem(10, false);
-        bits.set(0, true);
-        bits.set(9, true);
-        let mut rows = CopyRows::with_capacity(1, 40);
+        let mut bits = Block::empty();
+        bits.set(0);
+        bits.set(9);
+        let mut rows = CopyRows::with_capacity(1, 1100);
         let noon = DateTime::parse_from_rfc3339("2000-01-02T00:00:00Z").unwrap().with_timezone(&Utc);
         rows.bits(&bits).timestamp(noon).end_row();
         let fields = &rows.bytes[COPY_BINARY_HEADER.len() + 2..];
-        // bits: field length 4 + 2, bit length 10, then 1000_0000 0100_0000.
-        assert_eq!(&fields[..10], &[0, 0, 0, 6, 0, 0, 0, 10, 0x80, 0x40]);
+        // bits: field length 4 + 1024, bit length 8192, then 1000_0000 0100_0000 0….
+        assert_eq!(&fields[..10], &[0, 0, 4, 4, 0, 0, 32, 0, 0x80, 0x40]);
+        let fields = &fields[8 + 1024..];
         // One day after PostgreSQL's epoch, in microseconds.
-        assert_eq!(&fields[10..14], &[0, 0, 0, 8]);
-        assert_eq!(&fields[14..22], &86_400_000_000i64.to_be_bytes());
+        assert_eq!(&fields[..4], &[0, 0, 0, 8]);
+        assert_eq!(&fields[4..12], &86_400_000_000i64.to_be_bytes());
     }
 }

@@ -872,3 +872,30 @@ async fn memberships_imported_by_a_partner_are_what_segments_see() {
     assert_eq!(listed["cohorts"][0]["member_count"], 2);
     assert!(listed["cohorts"][0]["last_import_at"].is_string());
 }
+
+#[tokio::test]
+async fn an_export_that_panics_gives_its_connection_back_outside_any_transaction() {
+    let (_db, pool) = crate::helpers::TestDatabase::create().await;
+    // One connection: the one the export held is the one the next caller gets.
+    let options = pool.connect_options().as_ref().clone();
+    let single = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect_with(options).await.unwrap();
+    let db = cohort_ingest::store::database::Database::new(single);
+    let export = tokio::spawn({
+        let db = db.clone();
+        async move {
+            let mut snapshot = cohort_ingest::store::segments::begin_snapshot(&db).await.unwrap();
+            sqlx::query("SELECT count(*) FROM users").execute(&mut *snapshot).await.unwrap();
+            panic!("an export's producer panics mid-stream");
+        }
+    });
+    assert!(export.await.unwrap_err().is_panic());
+    let mut conn = db.acquire().await.unwrap();
+    let isolation: String =
+        sqlx::query_scalar("SELECT current_setting('transaction_isolation')").fetch_one(&mut *conn).await.unwrap();
+    assert_eq!(isolation, "read committed", "the connection came back inside the export's snapshot");
+    // And it writes: it is not stuck in a read-only transaction.
+    sqlx::query("INSERT INTO workspaces (id, name) VALUES (gen_random_uuid(), 'after the panic')")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+}

@@ -181,18 +181,25 @@ async fn create_baseline_cohorts(pool: &PgPool, workspace: Uuid) -> anyhow::Resu
 /// Inserts a cohort of the benchmark's partner named by its id (its internal id drawn from
 /// the workspace's counter, as the service does); its internal id.
 pub async fn insert_cohort(pool: &PgPool, workspace: Uuid, cohort_id: &str) -> anyhow::Result<i64> {
-    sqlx::query_scalar(
-        "WITH counter AS (UPDATE cohort_id_counters SET next_cohort_id = next_cohort_id + 1 WHERE workspace_id = $1
-                          RETURNING next_cohort_id - 1 AS id)
-         INSERT INTO cohorts (workspace_id, id, partner, cohort_id, name, created_at, updated_at)
-         SELECT $1, counter.id, $2, $3, $3, now(), now() FROM counter RETURNING id",
+    let id: i64 = sqlx::query_scalar(
+        "UPDATE cohort_id_counters SET next_cohort_id = next_cohort_id + 1 WHERE workspace_id = $1
+         RETURNING next_cohort_id - 1",
     )
     .bind(workspace)
+    .fetch_one(pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO cohorts (workspace_id, id, partner, cohort_id, name, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $4, now(), now())",
+    )
+    .bind(workspace)
+    .bind(id)
     .bind(PARTNER)
     .bind(cohort_id)
-    .fetch_one(pool)
+    .execute(pool)
     .await
-    .with_context(|| format!("cannot create cohort {cohort_id}"))
+    .with_context(|| format!("cannot create cohort {cohort_id}"))?;
+    Ok(id)
 }
 
 /// Members of the cohorts whose cohort_id starts with `prefix`, counted from the

@@ -160,18 +160,24 @@ async fn create_filter_cohorts(pool: &PgPool, workspace: Uuid) -> anyhow::Result
     let a = insert_cohort(pool, workspace, "filter-a").await?;
     let b = insert_cohort(pool, workspace, "filter-b").await?;
     for (cohort_ref, condition) in [(a, "id % 2 = 0"), (b, "(id / 2) % 2 = 0")] {
-        let fill = format!(
-            "WITH added AS (
-                INSERT INTO cohort_memberships (workspace_id, cohort_ref, user_id, added_at)
-                SELECT $1, $2, id, now() FROM users WHERE workspace_id = $1 AND {condition} ORDER BY id
-                RETURNING user_id),
-             bits AS (
-                INSERT INTO cohort_bitmaps (workspace_id, cohort_ref, block, bits)
-                SELECT $1, $2, user_id >> 13, bit_or(B'1'::bit(8192) >> (user_id & 8191)::int)
-                  FROM added GROUP BY user_id >> 13)
-             UPDATE cohorts SET member_count = (SELECT count(*) FROM added) WHERE workspace_id = $1 AND id = $2"
-        );
-        sqlx::query(sqlx::AssertSqlSafe(fill)).bind(workspace).bind(cohort_ref).execute(pool).await?;
+        // Statement by statement, each within the workspace: on Citus too.
+        let statements = [
+            format!(
+                "INSERT INTO cohort_memberships (workspace_id, cohort_ref, user_id, added_at)
+                 SELECT $1, $2, id, now() FROM users WHERE workspace_id = $1 AND {condition}"
+            ),
+            "INSERT INTO cohort_bitmaps (workspace_id, cohort_ref, block, bits)
+             SELECT $1, $2, user_id >> 13, bit_or(B'1'::bit(8192) >> (user_id & 8191)::int)
+               FROM cohort_memberships WHERE workspace_id = $1 AND cohort_ref = $2 GROUP BY user_id >> 13"
+                .to_owned(),
+            "UPDATE cohorts SET member_count =
+                 (SELECT count(*) FROM cohort_memberships WHERE workspace_id = $1 AND cohort_ref = $2)
+              WHERE workspace_id = $1 AND id = $2"
+                .to_owned(),
+        ];
+        for statement in statements {
+            sqlx::query(sqlx::AssertSqlSafe(statement)).bind(workspace).bind(cohort_ref).execute(pool).await?;
+        }
     }
     sqlx::query("ANALYZE").execute(pool).await?;
     Ok(FilterCohorts { a, b })

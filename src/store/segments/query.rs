@@ -256,7 +256,10 @@ impl SegmentQuery {
     /// from `$5`.
     pub(super) fn page_blocks_sql(&self) -> String {
         let blocks = self.filter_blocks_sql(5, "block >= $3");
-        format!("SELECT block, bits FROM ({blocks}) AS blocks WHERE bit_count(bits) > 0 ORDER BY block LIMIT $4")
+        // varbit_send: the bits as bytes, not 8,192 characters of text.
+        format!(
+            "SELECT block, varbit_send(bits) FROM ({blocks}) AS blocks WHERE bit_count(bits) > 0 ORDER BY block LIMIT $4"
+        )
     }
 
     /// `node` over one block's columns (see [`Self::filter_blocks_sql`]).

@@ -2,7 +2,6 @@
 //! flat memory however large the segment. Pages and exports take the matching ids block
 //! by block and then read those users by id, in one snapshot.
 
-use bit_vec::BitVec;
 use futures::{StreamExt, TryStreamExt, stream::BoxStream};
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Transaction};
 use uuid::Uuid;
@@ -90,14 +89,16 @@ impl BitmapRead {
         blocks_sql: &str,
         ids: &mut Vec<i64>,
     ) -> sqlx::Result<Option<i64>> {
-        let statement = sqlx::query_as::<_, (i64, BitVec)>(AssertSqlSafe(blocks_sql.to_owned()))
+        let statement = sqlx::query_as::<_, (i64, Vec<u8>)>(AssertSqlSafe(blocks_sql.to_owned()))
             .bind(query.workspace_id)
             .bind(query.all_cohorts())
             .bind(self.from)
             .bind(self.blocks);
         let blocks = query.bind_leaves(statement).persistent(false).fetch_all(&mut *conn).await?;
         for (block, bits) in &blocks {
-            for id in bitmaps::ids_in(*block, bits).filter(|&id| id > self.after) {
+            // `varbit_send`: the length in bits, then the bytes.
+            let bytes = bits.get(4..).unwrap_or_default();
+            for id in bitmaps::ids_in(*block, bytes).filter(|&id| id > self.after) {
                 ids.push(id);
                 if ids.len() >= self.max_ids {
                     return Ok(Some(*block));
