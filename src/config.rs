@@ -4,6 +4,8 @@ use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::store::database::{DEFAULT_COMMIT_TIMEOUT, PoolSettings};
+
 /// Where the service finds PostgreSQL when nothing else is said.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/cohort_ingest";
 
@@ -98,6 +100,13 @@ pub struct Config {
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30, global = true)]
     pub shutdown_timeout_secs: u64,
+
+    /// How long a write's COMMIT may take to be confirmed. The request timeout does not
+    /// cut off a request whose COMMIT is under way; past this bound the request answers
+    /// 503 saying its outcome is unknown (and a retry safe).
+    #[arg(long, env = "COMMIT_TIMEOUT_SECS", default_value_t = DEFAULT_COMMIT_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub commit_timeout_secs: u64,
 }
 
 impl Config {
@@ -119,6 +128,20 @@ impl Config {
     /// `shutdown_timeout_secs` as a duration.
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    /// `commit_timeout_secs` as a duration.
+    pub fn commit_timeout(&self) -> Duration {
+        Duration::from_secs(self.commit_timeout_secs)
+    }
+
+    /// The pool's settings.
+    pub fn pool_settings(&self) -> PoolSettings {
+        PoolSettings {
+            max_connections: self.db_max_connections,
+            acquire_timeout: self.db_acquire_timeout(),
+            commit_timeout: self.commit_timeout(),
+        }
     }
 }
 

@@ -115,7 +115,7 @@ fn local_address(listen: SocketAddr) -> SocketAddr {
 async fn prepare_database(config: &Config) -> anyhow::Result<Database> {
     let options = database::connect_options(&config.database_url)?;
     database::ensure_database_exists(&options).await?;
-    let db = database::connect_pool(options, config.db_max_connections, config.db_acquire_timeout()).await?;
+    let db = database::connect_pool(options, config.pool_settings()).await?;
     database::migrate(&db).await?;
     Ok(db)
 }

@@ -13,7 +13,10 @@ use axum::{
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 
-use crate::error::{ApiError, ErrorBody};
+use crate::{
+    error::{ApiError, ErrorBody},
+    store::database::CommitWatch,
+};
 
 /// Routes allowed to run past the request timeout: they stream large bodies whose
 /// duration grows with the data, not with a fault (the bulk NDJSON user load and the
@@ -41,9 +44,10 @@ impl Limits {
 
 /// Middleware: sheds the request with 503 + `Retry-After` when `max_in_flight` requests
 /// are already running (a streamed response counts until its body ends) (waiting would only add latency to an overloaded service), and
-/// answers 503 + `Retry-After` when it runs past the timeout. Dropping the handler's
-/// future on timeout drops its open transaction, which PostgreSQL rolls back: a timed-out
-/// request changes nothing.
+/// answers 503 + `Retry-After` when it runs past the timeout before sending a COMMIT.
+/// Dropping the handler's future then drops its open transaction, which PostgreSQL rolls
+/// back: a timed-out request changes nothing. A request past the timeout whose COMMIT is
+/// under way is let finish and answers its real outcome.
 pub async fn enforce_limits(State(limits): State<Limits>, request: Request, next: Next) -> Response {
     let (unbounded, unshed) = {
         let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
@@ -73,8 +77,19 @@ pub async fn enforce_limits(State(limits): State<Limits>, request: Request, next
             None => response,
         };
     }
-    match tokio::time::timeout(limits.timeout, next.run(request)).await {
+    let commits = CommitWatch::default();
+    let handler = commits.watch(next.run(request));
+    let mut handler = std::pin::pin!(handler);
+    match tokio::time::timeout(limits.timeout, handler.as_mut()).await {
         Ok(response) => response,
+        // Its COMMIT is under way: cutting it off now would answer "timed out" for a
+        // change that may be committed. Its outcome is awaited instead, for at most the
+        // commit timeout (`Database::commit`), and answered as it is.
+        Err(_) if commits.commit_sent() => {
+            tracing::info!(timeout_secs = limits.timeout.as_secs(), "request past its deadline while committing");
+            handler.await
+        }
+        // No COMMIT was sent: dropping the handler rolls its transaction back.
         Err(_) => {
             tracing::warn!(timeout_secs = limits.timeout.as_secs(), "request timed out");
             ApiError::Overloaded("request timed out, retry later".into()).into_response()

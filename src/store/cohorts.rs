@@ -282,7 +282,7 @@ async fn try_import(
         .bind(request_id)
         .fetch_one(&mut *tx)
         .await?;
-    tx.commit().await?;
+    db.commit(tx).await?;
     // Counts are non-negative by construction.
     let count = |n: i64| u64::try_from(n).unwrap_or(0);
     Ok(ImportOutcome {
@@ -388,7 +388,7 @@ pub async fn delete(db: &Database, key: CohortKey<'_>) -> sqlx::Result<bool> {
         .bind(key.cohort_id)
         .execute(&mut *tx)
         .await?;
-    tx.commit().await?;
+    db.commit(tx).await?;
     Ok(result.rows_affected() == 1)
 }
 

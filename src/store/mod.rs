@@ -2,6 +2,11 @@
 //!
 //! Functions take the [`database::Database`] (and acquire through it) or a connection or
 //! transaction, and return plain row types; they know nothing of HTTP.
+//!
+//! Every write, even of one statement, runs in a transaction committed with
+//! [`database::Database::commit`] (not `tx.commit()`, nor autocommit): that is what lets
+//! a request past its deadline answer its COMMIT's real outcome instead of a 503 for a
+//! change that was applied.
 
 pub mod cohorts;
 pub mod database;

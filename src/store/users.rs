@@ -511,7 +511,7 @@ pub async fn identify(
         .bind(external_id.as_str())
         .execute(&mut *tx)
         .await?;
-    tx.commit().await?;
+    db.commit(tx).await?;
     Ok(IdentifyOutcome::Identified)
 }
 
@@ -549,7 +549,7 @@ pub async fn delete(db: &Database, workspace_id: Uuid, braze_id: Uuid) -> sqlx::
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    tx.commit().await?;
+    db.commit(tx).await?;
     Ok(true)
 }
 

@@ -21,12 +21,14 @@ pub struct Workspace {
 
 /// Creates a workspace with a fresh id.
 pub async fn create(db: &Database, name: &str) -> sqlx::Result<Workspace> {
-    let mut conn = db.acquire().await?;
-    sqlx::query_as("INSERT INTO workspaces (id, name) VALUES ($1, $2) RETURNING id, name, created_at")
+    let mut tx = db.begin().await?;
+    let workspace = sqlx::query_as("INSERT INTO workspaces (id, name) VALUES ($1, $2) RETURNING id, name, created_at")
         .bind(Uuid::new_v4())
         .bind(name)
-        .fetch_one(&mut *conn)
-        .await
+        .fetch_one(&mut *tx)
+        .await?;
+    db.commit(tx).await?;
+    Ok(workspace)
 }
 
 /// Every workspace, oldest first.

@@ -103,10 +103,9 @@ impl TestApp {
         config.db_acquire_timeout_secs = 30;
         configure(&mut config);
         let admin_token = config.admin_token.as_ref().map(|t| t.expose().to_owned());
-        let db =
-            database::connect_pool(test_db.options.clone(), config.db_max_connections, config.db_acquire_timeout())
-                .await
-                .expect("can connect the service to the test database");
+        let db = database::connect_pool(test_db.options.clone(), config.pool_settings())
+            .await
+            .expect("can connect the service to the test database");
         let state = AppState::new(db.clone(), config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());

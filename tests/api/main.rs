@@ -8,5 +8,6 @@ mod helpers;
 mod admin;
 mod admin_users;
 mod cohort_import;
+mod commits;
 mod operability;
 mod segments;

@@ -70,8 +70,9 @@ async fn create_data_import_key(
     require_workspace(&state, ws).await?;
     require_partner(&state, &partner).await?;
     let key = NewKey::generate(KeyKind::DataImport);
-    let mut conn = state.db.acquire().await?;
-    let info = store::keys::insert_data_import_key(&mut *conn, ws, &partner, &key).await?;
+    let mut tx = state.db.begin().await?;
+    let info = store::keys::insert_data_import_key(&mut *tx, ws, &partner, &key).await?;
+    state.db.commit(tx).await?;
     Ok((StatusCode::CREATED, Json(CreatedKey::new(info, key))))
 }
 
@@ -169,8 +170,9 @@ async fn create_api_key(
     }
     require_workspace(&state, ws).await?;
     let key = NewKey::generate(KeyKind::RestApi);
-    let mut conn = state.db.acquire().await?;
-    let info = store::keys::insert_api_key(&mut *conn, ws, name.as_str(), &scopes, &key).await?;
+    let mut tx = state.db.begin().await?;
+    let info = store::keys::insert_api_key(&mut *tx, ws, name.as_str(), &scopes, &key).await?;
+    state.db.commit(tx).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedApiKey {

@@ -70,7 +70,7 @@ async fn create_partner(
         .await
         .on_constraint("partners_pkey", |_| ApiError::conflict(format!("partner {name} already exists")))?;
     store::keys::insert_partner_api_key(&mut *tx, &name, &key).await?;
-    tx.commit().await?;
+    state.db.commit(tx).await?;
     Ok((StatusCode::CREATED, Json(CreatedPartner { name: name.to_string(), partner_api_key: key.secret })))
 }
 
@@ -93,8 +93,9 @@ async fn create_partner_api_key(
     require_partner(&state, &partner).await?;
     let name = PartnerName::parse(&partner).map_err(ApiError::BadRequest)?;
     let key = NewKey::generate(KeyKind::PartnerApi);
-    let mut conn = state.db.acquire().await?;
-    let info = store::keys::insert_partner_api_key(&mut *conn, &name, &key).await?;
+    let mut tx = state.db.begin().await?;
+    let info = store::keys::insert_partner_api_key(&mut *tx, &name, &key).await?;
+    state.db.commit(tx).await?;
     Ok((StatusCode::CREATED, Json(CreatedKey::new(info, key))))
 }
 

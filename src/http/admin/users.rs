@@ -134,7 +134,7 @@ async fn batch_upsert_users(
     let mut tx = store::users::begin_writes(&state.db, ws).await?;
     let mut lookups = StoreLookups::for_workspace(&mut tx, ws).await?;
     let outcomes = store::users::upsert_profiles(&mut tx, ws, &profiles, &mut lookups).await?;
-    tx.commit().await?;
+    state.db.commit(tx).await?;
 
     let mut response = BatchResponse { results: Vec::with_capacity(outcomes.len()), created: 0, updated: 0, failed: 0 };
     for (index, outcome) in outcomes.into_iter().enumerate() {
@@ -270,7 +270,7 @@ async fn import_users(
     let written = writer.await.map_err(|e| ApiError::Internal(anyhow::anyhow!("import writer failed: {e}")))?;
     read?;
     let (tx, summary) = written?;
-    tx.commit().await?;
+    state.db.commit(tx).await?;
     Ok(Json(summary))
 }
 
