@@ -107,6 +107,12 @@ pub struct Config {
     #[arg(long, env = "COMMIT_TIMEOUT_SECS", default_value_t = DEFAULT_COMMIT_TIMEOUT.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub commit_timeout_secs: u64,
+
+    /// The NDJSON user import ends (rolled back, its lock released) when its body brings
+    /// no byte for this long.
+    #[arg(long, env = "IMPORT_STALL_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub import_stall_timeout_secs: u64,
 }
 
 impl Config {
@@ -133,6 +139,11 @@ impl Config {
     /// `commit_timeout_secs` as a duration.
     pub fn commit_timeout(&self) -> Duration {
         Duration::from_secs(self.commit_timeout_secs)
+    }
+
+    /// `import_stall_timeout_secs` as a duration.
+    pub fn import_stall_timeout(&self) -> Duration {
+        Duration::from_secs(self.import_stall_timeout_secs)
     }
 
     /// The pool's settings.

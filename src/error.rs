@@ -37,6 +37,9 @@ pub enum ApiError {
     /// 404: unknown resource.
     #[error("{0}")]
     NotFound(String),
+    /// 408: the client stopped sending its request body.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 409: conflicts with existing data.
     #[error("{0}")]
     Conflict(String),
@@ -93,6 +96,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -11,3 +11,4 @@ mod cohort_import;
 mod commits;
 mod operability;
 mod segments;
+mod slow_clients;

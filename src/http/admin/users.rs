@@ -180,14 +180,15 @@ pub struct ImportSummary {
 /// being decided, being written), plus, on a first load into an empty workspace, 4 MiB of
 /// Bloom filters per 3 million identifiers. A line that is malformed
 /// or conflicts fails alone and is reported by number; the rest load. The import is one
-/// transaction: a request that fails as a whole (413, broken body, database failure)
-/// stores nothing.
+/// transaction: a request that fails as a whole (413, broken body, a body that brings no
+/// byte for `IMPORT_STALL_TIMEOUT_SECS`: 408, database failure) stores nothing.
 #[utoipa::path(post, path = "/admin/workspaces/{ws}/users/import", tag = "admin", security(("admin_token" = [])),
     params(("ws" = Uuid, Path, description = "Workspace id")),
     request_body(content = ProfileFields, content_type = "application/x-ndjson",
         description = "One profile object a line"),
     responses((status = 200, body = ImportSummary), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 408, body = ErrorBody, description = "The body brought no byte for `IMPORT_STALL_TIMEOUT_SECS`; nothing was imported"),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
 async fn import_users(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -243,12 +244,22 @@ async fn import_users(
         Ok::<_, ApiError>((tx, summary))
     });
 
+    let stall_timeout = state.config.import_stall_timeout();
     let read = async {
         let mut chunk = ImportChunk::default();
         let mut lines = LineSplitter::default();
         let mut received = 0usize;
         let mut stream = body.into_data_stream();
-        while let Some(bytes) = stream.next().await {
+        // The transaction holds the workspace's user-store lock and a pooled connection
+        // while the body arrives: a client that goes silent must not keep them.
+        let stalled = || {
+            tracing::warn!(timeout_secs = stall_timeout.as_secs(), "user import body stalled; rolling back");
+            ApiError::RequestTimeout(format!(
+                "the request body brought no data for {} s; nothing was imported",
+                stall_timeout.as_secs()
+            ))
+        };
+        while let Some(bytes) = tokio::time::timeout(stall_timeout, stream.next()).await.map_err(|_| stalled())? {
             let bytes = bytes.map_err(|_| ApiError::bad_request("the request body could not be read to its end"))?;
             received = received.saturating_add(bytes.len());
             if received > limit {
