@@ -4,7 +4,10 @@ use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::store::database::{DEFAULT_COMMIT_TIMEOUT, PoolSettings};
+use crate::{
+    serve::ConnectionLimits,
+    store::database::{DEFAULT_COMMIT_TIMEOUT, PoolSettings},
+};
 
 /// Where the service finds PostgreSQL when nothing else is said.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/cohort_ingest";
@@ -108,6 +111,24 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub commit_timeout_secs: u64,
 
+    /// How long a client may take to send a request's headers, from the first byte of
+    /// the request; the connection is closed after that.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub header_read_timeout_secs: u64,
+
+    /// How long a connection may stay open with no request on it (a new connection
+    /// before its first byte, a kept-alive one between requests).
+    #[arg(long, env = "IDLE_TIMEOUT_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub idle_timeout_secs: u64,
+
+    /// Open client connections at most; further ones wait in the listen backlog until
+    /// one closes.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub max_connections: u32,
+
     /// The NDJSON user import ends (rolled back, its lock released) when its body brings
     /// no byte for this long.
     #[arg(long, env = "IMPORT_STALL_TIMEOUT_SECS", default_value_t = 30,
@@ -144,6 +165,25 @@ impl Config {
     /// `import_stall_timeout_secs` as a duration.
     pub fn import_stall_timeout(&self) -> Duration {
         Duration::from_secs(self.import_stall_timeout_secs)
+    }
+
+    /// `idle_timeout_secs` as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// `header_read_timeout_secs` as a duration.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs)
+    }
+
+    /// The limits on client connections.
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_read_timeout(),
+            idle_timeout: self.idle_timeout(),
+        }
     }
 
     /// The pool's settings.

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     app::{self, AppState},
     config::Config,
+    serve,
     store::database::{self, Database},
 };
 
@@ -59,12 +60,13 @@ pub async fn serve_until(
     let drain_timeout = state.config.shutdown_timeout();
     let stopping = CancellationToken::new();
     let signal_seen = stopping.clone();
-    let server = axum::serve(listener, app::router(state)).with_graceful_shutdown(async move {
+    let limits = state.config.connection_limits();
+    let server = serve::serve(listener, app::router(state), limits, async move {
         shutdown.await;
         tracing::info!("shutdown requested: no new connections, draining in-flight requests");
         signal_seen.cancel();
     });
-    let mut server = std::pin::pin!(server.into_future());
+    let mut server = std::pin::pin!(server);
     tokio::select! {
         result = &mut server => result.context("server error")?,
         () = stopping.cancelled() => match tokio::time::timeout(drain_timeout, &mut server).await {

@@ -5,6 +5,7 @@ use std::sync::OnceLock;
 use cohort_ingest::{
     app::{self, AppState},
     config::Config,
+    serve,
     store::database::{self, Database, quote_identifier},
 };
 use reqwest::{Method, RequestBuilder, Response};
@@ -106,10 +107,11 @@ impl TestApp {
         let db = database::connect_pool(test_db.options.clone(), config.pool_settings())
             .await
             .expect("can connect the service to the test database");
+        let limits = config.connection_limits();
         let state = AppState::new(db.clone(), config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app::router(state)).await });
+        tokio::spawn(serve::serve(listener, app::router(state), limits, std::future::pending()));
         TestApp { address, client: reqwest::Client::new(), pool, db, admin_token, _db: test_db }
     }
 

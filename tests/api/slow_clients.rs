@@ -88,3 +88,77 @@ async fn a_stalled_ndjson_upload_is_rolled_back_and_releases_the_user_store() {
         .unwrap();
     assert_eq!(stored, ["after"]);
 }
+
+/// Connects and sends `bytes`; returns the stream and when the sending ended.
+async fn connect_and_send(app: &TestApp, bytes: &[u8]) -> (TcpStream, Instant) {
+    let mut stream = connect(app).await;
+    stream.write_all(bytes).await.unwrap();
+    (stream, Instant::now())
+}
+
+#[tokio::test]
+async fn a_connection_sending_half_a_header_is_closed_after_the_header_read_timeout() {
+    let app = TestApp::spawn_with(|config| {
+        config.header_read_timeout_secs = 1;
+        config.idle_timeout_secs = 30;
+    })
+    .await;
+    let (mut stream, sent) = connect_and_send(&app, b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Slow: ").await;
+    let answer = read_to_close(&mut stream, Duration::from_secs(10)).await.expect("the connection was closed");
+    let took = sent.elapsed();
+    assert!(answer.is_empty(), "{answer}");
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(3), "{took:?}");
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_after_the_idle_timeout_but_requests_in_flight_are_not() {
+    let app = TestApp::spawn_with(|config| {
+        config.header_read_timeout_secs = 30;
+        config.idle_timeout_secs = 1;
+    })
+    .await;
+    // Silent from the start.
+    let (mut silent, opened) = connect_and_send(&app, b"").await;
+    assert!(read_to_close(&mut silent, Duration::from_secs(10)).await.is_some());
+    let took = opened.elapsed();
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(3), "{took:?}");
+
+    // Kept alive after a request, then silent.
+    let (mut kept, _) = connect_and_send(&app, b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    let answered = read_to_close(&mut kept, Duration::from_secs(10)).await.expect("the connection was closed");
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+
+    // A request whose body trickles in for three idle timeouts is not cut off.
+    let ws = app.create_workspace("slow body").await;
+    let mut stream = connect(&app).await;
+    let lines: Vec<String> = (0..6).map(|i| format!("{{\"external_id\":\"slow-{i}\"}}\n")).collect();
+    let length: usize = lines.iter().map(String::len).sum();
+    let head = format!(
+        "POST /admin/workspaces/{ws}/users/import HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Content-Type: application/x-ndjson\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for line in &lines {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stream.write_all(line.as_bytes()).await.unwrap();
+    }
+    let answer = read_to_close(&mut stream, Duration::from_secs(10)).await.expect("the connection was closed");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""created":6"#), "{answer}");
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_wait_until_one_closes() {
+    let app = TestApp::spawn_with(|config| config.max_connections = 2).await;
+    let (first, _) = connect_and_send(&app, b"").await;
+    let (_second, _) = connect_and_send(&app, b"").await;
+    // The listener's backlog takes the third connection; the service does not, yet.
+    let (mut third, _) =
+        connect_and_send(&app, b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").await;
+    let mut buffer = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_millis(500), third.read(&mut buffer)).await;
+    assert!(early.is_err(), "a connection over the cap was served");
+    drop(first);
+    let answer = read_to_close(&mut third, Duration::from_secs(5)).await.expect("served once a slot was free");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
