@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::{
     app::AppState,
+    domain::PartnerName,
     error::ApiError,
     http::extract::Path,
     keys::{KeyHash, mask},
@@ -82,7 +83,10 @@ impl<T: FromPartnerBody> FromRequest<AppState> for PartnerRequest<T> {
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let (mut parts, body) = request.into_parts();
-        let Path(partner) = Path::<String>::from_request_parts(&mut parts, state).await?;
+        // No valid partner name has a key: the contract's 401, before anything else.
+        let Path(partner) = Path::<PartnerName>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|_| ApiError::Unauthorized(INVALID_PARTNER_API_KEY.into()))?;
         // The partner contract has no content-type requirement of its own: whatever the
         // header says, the body is read as JSON (so the credentials decide first).
         let bytes = Bytes::from_request(Request::from_parts(parts, body), state).await.map_err(|rejection| {
@@ -101,7 +105,12 @@ impl<T: FromPartnerBody> FromRequest<AppState> for PartnerRequest<T> {
 }
 
 /// Checks `partner_api_key` then `client_secret`, with the contract's 401 messages.
-async fn authenticate(state: &AppState, partner: String, fields: &BodyFields<'_>) -> Result<PartnerCaller, ApiError> {
+async fn authenticate(
+    state: &AppState,
+    partner: PartnerName,
+    fields: &BodyFields<'_>,
+) -> Result<PartnerCaller, ApiError> {
+    let partner = partner.as_str().to_owned();
     let unauthorized = |message: String| ApiError::Unauthorized(message);
     let partner_api_key = fields.string("partner_api_key").unwrap_or_default();
     let client_secret = fields.string("client_secret").unwrap_or_default();

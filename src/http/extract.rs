@@ -34,7 +34,9 @@ pub struct Query<T>(pub T);
 
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {
-        ApiError::BadRequest(format!("invalid path: {}", rejection.body_text()))
+        let text = rejection.body_text();
+        let detail = text.strip_prefix("Invalid URL: ").unwrap_or(&text);
+        ApiError::BadRequest(format!("invalid path: {detail}"))
     }
 }
 

@@ -9,6 +9,7 @@ mod admin;
 mod admin_users;
 mod cohort_import;
 mod commits;
+mod hostile_input;
 mod operability;
 mod segments;
 mod slow_clients;

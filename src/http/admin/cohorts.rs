@@ -12,6 +12,7 @@ use super::require_workspace;
 use crate::{
     app::AppState,
     auth::AdminAuth,
+    domain::{CohortId, PartnerName},
     error::{ApiError, ApiResult, ErrorBody},
     http::{
         extract::{Json, Path, Query},
@@ -41,7 +42,8 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct CohortFilter {
     /// A partner name; all partners when absent.
-    pub partner: Option<String>,
+    #[param(value_type = Option<String>)]
+    pub partner: Option<PartnerName>,
 }
 
 /// `GET /admin/workspaces/{ws}/cohorts`.
@@ -100,7 +102,7 @@ async fn list_cohorts(
     Query(filter): Query<CohortFilter>,
 ) -> ApiResult<Json<CohortList>> {
     require_workspace(&state, ws).await?;
-    let cohorts = store::cohorts::list(&state.db, ws, filter.partner.as_deref()).await?;
+    let cohorts = store::cohorts::list(&state.db, ws, filter.partner.as_ref().map(PartnerName::as_str)).await?;
     Ok(Json(CohortList { cohorts }))
 }
 
@@ -113,10 +115,10 @@ async fn list_cohorts(
 async fn get_cohort(
     _: AdminAuth,
     State(state): State<AppState>,
-    Path((ws, partner, cohort_id)): Path<(Uuid, String, String)>,
+    Path((ws, partner, cohort_id)): Path<(Uuid, PartnerName, CohortId)>,
 ) -> ApiResult<Json<Cohort>> {
     require_workspace(&state, ws).await?;
-    let key = CohortKey { workspace_id: ws, partner: &partner, cohort_id: &cohort_id };
+    let key = CohortKey::new(ws, partner.as_str(), &cohort_id);
     store::cohorts::find(&state.db, key).await?.map(Json).ok_or_else(|| unknown_cohort(key))
 }
 
@@ -130,12 +132,12 @@ async fn get_cohort(
 async fn list_imports(
     _: AdminAuth,
     State(state): State<AppState>,
-    Path((ws, partner, cohort_id)): Path<(Uuid, String, String)>,
+    Path((ws, partner, cohort_id)): Path<(Uuid, PartnerName, CohortId)>,
     Query(page): Query<ImportsPage>,
 ) -> ApiResult<Json<ImportList>> {
     let limit = page_limit(page.limit, DEFAULT_PAGE, MAX_PAGE)?;
     require_workspace(&state, ws).await?;
-    let key = CohortKey { workspace_id: ws, partner: &partner, cohort_id: &cohort_id };
+    let key = CohortKey::new(ws, partner.as_str(), &cohort_id);
     // One more than asked tells whether there is a next page.
     let mut imports =
         store::cohorts::imports(&state.db, key, limit + 1, page.before).await?.ok_or_else(|| unknown_cohort(key))?;
@@ -153,13 +155,15 @@ async fn list_imports(
 async fn list_members(
     _: AdminAuth,
     State(state): State<AppState>,
-    Path((ws, partner, cohort_id)): Path<(Uuid, String, String)>,
+    Path((ws, partner, cohort_id)): Path<(Uuid, PartnerName, CohortId)>,
     Query(page): Query<MembersPage>,
 ) -> ApiResult<Json<MemberList>> {
     let limit = page_limit(page.limit, DEFAULT_PAGE, MAX_PAGE)?;
-    let key = CohortKey { workspace_id: ws, partner: &partner, cohort_id: &cohort_id };
+    let key = CohortKey::new(ws, partner.as_str(), &cohort_id);
     // A cursor belongs to one cohort.
-    let context = [b"members".as_slice(), ws.as_bytes(), partner.as_bytes(), b"\0", cohort_id.as_bytes()].concat();
+    let context =
+        [b"members".as_slice(), ws.as_bytes(), partner.as_str().as_bytes(), b"\0", cohort_id.as_str().as_bytes()]
+            .concat();
     let after = match &page.cursor {
         Some(text) => Some(
             cursor::open(&context, text)
@@ -184,10 +188,10 @@ async fn list_members(
 async fn delete_cohort(
     _: AdminAuth,
     State(state): State<AppState>,
-    Path((ws, partner, cohort_id)): Path<(Uuid, String, String)>,
+    Path((ws, partner, cohort_id)): Path<(Uuid, PartnerName, CohortId)>,
 ) -> ApiResult<StatusCode> {
     require_workspace(&state, ws).await?;
-    let key = CohortKey { workspace_id: ws, partner: &partner, cohort_id: &cohort_id };
+    let key = CohortKey::new(ws, partner.as_str(), &cohort_id);
     if store::cohorts::delete(&state.db, key).await? { Ok(StatusCode::NO_CONTENT) } else { Err(unknown_cohort(key)) }
 }
 

@@ -11,7 +11,7 @@ use super::{require_partner, require_workspace};
 use crate::{
     app::AppState,
     auth::AdminAuth,
-    domain::{DisplayName, Scope},
+    domain::{DisplayName, PartnerName, Scope},
     error::{ApiError, ApiResult, ErrorBody},
     http::extract::{Json, Path},
     keys::{KeyKind, NewKey},
@@ -65,13 +65,13 @@ pub struct KeyList {
 async fn create_data_import_key(
     _: AdminAuth,
     State(state): State<AppState>,
-    Path((ws, partner)): Path<(Uuid, String)>,
+    Path((ws, partner)): Path<(Uuid, PartnerName)>,
 ) -> ApiResult<(StatusCode, Json<CreatedKey>)> {
     require_workspace(&state, ws).await?;
-    require_partner(&state, &partner).await?;
+    require_partner(&state, partner.as_str()).await?;
     let key = NewKey::generate(KeyKind::DataImport);
     let mut tx = state.db.begin().await?;
-    let info = store::keys::insert_data_import_key(&mut *tx, ws, &partner, &key).await?;
+    let info = store::keys::insert_data_import_key(&mut *tx, ws, partner.as_str(), &key).await?;
     state.db.commit(tx).await?;
     Ok((StatusCode::CREATED, Json(CreatedKey::new(info, key))))
 }
@@ -84,11 +84,11 @@ async fn create_data_import_key(
 async fn list_data_import_keys(
     _: AdminAuth,
     State(state): State<AppState>,
-    Path((ws, partner)): Path<(Uuid, String)>,
+    Path((ws, partner)): Path<(Uuid, PartnerName)>,
 ) -> ApiResult<Json<KeyList>> {
     require_workspace(&state, ws).await?;
-    require_partner(&state, &partner).await?;
-    Ok(Json(KeyList { keys: store::keys::list_data_import_keys(&state.db, ws, &partner).await? }))
+    require_partner(&state, partner.as_str()).await?;
+    Ok(Json(KeyList { keys: store::keys::list_data_import_keys(&state.db, ws, partner.as_str()).await? }))
 }
 
 /// Invalidates a data import key at once.
@@ -100,10 +100,10 @@ async fn list_data_import_keys(
 async fn revoke_data_import_key(
     _: AdminAuth,
     State(state): State<AppState>,
-    Path((ws, partner, id)): Path<(Uuid, String, Uuid)>,
+    Path((ws, partner, id)): Path<(Uuid, PartnerName, Uuid)>,
 ) -> ApiResult<StatusCode> {
     require_workspace(&state, ws).await?;
-    if store::keys::revoke_data_import_key(&state.db, ws, &partner, id).await? {
+    if store::keys::revoke_data_import_key(&state.db, ws, partner.as_str(), id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("no data import key {id} for partner {partner} in this workspace")))

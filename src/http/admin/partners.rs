@@ -88,10 +88,9 @@ async fn list_partners(_: AdminAuth, State(state): State<AppState>) -> ApiResult
 async fn create_partner_api_key(
     _: AdminAuth,
     State(state): State<AppState>,
-    Path(partner): Path<String>,
+    Path(name): Path<PartnerName>,
 ) -> ApiResult<(StatusCode, Json<CreatedKey>)> {
-    require_partner(&state, &partner).await?;
-    let name = PartnerName::parse(&partner).map_err(ApiError::BadRequest)?;
+    require_partner(&state, name.as_str()).await?;
     let key = NewKey::generate(KeyKind::PartnerApi);
     let mut tx = state.db.begin().await?;
     let info = store::keys::insert_partner_api_key(&mut *tx, &name, &key).await?;
@@ -106,9 +105,9 @@ async fn create_partner_api_key(
 async fn revoke_partner_api_key(
     _: AdminAuth,
     State(state): State<AppState>,
-    Path((partner, id)): Path<(String, Uuid)>,
+    Path((partner, id)): Path<(PartnerName, Uuid)>,
 ) -> ApiResult<StatusCode> {
-    if store::keys::revoke_partner_api_key(&state.db, &partner, id).await? {
+    if store::keys::revoke_partner_api_key(&state.db, partner.as_str(), id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("partner {partner} has no API key {id}")))
