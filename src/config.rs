@@ -111,6 +111,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub commit_timeout_secs: u64,
 
+    /// At start-up, how long connecting to PostgreSQL (and its first answer) may take
+    /// before the process gives up.
+    #[arg(long, env = "DB_CONNECT_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub db_connect_timeout_secs: u64,
+
     /// How long a client may take to send a request's headers, from the first byte of
     /// the request; the connection is closed after that.
     #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10,
@@ -184,6 +190,11 @@ impl Config {
             header_read_timeout: self.header_read_timeout(),
             idle_timeout: self.idle_timeout(),
         }
+    }
+
+    /// `db_connect_timeout_secs` as a duration.
+    pub fn db_connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.db_connect_timeout_secs)
     }
 
     /// The pool's settings.

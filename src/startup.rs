@@ -113,11 +113,26 @@ fn local_address(listen: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Connects (creating the database first if it is missing) and applies migrations.
+/// Connects (creating the database first if it is missing) and applies migrations. The
+/// connecting is bounded by `DB_CONNECT_TIMEOUT_SECS`: a server that accepts and never
+/// answers must not hang start-up without a word. (Migrating itself is not: it may wait
+/// for another instance's migration lock.)
 async fn prepare_database(config: &Config) -> anyhow::Result<Database> {
     let options = database::connect_options(&config.database_url)?;
-    database::ensure_database_exists(&options).await?;
-    let db = database::connect_pool(options, config.pool_settings()).await?;
+    database::service_database(&options)?;
+    let target = database::describe(&options);
+    tracing::info!(database = %target, "connecting to PostgreSQL");
+    let timeout = config.db_connect_timeout();
+    let bounded = |step: &str| {
+        let message = format!("PostgreSQL at {target} did not answer within {} s ({step})", timeout.as_secs());
+        move |_| anyhow::anyhow!(message)
+    };
+    tokio::time::timeout(timeout, database::ensure_database_exists(&options))
+        .await
+        .map_err(bounded("connecting"))??;
+    let db = tokio::time::timeout(timeout, database::connect_pool(options, config.pool_settings()))
+        .await
+        .map_err(bounded("opening the pool"))??;
     database::migrate(&db).await?;
     Ok(db)
 }

@@ -29,8 +29,33 @@ pub fn connect_options(database_url: &str) -> anyhow::Result<PgConnectOptions> {
     if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
         anyhow::bail!("DATABASE_URL must start with postgres:// or postgresql://");
     }
-    PgConnectOptions::from_str(database_url)
-        .map_err(|e| anyhow::anyhow!("DATABASE_URL is not a valid PostgreSQL URL: {}", redact_url_error(&e)))
+    let options = PgConnectOptions::from_str(database_url)
+        .map_err(|e| anyhow::anyhow!("DATABASE_URL is not a valid PostgreSQL URL: {}", redact_url_error(&e)))?;
+    // PostgreSQL's NOTICEs (`relation "_sqlx_migrations" already exists, skipping` on
+    // every start) are not the service's to report; warnings and errors still come.
+    Ok(options.options([("client_min_messages", "warning")]))
+}
+
+/// The database the service is to use, from its URL: refused when the URL names none
+/// (PostgreSQL would then use the one named like the user, typically the shared
+/// `postgres`) or names `postgres` or a template, which other software shares.
+pub fn service_database(options: &PgConnectOptions) -> anyhow::Result<&str> {
+    match options.get_database() {
+        None | Some("") => anyhow::bail!(
+            "DATABASE_URL names no database: add one (e.g. postgres://host:5432/cohort_ingest); \
+             the service will not use the server's default database"
+        ),
+        Some(name) if name == "postgres" || name.starts_with("template") => anyhow::bail!(
+            "DATABASE_URL names the shared database {name:?}: name a database of the service's own \
+             (e.g. cohort_ingest; it is created if missing)"
+        ),
+        Some(name) => Ok(name),
+    }
+}
+
+/// `host:port/database` of `options`, for log lines and errors (never the password).
+pub fn describe(options: &PgConnectOptions) -> String {
+    format!("{}:{}/{}", options.get_host(), options.get_port(), options.get_database().unwrap_or(""))
 }
 
 /// sqlx's parse errors may quote the URL; keep only the kind of error.
@@ -47,9 +72,7 @@ fn redact_url_error(error: &sqlx::Error) -> String {
 /// Creates the database named by `options` if it does not exist yet, by connecting to
 /// the server's `postgres` maintenance database.
 pub async fn ensure_database_exists(options: &PgConnectOptions) -> anyhow::Result<()> {
-    let Some(name) = options.get_database().map(str::to_owned) else {
-        return Ok(()); // No database named: the server's default is used, which exists.
-    };
+    let name = service_database(options)?.to_owned();
     let host = options.get_host().to_owned();
     let port = options.get_port();
     let mut maintenance = PgConnection::connect_with(&options.clone().database("postgres"))

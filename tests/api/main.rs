@@ -13,3 +13,4 @@ mod hostile_input;
 mod operability;
 mod segments;
 mod slow_clients;
+mod startup;
