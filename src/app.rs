@@ -166,7 +166,7 @@ pub fn router(state: AppState) -> Router {
 /// - load shedding and the request deadline (503 + `Retry-After`);
 /// - the request span, request id and HTTP metrics, outermost so they see every answer.
 pub fn with_layers(routes: Router, config: &Config) -> Router {
-    let limits = Limits::new(config.max_in_flight, config.request_timeout());
+    let limits = Limits::new(config.max_in_flight, config.request_timeout(), config.body_limit_bytes);
     routes
         .layer(CatchPanicLayer::custom(limits::panic_response))
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))

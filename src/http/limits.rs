@@ -6,7 +6,7 @@ use std::{any::Any, sync::Arc, time::Duration};
 use axum::{
     body::Body,
     extract::{MatchedPath, Request, State},
-    http::{Method, StatusCode},
+    http::{Method, StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -28,17 +28,27 @@ pub const UNBOUNDED_ROUTES: &[(Method, &str)] =
 /// is at capacity (a liveness probe failing under load would get the instance killed).
 pub const UNSHED_ROUTES: &[(Method, &str)] = &[(Method::GET, "/healthz"), (Method::GET, "/metrics")];
 
+/// Routes that enforce a body limit of their own (the NDJSON user load, whose limit is
+/// `IMPORT_BODY_LIMIT_BYTES`); every other route has `BODY_LIMIT_BYTES`.
+pub const OWN_BODY_LIMIT_ROUTES: &[(Method, &str)] = &[(Method::POST, "/admin/workspaces/{ws}/users/import")];
+
 /// What [`enforce_limits`] needs: one semaphore shared by every route.
 #[derive(Debug, Clone)]
 pub struct Limits {
     in_flight: Arc<Semaphore>,
     timeout: Duration,
+    body_limit: u64,
 }
 
 impl Limits {
-    /// At most `max_in_flight` requests at once, each within `timeout`.
-    pub fn new(max_in_flight: usize, timeout: Duration) -> Self {
-        Limits { in_flight: Arc::new(Semaphore::new(max_in_flight)), timeout }
+    /// At most `max_in_flight` requests at once, each within `timeout`, with bodies of at
+    /// most `body_limit` bytes.
+    pub fn new(max_in_flight: usize, timeout: Duration, body_limit: usize) -> Self {
+        Limits {
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            timeout,
+            body_limit: u64::try_from(body_limit).unwrap_or(u64::MAX),
+        }
     }
 }
 
@@ -49,13 +59,23 @@ impl Limits {
 /// back: a timed-out request changes nothing. A request past the timeout whose COMMIT is
 /// under way is let finish and answers its real outcome.
 pub async fn enforce_limits(State(limits): State<Limits>, request: Request, next: Next) -> Response {
-    let (unbounded, unshed) = {
+    let (unbounded, unshed, own_body_limit) = {
         let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
         let listed = |list: &[(Method, &str)]| {
             route.is_some_and(|route| list.iter().any(|(m, r)| m == request.method() && *r == route))
         };
-        (listed(UNBOUNDED_ROUTES), listed(UNSHED_ROUTES))
+        (listed(UNBOUNDED_ROUTES), listed(UNSHED_ROUTES), listed(OWN_BODY_LIMIT_ROUTES))
     };
+    // A declared length over the limit is refused before waiting for a byte of it: the
+    // extractor would otherwise wait for the body (until the deadline, if none comes).
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if !own_body_limit && declared.is_some_and(|length| length > limits.body_limit) {
+        return ApiError::PayloadTooLarge("request body is too large".into()).into_response();
+    }
     let permit = if unshed {
         None
     } else {

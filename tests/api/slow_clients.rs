@@ -162,3 +162,40 @@ async fn connections_over_the_cap_wait_until_one_closes() {
     let answer = read_to_close(&mut third, Duration::from_secs(5)).await.expect("served once a slot was free");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+#[tokio::test]
+async fn a_declared_body_over_the_limit_is_413_at_once_without_waiting_for_it() {
+    let app = TestApp::spawn().await;
+    for (path, auth) in [("/admin/workspaces", true), ("/partners/kubit/cohorts/users", false)] {
+        let auth = if auth { format!("Authorization: Bearer {ADMIN_TOKEN}\r\n") } else { String::new() };
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Type: application/json\r\nContent-Length: 999999999\r\n\r\n"
+        );
+        let (mut stream, sent) = connect_and_send(&app, head.as_bytes()).await;
+        let mut buffer = vec![0u8; 4096];
+        let n =
+            tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buffer)).await.expect("answered").unwrap();
+        let answer = String::from_utf8_lossy(&buffer[..n]).into_owned();
+        assert!(sent.elapsed() < Duration::from_secs(1), "{path}: {:?}", sent.elapsed());
+        assert!(answer.starts_with("HTTP/1.1 413"), "{path}: {answer}");
+        assert!(answer.ends_with(r#"{"message":"request body is too large"}"#), "{path}: {answer}");
+    }
+}
+
+/// README lists what hyper answers itself, before the service sees a request: these
+/// are those answers, bodiless as hyper sends them.
+#[tokio::test]
+async fn malformed_requests_are_answered_by_hyper_as_readme_says() {
+    let app = TestApp::spawn().await;
+    let long_path = format!("GET /{} HTTP/1.1\r\nHost: test\r\n\r\n", "a".repeat(1024 * 1024));
+    for (request, status) in [
+        ("POST /admin/workspaces HTTP/1.1\r\nHost: test\r\nContent-Length: -1\r\n\r\n".to_owned(), "400"),
+        ("GARBAGE\r\n\r\n".to_owned(), "400"),
+        (long_path, "431"),
+    ] {
+        let (mut stream, _) = connect_and_send(&app, request.as_bytes()).await;
+        let answer = read_to_close(&mut stream, Duration::from_secs(5)).await.expect("closed");
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{answer}");
+        assert!(answer.contains("content-length: 0\r\n"), "{answer}");
+    }
+}
