@@ -80,7 +80,7 @@ pub struct CohortListParams {
 
 /// A page of the cohort dropdown.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct CohortList {
+pub struct CohortPage {
     /// Ordered by name, then partner and cohort id.
     pub cohorts: Vec<CohortSummary>,
     /// Pass as `cursor` for the next page; null on the last page.
@@ -90,13 +90,13 @@ pub struct CohortList {
 /// Lists the workspace's partner cohorts, for the segment builder's dropdown.
 #[utoipa::path(get, path = "/v1/cohorts", tag = "segments", security(("api_key" = [])),
     params(CohortListParams),
-    responses((status = 200, body = CohortList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 200, body = CohortPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody)))]
 async fn list_cohorts(
     auth: ApiKeyAuth,
     State(state): State<AppState>,
     Query(params): Query<CohortListParams>,
-) -> ApiResult<Json<CohortList>> {
+) -> ApiResult<Json<CohortPage>> {
     auth.require(Scope::SegmentsRead)?;
     let partner = params
         .partner
@@ -142,7 +142,7 @@ async fn list_cohorts(
         };
         cursor::seal(&context, &serde_json::to_vec(&position).unwrap_or_default())
     });
-    Ok(Json(CohortList { cohorts, next_cursor }))
+    Ok(Json(CohortPage { cohorts, next_cursor }))
 }
 
 // ---- POST /v1/segments/count ------------------------------------------------------

@@ -1,6 +1,8 @@
 //! `TestApp`: the service on a random port, on a database of its own.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+
+use axum::middleware;
 
 use cohort_ingest::{
     app::{self, AppState},
@@ -13,6 +15,8 @@ use serde_json::{Value, json};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, postgres::PgConnectOptions};
 use tokio::net::TcpListener;
 use uuid::Uuid;
+
+use crate::contract::{ContractCheck, check_response};
 
 /// The admin token every test app is started with (unless a test says otherwise).
 pub const ADMIN_TOKEN: &str = "test-admin-token-for-cohort-ingest";
@@ -82,8 +86,21 @@ pub struct TestApp {
     /// The service's own pool (sized by its `Config`), for tests that hold its connections.
     pub db: Database,
     pub admin_token: Option<String>,
+    /// What the app answered that `/openapi.json` does not describe.
+    pub contract: Arc<ContractCheck>,
     // Last: dropped after the pool's users.
     _db: TestDatabase,
+}
+
+/// A test whose app answered what its OpenAPI document does not describe fails, at its
+/// end (unless it failed already).
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let violations = self.contract.violations();
+        if !violations.is_empty() && !std::thread::panicking() {
+            panic!("responses that do not match /openapi.json:\n{}", violations.join("\n"));
+        }
+    }
 }
 
 impl TestApp {
@@ -111,8 +128,10 @@ impl TestApp {
         let state = AppState::new(db.clone(), config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(serve::serve(listener, app::router(state), limits, std::future::pending()));
-        TestApp { address, client: reqwest::Client::new(), pool, db, admin_token, _db: test_db }
+        let contract = ContractCheck::new();
+        let router = app::router(state).layer(middleware::from_fn_with_state(contract.clone(), check_response));
+        tokio::spawn(serve::serve(listener, router, limits, std::future::pending()));
+        TestApp { address, client: reqwest::Client::new(), pool, db, admin_token, contract, _db: test_db }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -9,6 +9,7 @@ mod admin;
 mod admin_users;
 mod cohort_import;
 mod commits;
+mod contract;
 mod hostile_input;
 mod operability;
 mod segments;
