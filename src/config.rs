@@ -117,14 +117,15 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub db_connect_timeout_secs: u64,
 
-    /// How long a client may take to send a request's headers, from the first byte of
-    /// the request; the connection is closed after that.
+    /// How long a client may take to send a request's headers: from the accept of its
+    /// connection (for the first request), from the request's first byte (for the next
+    /// ones on a kept-alive connection). The connection is closed after that.
     #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub header_read_timeout_secs: u64,
 
-    /// How long a connection may stay open with no request on it (a new connection
-    /// before its first byte, a kept-alive one between requests).
+    /// How long a kept-alive connection may stay open between requests (no request in
+    /// flight, no byte of a next one).
     #[arg(long, env = "IDLE_TIMEOUT_SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub idle_timeout_secs: u64,

@@ -6,10 +6,13 @@
 //! watched here instead, per connection, from its reads and its requests:
 //! - while a request is in flight (its handler running or its body streaming), nothing
 //!   is timed here: the request's own limits apply;
-//! - otherwise, once a byte of the next request has arrived, its headers must be complete
-//!   within the header-read timeout;
-//! - otherwise (no byte since the last response, or since the connection opened) the
-//!   connection is closed after the idle timeout.
+//! - otherwise, a new connection must bring its first request's headers within the
+//!   header-read timeout of being accepted (a client connects to send a request: a silent
+//!   new connection is a held slot, as slowloris holds them), and a kept-alive one,
+//!   once a byte of its next request has arrived, within the header-read timeout of that
+//!   byte;
+//! - otherwise (a kept-alive connection with no byte since its last response) it is
+//!   closed after the idle timeout.
 
 use std::{
     convert::Infallible,
@@ -45,9 +48,10 @@ use tower::ServiceExt;
 pub struct ConnectionLimits {
     /// Open connections at most; the next one is accepted when one closes.
     pub max_connections: u32,
-    /// From the first byte of a request to the end of its headers.
+    /// From a connection's accept, or a later request's first byte, to the end of the
+    /// request's headers.
     pub header_read_timeout: Duration,
-    /// With no request in flight and no byte of a next one.
+    /// A kept-alive connection with no request in flight and no byte of a next one.
     pub idle_timeout: Duration,
 }
 
@@ -186,7 +190,8 @@ impl Activity {
             opened: Instant::now(),
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
-            head_started: AtomicU64::new(NONE),
+            // A new connection's first request is timed from its accept.
+            head_started: AtomicU64::new(0),
             changed: Notify::new(),
         }
     }
