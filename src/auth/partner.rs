@@ -7,7 +7,10 @@
 //! body answers 401, and nothing is written on the way (`last_used_at` is recorded in the
 //! background, at most once a minute per key).
 
-use std::{borrow::Cow, collections::HashMap};
+use std::{
+    borrow::Cow,
+    collections::{HashMap, hash_map::Entry},
+};
 
 use axum::{
     body::Bytes,
@@ -86,10 +89,11 @@ impl<'de> Deserialize<'de> for BodyFields<'de> {
                 let mut body = BodyFields { fields: HashMap::new(), duplicates: Vec::new() };
                 while let Some(KeyName(key)) = map.next_key()? {
                     let value: &'de RawValue = map.next_value()?;
-                    if body.fields.contains_key(&key) {
-                        body.duplicates.push(key);
-                    } else {
-                        body.fields.insert(key, value);
+                    match body.fields.entry(key) {
+                        Entry::Occupied(first) => body.duplicates.push(first.key().clone()),
+                        Entry::Vacant(slot) => {
+                            slot.insert(value);
+                        }
                     }
                 }
                 Ok(body)

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::helpers::{PartnerSetup, TestApp, expect_json};
 
-const COMMIT_GATE_LOCK: i64 = 4_242_4242;
+const COMMIT_GATE_LOCK: i64 = 42_424_242;
 
 /// Makes every COMMIT of a partner import wait until [`CommitGate::open`]; returns the
 /// connection holding the gate shut.

@@ -149,9 +149,8 @@ async fn duplicate_keys_are_refused_on_every_json_body() {
     }
     for body in [
         format!(r#"{{"filter":{{"and":[{leaf}],"and":[{leaf},{leaf}]}}}}"#),
-        format!(
-            r#"{{"filter":{{"cohort":{{"partner":"kubit","partner":"x","op":"includes_value","cohort_ids":["c"]}}}}}}"#
-        ),
+        r#"{"filter":{"cohort":{"partner":"kubit","partner":"x","op":"includes_value","cohort_ids":["c"]}}}"#
+            .to_owned(),
         format!(r#"{{"filter":{leaf},"filter":{leaf}}}"#),
     ] {
         let response = app
