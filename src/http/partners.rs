@@ -44,8 +44,10 @@ pub struct CohortNameRequest {
     /// The workspace's data import key for this partner (`dik_…`).
     pub client_secret: String,
     /// The partner's id for the cohort: 1 to 255 bytes.
+    #[schema(min_length = 1, max_length = 255)]
     pub cohort_id: String,
     /// The cohort's display name: 1 to 255 bytes.
+    #[schema(min_length = 1, max_length = 255)]
     pub name: String,
     /// When the partner created the cohort, ISO-8601 with `Z` or an offset.
     pub created_at: String,
@@ -54,11 +56,14 @@ pub struct CohortNameRequest {
 /// One entry of `cohort_changes` (documentation only).
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CohortChange {
-    /// External ids: match identified users.
+    /// External ids (1 to 512 bytes each): match identified users.
+    #[schema(max_items = 1000)]
     pub user_ids: Option<Vec<String>>,
-    /// Device ids: match anonymous users only.
+    /// Device ids (1 to 512 bytes each): match anonymous users only.
+    #[schema(max_items = 1000)]
     pub device_ids: Option<Vec<String>>,
     /// Aliases: match any user.
+    #[schema(max_items = 1000)]
     pub aliases: Option<Vec<AliasDoc>>,
     /// `true` removes these users from the cohort; default `false` adds them.
     pub should_remove: Option<bool>,
@@ -68,8 +73,10 @@ pub struct CohortChange {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct AliasDoc {
     /// The value within the label.
+    #[schema(min_length = 1, max_length = 512)]
     pub alias_name: String,
     /// The alias namespace.
+    #[schema(min_length = 1, max_length = 512)]
     pub alias_label: String,
 }
 
@@ -80,7 +87,8 @@ pub struct CohortUsersRequest {
     pub partner_api_key: String,
     /// The workspace's data import key for this partner (`dik_…`).
     pub client_secret: String,
-    /// The partner's id for the cohort; an unknown one creates the cohort.
+    /// The partner's id for the cohort (1 to 255 bytes); an unknown one creates the cohort.
+    #[schema(min_length = 1, max_length = 255)]
     pub cohort_id: String,
     /// Changes applied in order; at most 1,000 identifiers in all.
     pub cohort_changes: Vec<CohortChange>,

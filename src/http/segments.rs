@@ -69,10 +69,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct CohortListParams {
     /// Only this partner's cohorts.
+    #[param(pattern = "^[a-z0-9_-]{1,64}$")]
     pub partner: Option<String>,
-    /// Only cohorts whose name contains this text (case-insensitive).
+    /// Only cohorts whose name contains this text (case-insensitive): at most 255 bytes.
+    #[param(max_length = 255)]
     pub q: Option<String>,
     /// Cohorts per page: 1 to 1,000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -189,6 +192,7 @@ pub struct SegmentPageRequest {
     #[schema(value_type = Object)]
     pub filter: Value,
     /// Users per page: 1 to 10,000, default 1,000.
+    #[schema(minimum = 1, maximum = 10000)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page, with the same filter.
     pub cursor: Option<String>,
@@ -436,7 +440,7 @@ pub struct SegmentCheckRequest {
     /// Up to 1,000 references, each `{"external_id"}`, `{"braze_id"}`, `{"device_id"}`
     /// or `{"alias": {"alias_name", "alias_label"}}`. Kept as their JSON text: each is
     /// echoed back as given.
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<Object>, max_items = 1000)]
     pub users: Vec<Box<RawValue>>,
 }
 

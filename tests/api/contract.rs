@@ -180,3 +180,21 @@ fn the_contract_check_flags_a_body_of_another_shape_and_an_undocumented_status()
     check.check("GET", "/v1/cohorts", StatusCode::IM_A_TEAPOT, Some("application/json"), b"{}");
     assert_eq!(check.violations().len(), 2, "{:?}", check.violations());
 }
+
+/// The limits the server enforces on requests are in the document, so a generator
+/// (schemathesis) stays within them, and a client can see them.
+#[test]
+fn request_schemas_carry_the_limits_the_server_enforces() {
+    let document = serde_json::to_value(app::openapi()).unwrap();
+    let schema = |name: &str, field: &str| document["components"]["schemas"][name]["properties"][field].clone();
+    assert_eq!(schema("CohortUsersRequest", "cohort_id")["maxLength"], 255);
+    assert_eq!(schema("CohortNameRequest", "name")["minLength"], 1);
+    assert_eq!(schema("AliasDoc", "alias_name")["maxLength"], 512);
+    assert_eq!(schema("BatchRequest", "users")["maxItems"], 10000);
+    assert_eq!(schema("NewPartner", "name")["pattern"], "^[a-z0-9_-]{1,64}$");
+    assert_eq!(schema("SegmentPageRequest", "limit")["maximum"], 10000);
+    assert_eq!(schema("SegmentCheckRequest", "users")["maxItems"], 1000);
+    let list = &document["paths"]["/v1/cohorts"]["get"]["parameters"];
+    let limit = list.as_array().unwrap().iter().find(|p| p["name"] == "limit").unwrap();
+    assert_eq!((limit["schema"]["minimum"].clone(), limit["schema"]["maximum"].clone()), (1.into(), 1000.into()));
+}

@@ -42,7 +42,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct CohortFilter {
     /// A partner name; all partners when absent.
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<String>, pattern = "^[a-z0-9_-]{1,64}$")]
     pub partner: Option<PartnerName>,
 }
 
@@ -58,6 +58,7 @@ pub struct CohortList {
 #[into_params(parameter_in = Query)]
 pub struct ImportsPage {
     /// Entries per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// Only entries older than this import id (the previous page's `next_before`).
     pub before: Option<i64>,
@@ -77,6 +78,7 @@ pub struct ImportList {
 #[into_params(parameter_in = Query)]
 pub struct MembersPage {
     /// Members per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// The previous page's `next_cursor`.
     pub cursor: Option<String>,

@@ -115,8 +115,10 @@ async fn revoke_data_import_key(
 #[serde(deny_unknown_fields)]
 pub struct NewApiKey {
     /// The operator's name for the key: 1 to 255 bytes.
+    #[schema(min_length = 1, max_length = 255)]
     pub name: String,
     /// What it may do: `segments.read`.
+    #[schema(min_items = 1)]
     pub scopes: Vec<String>,
 }
 

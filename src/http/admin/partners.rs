@@ -32,6 +32,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct NewPartner {
     /// Lowercase `[a-z0-9_-]{1,64}`, e.g. `kubit`.
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
     pub name: String,
 }
 

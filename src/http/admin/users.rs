@@ -60,6 +60,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
     /// The profiles, upserted in order; at most 10,000.
+    #[schema(max_items = 10000)]
     pub users: Vec<ProfileFields>,
 }
 
@@ -514,6 +515,7 @@ async fn require_profile(state: &AppState, ws: Uuid, braze_id: Uuid) -> ApiResul
 #[serde(deny_unknown_fields)]
 pub struct IdentifyRequest {
     /// The external id the anonymous user gets.
+    #[schema(min_length = 1, max_length = 512)]
     pub external_id: String,
 }
 
