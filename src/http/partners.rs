@@ -163,7 +163,7 @@ fn parse_cohort_id(fields: &BodyFields<'_>) -> ApiResult<CohortId> {
 
 /// Creates the cohort with this name, or renames it.
 #[utoipa::path(post, path = "/partners/{partner}/cohorts", tag = "partners",
-    params(("partner" = String, Path, description = "Partner name, e.g. kubit")),
+    params(("partner" = String, Path, description = "Partner name, e.g. kubit", pattern = "^[a-z0-9_-]{1,64}$")),
     request_body = CohortNameRequest,
     responses((status = 200, body = Success), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 413, body = ErrorBody)))]
@@ -178,7 +178,7 @@ async fn name_cohort(
 
 /// Adds users to the cohort or removes them, all or nothing, and logs the import.
 #[utoipa::path(post, path = "/partners/{partner}/cohorts/users", tag = "partners",
-    params(("partner" = String, Path, description = "Partner name, e.g. kubit")),
+    params(("partner" = String, Path, description = "Partner name, e.g. kubit", pattern = "^[a-z0-9_-]{1,64}$")),
     request_body = CohortUsersRequest,
     responses((status = 200, body = ImportResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 413, body = ErrorBody),

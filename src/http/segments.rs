@@ -78,6 +78,7 @@ pub struct CohortListParams {
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(min_length = 1)]
     pub cursor: Option<String>,
 }
 
@@ -195,6 +196,7 @@ pub struct SegmentPageRequest {
     #[schema(minimum = 1, maximum = 10000)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page, with the same filter.
+    #[schema(min_length = 1)]
     pub cursor: Option<String>,
 }
 

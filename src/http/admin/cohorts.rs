@@ -81,6 +81,7 @@ pub struct MembersPage {
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// The previous page's `next_cursor`.
+    #[param(min_length = 1)]
     pub cursor: Option<String>,
 }
 
@@ -111,8 +112,8 @@ async fn list_cohorts(
 /// One cohort.
 #[utoipa::path(get, path = "/admin/workspaces/{ws}/cohorts/{partner}/{cohort_id}", tag = "admin",
     security(("admin_token" = [])),
-    params(("ws" = Uuid, Path, description = "Workspace id"), ("partner" = String, Path, description = "Partner name"),
-        ("cohort_id" = String, Path, description = "The partner's cohort id (percent-encoded)")),
+    params(("ws" = Uuid, Path, description = "Workspace id"), ("partner" = String, Path, description = "Partner name", pattern = "^[a-z0-9_-]{1,64}$"),
+        ("cohort_id" = String, Path, description = "The partner's cohort id (percent-encoded): 1 to 255 bytes without NUL", min_length = 1, max_length = 255)),
     responses((status = 200, body = Cohort), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_cohort(
     _: AdminAuth,
@@ -127,8 +128,8 @@ async fn get_cohort(
 /// A cohort's import log, newest first, with the member count after each import.
 #[utoipa::path(get, path = "/admin/workspaces/{ws}/cohorts/{partner}/{cohort_id}/imports", tag = "admin",
     security(("admin_token" = [])),
-    params(("ws" = Uuid, Path, description = "Workspace id"), ("partner" = String, Path, description = "Partner name"),
-        ("cohort_id" = String, Path, description = "The partner's cohort id (percent-encoded)"), ImportsPage),
+    params(("ws" = Uuid, Path, description = "Workspace id"), ("partner" = String, Path, description = "Partner name", pattern = "^[a-z0-9_-]{1,64}$"),
+        ("cohort_id" = String, Path, description = "The partner's cohort id (percent-encoded): 1 to 255 bytes without NUL", min_length = 1, max_length = 255), ImportsPage),
     responses((status = 200, body = ImportList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 async fn list_imports(
@@ -150,8 +151,8 @@ async fn list_imports(
 /// A page of a cohort's members (keyset pagination: stable while members change).
 #[utoipa::path(get, path = "/admin/workspaces/{ws}/cohorts/{partner}/{cohort_id}/members", tag = "admin",
     security(("admin_token" = [])),
-    params(("ws" = Uuid, Path, description = "Workspace id"), ("partner" = String, Path, description = "Partner name"),
-        ("cohort_id" = String, Path, description = "The partner's cohort id (percent-encoded)"), MembersPage),
+    params(("ws" = Uuid, Path, description = "Workspace id"), ("partner" = String, Path, description = "Partner name", pattern = "^[a-z0-9_-]{1,64}$"),
+        ("cohort_id" = String, Path, description = "The partner's cohort id (percent-encoded): 1 to 255 bytes without NUL", min_length = 1, max_length = 255), MembersPage),
     responses((status = 200, body = MemberList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 async fn list_members(
@@ -184,8 +185,8 @@ async fn list_members(
 /// Deletes a cohort, its memberships and its import log.
 #[utoipa::path(delete, path = "/admin/workspaces/{ws}/cohorts/{partner}/{cohort_id}", tag = "admin",
     security(("admin_token" = [])),
-    params(("ws" = Uuid, Path, description = "Workspace id"), ("partner" = String, Path, description = "Partner name"),
-        ("cohort_id" = String, Path, description = "The partner's cohort id (percent-encoded)")),
+    params(("ws" = Uuid, Path, description = "Workspace id"), ("partner" = String, Path, description = "Partner name", pattern = "^[a-z0-9_-]{1,64}$"),
+        ("cohort_id" = String, Path, description = "The partner's cohort id (percent-encoded): 1 to 255 bytes without NUL", min_length = 1, max_length = 255)),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn delete_cohort(
     _: AdminAuth,

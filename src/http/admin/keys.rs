@@ -60,7 +60,7 @@ pub struct KeyList {
 /// for the workspace while at least one such key is valid.
 #[utoipa::path(post, path = "/admin/workspaces/{ws}/partners/{partner}/data-import-keys", tag = "admin",
     security(("admin_token" = [])),
-    params(("ws" = Uuid, Path, description = "Workspace id"), ("partner" = String, Path, description = "Partner name")),
+    params(("ws" = Uuid, Path, description = "Workspace id"), ("partner" = String, Path, description = "Partner name", pattern = "^[a-z0-9_-]{1,64}$")),
     responses((status = 201, body = CreatedKey), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn create_data_import_key(
     _: AdminAuth,
@@ -79,7 +79,7 @@ async fn create_data_import_key(
 /// Lists the workspace's data import keys for the partner, without secrets.
 #[utoipa::path(get, path = "/admin/workspaces/{ws}/partners/{partner}/data-import-keys", tag = "admin",
     security(("admin_token" = [])),
-    params(("ws" = Uuid, Path, description = "Workspace id"), ("partner" = String, Path, description = "Partner name")),
+    params(("ws" = Uuid, Path, description = "Workspace id"), ("partner" = String, Path, description = "Partner name", pattern = "^[a-z0-9_-]{1,64}$")),
     responses((status = 200, body = KeyList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn list_data_import_keys(
     _: AdminAuth,
@@ -94,7 +94,7 @@ async fn list_data_import_keys(
 /// Invalidates a data import key at once.
 #[utoipa::path(delete, path = "/admin/workspaces/{ws}/partners/{partner}/data-import-keys/{id}", tag = "admin",
     security(("admin_token" = [])),
-    params(("ws" = Uuid, Path, description = "Workspace id"), ("partner" = String, Path, description = "Partner name"),
+    params(("ws" = Uuid, Path, description = "Workspace id"), ("partner" = String, Path, description = "Partner name", pattern = "^[a-z0-9_-]{1,64}$"),
         ("id" = Uuid, Path, description = "Key id")),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn revoke_data_import_key(
@@ -118,7 +118,7 @@ pub struct NewApiKey {
     #[schema(min_length = 1, max_length = 255)]
     pub name: String,
     /// What it may do: `segments.read`.
-    #[schema(min_items = 1)]
+    #[schema(min_items = 1, value_type = Vec<Scope>)]
     pub scopes: Vec<String>,
 }
 

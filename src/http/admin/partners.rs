@@ -84,7 +84,7 @@ async fn list_partners(_: AdminAuth, State(state): State<AppState>) -> ApiResult
 
 /// Issues another partner API key; existing keys stay valid, for rotation.
 #[utoipa::path(post, path = "/admin/partners/{partner}/api-keys", tag = "admin", security(("admin_token" = [])),
-    params(("partner" = String, Path, description = "Partner name")),
+    params(("partner" = String, Path, description = "Partner name", pattern = "^[a-z0-9_-]{1,64}$")),
     responses((status = 201, body = CreatedKey), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn create_partner_api_key(
     _: AdminAuth,
@@ -101,7 +101,7 @@ async fn create_partner_api_key(
 
 /// Revokes a partner API key: it stops working with the next request.
 #[utoipa::path(delete, path = "/admin/partners/{partner}/api-keys/{id}", tag = "admin", security(("admin_token" = [])),
-    params(("partner" = String, Path, description = "Partner name"), ("id" = Uuid, Path, description = "Key id")),
+    params(("partner" = String, Path, description = "Partner name", pattern = "^[a-z0-9_-]{1,64}$"), ("id" = Uuid, Path, description = "Key id")),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn revoke_partner_api_key(
     _: AdminAuth,
