@@ -166,7 +166,7 @@ pub fn router(state: AppState) -> Router {
 /// - load shedding and the request deadline (503 + `Retry-After`);
 /// - the request span, request id and HTTP metrics, outermost so they see every answer.
 pub fn with_layers(routes: Router, config: &Config) -> Router {
-    let limits = Limits::new(config.max_in_flight, config.request_timeout());
+    let limits = Limits::new(config.max_in_flight, config.request_timeout(), config.body_limit_bytes);
     routes
         .layer(CatchPanicLayer::custom(limits::panic_response))
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
@@ -194,8 +194,8 @@ async fn prometheus_metrics(State(state): State<AppState>) -> impl IntoResponse 
 }
 
 /// Adds to every operation the error responses the layers and extractors can give, when
-/// its handler did not describe them itself: 500 and 503 everywhere; 400, 413 and 415
-/// with a request body (not 415 on the partner endpoints, which read any body as JSON);
+/// its handler did not describe them itself: 500 and 503 everywhere; 400 with path or
+/// query parameters; 400, 413 and 415 with a request body (not 415 on the partner endpoints, which read any body as JSON);
 /// 401 with a security requirement; 401 and 429 on the partner endpoints (body
 /// credentials, per-key rate limit).
 fn add_common_error_responses(document: &mut OpenApi) {
@@ -231,6 +231,11 @@ fn add_common_error_responses(document: &mut OpenApi) {
         ];
         for operation in operations.into_iter().flatten().chain(item.additional_operations.values_mut()) {
             let mut expected = vec![("500", "InternalError"), ("503", "Unavailable")];
+            // A path or query parameter that is not of its type (a malformed UUID, a
+            // name with NUL) is a 400 (on the partner routes the 401 below).
+            if operation.parameters.as_ref().is_some_and(|p| !p.is_empty()) && !path.starts_with("/partners/") {
+                expected.push(("400", "BadRequest"));
+            }
             if operation.request_body.is_some() {
                 expected.extend([("400", "BadRequest"), ("413", "PayloadTooLarge")]);
                 // The partner contract reads its body as JSON whatever the content type.

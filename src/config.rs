@@ -4,6 +4,11 @@ use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::{
+    serve::ConnectionLimits,
+    store::database::{DEFAULT_COMMIT_TIMEOUT, PoolSettings},
+};
+
 /// Where the service finds PostgreSQL when nothing else is said.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/cohort_ingest";
 
@@ -98,6 +103,44 @@ pub struct Config {
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30, global = true)]
     pub shutdown_timeout_secs: u64,
+
+    /// How long a write's COMMIT may take to be confirmed. The request timeout does not
+    /// cut off a request whose COMMIT is under way; past this bound the request answers
+    /// 503 saying its outcome is unknown (and a retry safe).
+    #[arg(long, env = "COMMIT_TIMEOUT_SECS", default_value_t = DEFAULT_COMMIT_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub commit_timeout_secs: u64,
+
+    /// At start-up, how long connecting to PostgreSQL (and its first answer) may take
+    /// before the process gives up.
+    #[arg(long, env = "DB_CONNECT_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub db_connect_timeout_secs: u64,
+
+    /// How long a client may take to send a request's headers: from the accept of its
+    /// connection (for the first request), from the request's first byte (for the next
+    /// ones on a kept-alive connection). The connection is closed after that.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub header_read_timeout_secs: u64,
+
+    /// How long a kept-alive connection may stay open between requests (no request in
+    /// flight, no byte of a next one).
+    #[arg(long, env = "IDLE_TIMEOUT_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub idle_timeout_secs: u64,
+
+    /// Open client connections at most; further ones wait in the listen backlog until
+    /// one closes.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub max_connections: u32,
+
+    /// The NDJSON user import ends (rolled back, its lock released) when its body brings
+    /// no byte for this long.
+    #[arg(long, env = "IMPORT_STALL_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub import_stall_timeout_secs: u64,
 }
 
 impl Config {
@@ -119,6 +162,49 @@ impl Config {
     /// `shutdown_timeout_secs` as a duration.
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    /// `commit_timeout_secs` as a duration.
+    pub fn commit_timeout(&self) -> Duration {
+        Duration::from_secs(self.commit_timeout_secs)
+    }
+
+    /// `import_stall_timeout_secs` as a duration.
+    pub fn import_stall_timeout(&self) -> Duration {
+        Duration::from_secs(self.import_stall_timeout_secs)
+    }
+
+    /// `idle_timeout_secs` as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// `header_read_timeout_secs` as a duration.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs)
+    }
+
+    /// The limits on client connections.
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_read_timeout(),
+            idle_timeout: self.idle_timeout(),
+        }
+    }
+
+    /// `db_connect_timeout_secs` as a duration.
+    pub fn db_connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.db_connect_timeout_secs)
+    }
+
+    /// The pool's settings.
+    pub fn pool_settings(&self) -> PoolSettings {
+        PoolSettings {
+            max_connections: self.db_max_connections,
+            acquire_timeout: self.db_acquire_timeout(),
+            commit_timeout: self.commit_timeout(),
+        }
     }
 }
 

@@ -13,8 +13,14 @@ use axum::{
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::store::database::CommitOutcomeUnknown;
+
 /// Seconds a client is asked to wait before retrying a 503 or 429.
 pub const RETRY_AFTER_SECS: u64 = 1;
+
+/// The message of a request whose COMMIT's outcome is unknown.
+pub const COMMIT_OUTCOME_UNKNOWN: &str = "the outcome of this request is unknown: the database did not confirm its \
+commit, so it may or may not have been applied; retrying it is safe";
 
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +37,9 @@ pub enum ApiError {
     /// 404: unknown resource.
     #[error("{0}")]
     NotFound(String),
+    /// 408: the client stopped sending its request body.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 409: conflicts with existing data.
     #[error("{0}")]
     Conflict(String),
@@ -46,6 +55,9 @@ pub enum ApiError {
     /// 503: the service is at capacity or the request ran out of time; retry later.
     #[error("{0}")]
     Overloaded(String),
+    /// 503: the request's COMMIT was sent but its outcome cannot be known; a retry is safe.
+    #[error("{COMMIT_OUTCOME_UNKNOWN}")]
+    CommitOutcomeUnknown,
     /// 503: the database cannot take the request now; retry later.
     #[error("database unavailable")]
     Unavailable(#[source] Option<sqlx::Error>),
@@ -84,11 +96,14 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Overloaded(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded(_) | ApiError::Unavailable(_) | ApiError::CommitOutcomeUnknown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -96,6 +111,10 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
+        if CommitOutcomeUnknown::is(&error) {
+            // Logged where it happened (`Database::commit`).
+            return ApiError::CommitOutcomeUnknown;
+        }
         if is_unavailable(&error) { ApiError::Unavailable(Some(error)) } else { ApiError::Internal(error.into()) }
     }
 }

@@ -33,8 +33,9 @@ async fn main() -> ExitCode {
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
+        // Logged, so `LOG_FORMAT=json` keeps it one JSON object like every other line.
         Err(e) => {
-            eprintln!("cohort-ingest: {e:#}");
+            tracing::error!(error = %telemetry::error_chain(&e), "cohort-ingest stopped");
             ExitCode::FAILURE
         }
     }

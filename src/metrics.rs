@@ -28,6 +28,9 @@ pub const COHORT_IMPORTS_WAITING: &str = "cohort_ingest_cohort_imports_waiting";
 pub const COHORT_IMPORTS_RUNNING: &str = "cohort_ingest_cohort_imports_running";
 /// Identifiers processed by partner imports, by partner and outcome.
 pub const IDENTIFIERS: &str = "cohort_ingest_identifiers_total";
+/// Write transactions whose COMMIT's outcome could not be known (the connection failed
+/// while committing, or no answer came within `COMMIT_TIMEOUT_SECS`); each answered 503.
+pub const COMMITS_OUTCOME_UNKNOWN: &str = "cohort_ingest_commits_outcome_unknown_total";
 /// Connections the pool holds (in use plus idle).
 pub const POOL_SIZE: &str = "cohort_ingest_db_pool_connections";
 /// Idle connections in the pool.

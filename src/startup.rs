@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     app::{self, AppState},
     config::Config,
+    serve,
     store::database::{self, Database},
 };
 
@@ -59,12 +60,13 @@ pub async fn serve_until(
     let drain_timeout = state.config.shutdown_timeout();
     let stopping = CancellationToken::new();
     let signal_seen = stopping.clone();
-    let server = axum::serve(listener, app::router(state)).with_graceful_shutdown(async move {
+    let limits = state.config.connection_limits();
+    let server = serve::serve(listener, app::router(state), limits, async move {
         shutdown.await;
         tracing::info!("shutdown requested: no new connections, draining in-flight requests");
         signal_seen.cancel();
     });
-    let mut server = std::pin::pin!(server.into_future());
+    let mut server = std::pin::pin!(server);
     tokio::select! {
         result = &mut server => result.context("server error")?,
         () = stopping.cancelled() => match tokio::time::timeout(drain_timeout, &mut server).await {
@@ -111,11 +113,26 @@ fn local_address(listen: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Connects (creating the database first if it is missing) and applies migrations.
+/// Connects (creating the database first if it is missing) and applies migrations. The
+/// connecting is bounded by `DB_CONNECT_TIMEOUT_SECS`: a server that accepts and never
+/// answers must not hang start-up without a word. (Migrating itself is not: it may wait
+/// for another instance's migration lock.)
 async fn prepare_database(config: &Config) -> anyhow::Result<Database> {
     let options = database::connect_options(&config.database_url)?;
-    database::ensure_database_exists(&options).await?;
-    let db = database::connect_pool(options, config.db_max_connections, config.db_acquire_timeout()).await?;
+    database::service_database(&options)?;
+    let target = database::describe(&options);
+    tracing::info!(database = %target, "connecting to PostgreSQL");
+    let timeout = config.db_connect_timeout();
+    let bounded = |step: &str| {
+        let message = format!("PostgreSQL at {target} did not answer within {} s ({step})", timeout.as_secs());
+        move |_| anyhow::anyhow!(message)
+    };
+    tokio::time::timeout(timeout, database::ensure_database_exists(&options))
+        .await
+        .map_err(bounded("connecting"))??;
+    let db = tokio::time::timeout(timeout, database::connect_pool(options, config.pool_settings()))
+        .await
+        .map_err(bounded("opening the pool"))??;
     database::migrate(&db).await?;
     Ok(db)
 }

@@ -71,6 +71,41 @@ where
     }
 }
 
+/// An error with its causes, `outer: cause: root`, on one line. A cause whose text its
+/// predecessor already includes is left out: many errors (sqlx's, io's) print their
+/// source in their own message, and anyhow's `{:#}` would repeat it.
+pub fn error_chain(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    let mut previous = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if previous.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+        previous = text;
+    }
+    line
+}
+
+#[cfg(test)]
+mod error_chain_tests {
+    use super::*;
+
+    #[test]
+    fn causes_already_in_their_parents_text_are_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused (os error 111)");
+        let error = anyhow::Error::new(sqlx::Error::Io(io)).context("cannot connect to PostgreSQL at h:5432");
+        assert_eq!(
+            error_chain(&error),
+            "cannot connect to PostgreSQL at h:5432: error communicating with database: Connection refused (os error 111)"
+        );
+    }
+}
+
 /// The text of a panic payload (`panic!` gives a `&str` or a `String`).
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
     payload
@@ -153,7 +188,8 @@ impl BodyEnd {
 impl Completion {
     fn finish(self, end: BodyEnd) {
         let latency = self.started.elapsed();
-        self.span.record("latency_ms", latency.as_secs_f64() * 1000.0);
+        // Whole microseconds: f64 arithmetic on nanoseconds prints 3.3248409999999997.
+        self.span.record("latency_ms", (latency.as_micros() as f64) / 1000.0);
         self.span.in_scope(|| tracing::info!(status = self.status.as_u16(), body = end.as_str(), "request completed"));
         metrics::record_request(&self.method, &self.route, self.status, latency);
     }

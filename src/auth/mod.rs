@@ -31,9 +31,11 @@ impl FromRequestParts<AppState> for AdminAuth {
         let Some(expected) = &state.config.admin_token else {
             return Err(ApiError::Unauthorized("the admin API is disabled until ADMIN_TOKEN is set".into()));
         };
-        let presented = bearer_token(&parts.headers).ok_or_else(|| {
-            ApiError::Unauthorized("missing admin token: send Authorization: Bearer <ADMIN_TOKEN>".into())
-        })?;
+        let presented = bearer_token(&parts.headers)
+            .ok_or_else(|| {
+                ApiError::Unauthorized("missing admin token: send Authorization: Bearer <ADMIN_TOKEN>".into())
+            })?
+            .map_err(|()| ApiError::Unauthorized("invalid admin token".into()))?;
         if secrets_equal(presented, expected.expose()) {
             Ok(AdminAuth)
         } else {
@@ -68,9 +70,9 @@ impl FromRequestParts<AppState> for ApiKeyAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let presented = bearer_token(&parts.headers).ok_or_else(|| {
-            ApiError::Unauthorized("missing API key: send Authorization: Bearer <REST API key>".into())
-        })?;
+        let presented = bearer_token(&parts.headers)
+            .ok_or_else(|| ApiError::Unauthorized("missing API key: send Authorization: Bearer <REST API key>".into()))?
+            .map_err(|()| ApiError::Unauthorized("invalid API key".into()))?;
         let record = store::keys::find_api_key(&state.db, &KeyHash::of(presented))
             .await?
             .ok_or_else(|| ApiError::Unauthorized("invalid API key".into()))?;
@@ -83,12 +85,18 @@ impl FromRequestParts<AppState> for ApiKeyAuth {
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` header, if there is one.
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+/// The token of an `Authorization: Bearer <token>` header: `None` without the header,
+/// `Some(Err)` when it is there but holds no readable bearer token (another scheme, no
+/// token, bytes that are not visible ASCII, as in a key pasted with a `…`): a key was
+/// presented, and it is not valid.
+fn bearer_token(headers: &HeaderMap) -> Option<Result<&str, ()>> {
+    let value = headers.get(axum::http::header::AUTHORIZATION)?;
+    let token = value.to_str().ok().and_then(|value| {
+        let (scheme, token) = value.split_once(' ')?;
+        let token = token.trim();
+        (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    });
+    Some(token.ok_or(()))
 }
 
 /// Compares two secrets in time independent of where they differ (and of their
@@ -110,13 +118,15 @@ mod tests {
         let mut headers = HeaderMap::new();
         assert_eq!(bearer_token(&headers), None);
         headers.insert("authorization", HeaderValue::from_static("Bearer abc"));
-        assert_eq!(bearer_token(&headers), Some("abc"));
+        assert_eq!(bearer_token(&headers), Some(Ok("abc")));
         headers.insert("authorization", HeaderValue::from_static("bearer  abc "));
-        assert_eq!(bearer_token(&headers), Some("abc"));
+        assert_eq!(bearer_token(&headers), Some(Ok("abc")));
         headers.insert("authorization", HeaderValue::from_static("Basic abc"));
-        assert_eq!(bearer_token(&headers), None);
+        assert_eq!(bearer_token(&headers), Some(Err(())));
         headers.insert("authorization", HeaderValue::from_static("Bearer "));
-        assert_eq!(bearer_token(&headers), None);
+        assert_eq!(bearer_token(&headers), Some(Err(())));
+        headers.insert("authorization", HeaderValue::from_bytes("Bearer rak_\u{2026}".as_bytes()).unwrap());
+        assert_eq!(bearer_token(&headers), Some(Err(())));
     }
 
     #[test]

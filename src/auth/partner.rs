@@ -7,20 +7,28 @@
 //! body answers 401, and nothing is written on the way (`last_used_at` is recorded in the
 //! background, at most once a minute per key).
 
-use std::{borrow::Cow, collections::HashMap};
+use std::{
+    borrow::Cow,
+    collections::{HashMap, hash_map::Entry},
+};
 
 use axum::{
     body::Bytes,
     extract::{FromRequest, FromRequestParts, Request},
     http::StatusCode,
 };
+use serde::{
+    Deserialize, Deserializer,
+    de::{MapAccess, Visitor},
+};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::{
     app::AppState,
+    domain::PartnerName,
     error::ApiError,
-    http::extract::Path,
+    http::extract::{KeyName, Path},
     keys::{KeyHash, mask},
     store::{self, keys::UsedKey},
 };
@@ -32,23 +40,66 @@ pub const INVALID_CLIENT_SECRET: &str = "Invalid client secret";
 
 /// The top-level fields of a partner request body, each still JSON text (borrowed from
 /// the body, not copied), so each field can be checked, with its own message, in the
-/// order the contract needs.
-pub struct BodyFields<'a>(HashMap<Cow<'a, str>, &'a RawValue>);
+/// order the contract needs. A key given twice is remembered, not resolved: which one
+/// "wins" is the client's ambiguity, answered as an error.
+pub struct BodyFields<'a> {
+    fields: HashMap<Cow<'a, str>, &'a RawValue>,
+    /// Keys given more than once, in the order their second time came.
+    duplicates: Vec<Cow<'a, str>>,
+}
 
 impl<'a> BodyFields<'a> {
     /// Splits a body into its top-level fields; `None` if it is not a JSON object.
     fn parse(body: &'a [u8]) -> Option<Self> {
-        serde_json::from_slice(body).ok().map(BodyFields)
+        serde_json::from_slice(body).ok()
     }
 
     /// The JSON text of a field, unless it is absent or `null`.
     pub fn raw(&self, name: &str) -> Option<&'a str> {
-        self.0.get(name).map(|raw| raw.get()).filter(|text| *text != "null")
+        self.fields.get(name).map(|raw| raw.get()).filter(|text| *text != "null")
+    }
+
+    /// Whether the body gives `name` more than once.
+    pub fn is_duplicated(&self, name: &str) -> bool {
+        self.duplicates.iter().any(|key| key == name)
+    }
+
+    /// A key the body gives more than once, if any.
+    pub fn first_duplicate(&self) -> Option<&str> {
+        self.duplicates.first().map(|key| &**key)
     }
 
     /// A field that must be a string: `None` if absent, null or of another type.
     pub fn string(&self, name: &str) -> Option<Cow<'a, str>> {
         serde_json::from_str(self.raw(name)?).ok()
+    }
+}
+
+impl<'de> Deserialize<'de> for BodyFields<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldsVisitor;
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = BodyFields<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut body = BodyFields { fields: HashMap::new(), duplicates: Vec::new() };
+                while let Some(KeyName(key)) = map.next_key()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    match body.fields.entry(key) {
+                        Entry::Occupied(first) => body.duplicates.push(first.key().clone()),
+                        Entry::Vacant(slot) => {
+                            slot.insert(value);
+                        }
+                    }
+                }
+                Ok(body)
+            }
+        }
+        deserializer.deserialize_map(FieldsVisitor)
     }
 }
 
@@ -82,7 +133,10 @@ impl<T: FromPartnerBody> FromRequest<AppState> for PartnerRequest<T> {
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let (mut parts, body) = request.into_parts();
-        let Path(partner) = Path::<String>::from_request_parts(&mut parts, state).await?;
+        // No valid partner name has a key: the contract's 401, before anything else.
+        let Path(partner) = Path::<PartnerName>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|_| ApiError::Unauthorized(INVALID_PARTNER_API_KEY.into()))?;
         // The partner contract has no content-type requirement of its own: whatever the
         // header says, the body is read as JSON (so the credentials decide first).
         let bytes = Bytes::from_request(Request::from_parts(parts, body), state).await.map_err(|rejection| {
@@ -95,16 +149,29 @@ impl<T: FromPartnerBody> FromRequest<AppState> for PartnerRequest<T> {
         // A body that is not a JSON object carries no credentials.
         let fields = BodyFields::parse(&bytes).ok_or_else(|| ApiError::Unauthorized(INVALID_PARTNER_API_KEY.into()))?;
         let caller = authenticate(state, partner, &fields).await?;
+        if let Some(key) = fields.first_duplicate() {
+            return Err(ApiError::bad_request(format!("duplicate field `{}`", key.escape_debug())));
+        }
+        // Nested objects: `cohort_changes` entries reject duplicates as they parse.
         let body = T::from_fields(&fields)?;
         Ok(PartnerRequest { caller, body })
     }
 }
 
 /// Checks `partner_api_key` then `client_secret`, with the contract's 401 messages.
-async fn authenticate(state: &AppState, partner: String, fields: &BodyFields<'_>) -> Result<PartnerCaller, ApiError> {
+async fn authenticate(
+    state: &AppState,
+    partner: PartnerName,
+    fields: &BodyFields<'_>,
+) -> Result<PartnerCaller, ApiError> {
+    let partner = partner.as_str().to_owned();
     let unauthorized = |message: String| ApiError::Unauthorized(message);
-    let partner_api_key = fields.string("partner_api_key").unwrap_or_default();
-    let client_secret = fields.string("client_secret").unwrap_or_default();
+    // A credential given twice is ambiguous: as invalid as a missing one.
+    let credential = |name: &str| {
+        if fields.is_duplicated(name) { Cow::Borrowed("") } else { fields.string(name).unwrap_or_default() }
+    };
+    let partner_api_key = credential("partner_api_key");
+    let client_secret = credential("client_secret");
     let found = store::keys::find_partner_credentials(
         &state.db,
         &partner,

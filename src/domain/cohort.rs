@@ -45,6 +45,14 @@ impl CohortId {
     }
 }
 
+/// Parsed as a path parameter: 400 for an empty, over-long or NUL-holding one.
+impl<'de> Deserialize<'de> for CohortId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        CohortId::parse(String::deserialize(deserializer)?)
+            .map_err(|_| serde::de::Error::custom("cohort_id must be 1 to 255 bytes without NUL"))
+    }
+}
+
 /// A cohort's display name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CohortName(String);

@@ -30,6 +30,17 @@ impl PartnerName {
     }
 }
 
+/// Parsed as a path or query parameter: an invalid one is the client's 400, never a
+/// value that reaches the database (a NUL there is an error of PostgreSQL's).
+impl<'de> Deserialize<'de> for PartnerName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        PartnerName::parse(&raw).map_err(|_| {
+            serde::de::Error::custom("partner must be 1 to 64 characters of lowercase a-z, 0-9, '_' or '-'")
+        })
+    }
+}
+
 impl fmt::Display for PartnerName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -21,6 +21,7 @@ use super::{Alias, DeviceId, ExternalId, IdentifierError};
 pub struct ProfileFields {
     /// The customer's id for the user; unique per workspace.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 512)]
     pub external_id: Option<String>,
     /// Aliases (label + name), each unique per workspace.
     #[serde(default)]
@@ -35,8 +36,10 @@ pub struct ProfileFields {
 #[serde(deny_unknown_fields)]
 pub struct AliasFields {
     /// The name within the label.
+    #[schema(min_length = 1, max_length = 512)]
     pub alias_name: String,
     /// The label (namespace).
+    #[schema(min_length = 1, max_length = 512)]
     pub alias_label: String,
 }
 

@@ -35,8 +35,10 @@ pub struct CohortNameRequest {
     /// The workspace's data import key for this partner (`dik_…`).
     pub client_secret: String,
     /// The partner's id for the cohort: 1 to 255 bytes.
+    #[schema(min_length = 1, max_length = 255)]
     pub cohort_id: String,
     /// The cohort's display name: 1 to 255 bytes.
+    #[schema(min_length = 1, max_length = 255)]
     pub name: String,
     /// When the partner created the cohort, ISO-8601 with `Z` or an offset.
     pub created_at: String,
@@ -45,11 +47,14 @@ pub struct CohortNameRequest {
 /// One entry of `cohort_changes` (documentation only).
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CohortChange {
-    /// External ids: match identified users.
+    /// External ids (1 to 512 bytes each): match identified users.
+    #[schema(max_items = 1000)]
     pub user_ids: Option<Vec<String>>,
-    /// Device ids: match anonymous users only.
+    /// Device ids (1 to 512 bytes each): match anonymous users only.
+    #[schema(max_items = 1000)]
     pub device_ids: Option<Vec<String>>,
     /// Aliases: match any user.
+    #[schema(max_items = 1000)]
     pub aliases: Option<Vec<AliasDoc>>,
     /// `true` removes these users from the cohort; default `false` adds them.
     pub should_remove: Option<bool>,
@@ -59,8 +64,10 @@ pub struct CohortChange {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct AliasDoc {
     /// The value within the label.
+    #[schema(min_length = 1, max_length = 512)]
     pub alias_name: String,
     /// The alias namespace.
+    #[schema(min_length = 1, max_length = 512)]
     pub alias_label: String,
 }
 
@@ -71,7 +78,8 @@ pub struct CohortUsersRequest {
     pub partner_api_key: String,
     /// The workspace's data import key for this partner (`dik_…`).
     pub client_secret: String,
-    /// The partner's id for the cohort; an unknown one creates the cohort.
+    /// The partner's id for the cohort (1 to 255 bytes); an unknown one creates the cohort.
+    #[schema(min_length = 1, max_length = 255)]
     pub cohort_id: String,
     /// Changes applied in order; at most 1,000 identifiers in all.
     pub cohort_changes: Vec<CohortChange>,
@@ -146,7 +154,7 @@ fn parse_cohort_id(fields: &BodyFields<'_>) -> ApiResult<CohortId> {
 
 /// Creates the cohort with this name, or renames it.
 #[utoipa::path(post, path = "/partners/{partner}/cohorts", tag = "partners",
-    params(("partner" = String, Path, description = "Partner name, e.g. kubit")),
+    params(("partner" = String, Path, description = "Partner name, e.g. kubit", pattern = "^[a-z0-9_-]{1,64}$")),
     request_body = CohortNameRequest,
     responses((status = 200, body = Success), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 413, body = ErrorBody)))]
@@ -161,7 +169,7 @@ async fn name_cohort(
 
 /// Adds users to the cohort or removes them, all or nothing, and logs the import.
 #[utoipa::path(post, path = "/partners/{partner}/cohorts/users", tag = "partners",
-    params(("partner" = String, Path, description = "Partner name, e.g. kubit")),
+    params(("partner" = String, Path, description = "Partner name, e.g. kubit", pattern = "^[a-z0-9_-]{1,64}$")),
     request_body = CohortUsersRequest,
     responses((status = 200, body = ImportResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 413, body = ErrorBody),

@@ -69,18 +69,22 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct CohortListParams {
     /// Only this partner's cohorts.
+    #[param(pattern = "^[a-z0-9_-]{1,64}$")]
     pub partner: Option<String>,
-    /// Only cohorts whose name contains this text (case-insensitive).
+    /// Only cohorts whose name contains this text (case-insensitive): at most 255 bytes.
+    #[param(max_length = 255)]
     pub q: Option<String>,
     /// Cohorts per page: 1 to 1,000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(min_length = 1)]
     pub cursor: Option<String>,
 }
 
 /// A page of the cohort dropdown.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct CohortList {
+pub struct CohortPage {
     /// Ordered by name, then partner and cohort id.
     pub cohorts: Vec<CohortSummary>,
     /// Pass as `cursor` for the next page; null on the last page.
@@ -90,13 +94,13 @@ pub struct CohortList {
 /// Lists the workspace's partner cohorts, for the segment builder's dropdown.
 #[utoipa::path(get, path = "/v1/cohorts", tag = "segments", security(("api_key" = [])),
     params(CohortListParams),
-    responses((status = 200, body = CohortList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 200, body = CohortPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody)))]
 async fn list_cohorts(
     auth: ApiKeyAuth,
     State(state): State<AppState>,
     Query(params): Query<CohortListParams>,
-) -> ApiResult<Json<CohortList>> {
+) -> ApiResult<Json<CohortPage>> {
     auth.require(Scope::SegmentsRead)?;
     let partner = params
         .partner
@@ -142,7 +146,7 @@ async fn list_cohorts(
         };
         cursor::seal(&context, &serde_json::to_vec(&position).unwrap_or_default())
     });
-    Ok(Json(CohortList { cohorts, next_cursor }))
+    Ok(Json(CohortPage { cohorts, next_cursor }))
 }
 
 // ---- POST /v1/segments/count ------------------------------------------------------
@@ -189,8 +193,10 @@ pub struct SegmentPageRequest {
     #[schema(value_type = Object)]
     pub filter: Value,
     /// Users per page: 1 to 10,000, default 1,000.
+    #[schema(minimum = 1, maximum = 10000)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page, with the same filter.
+    #[schema(min_length = 1)]
     pub cursor: Option<String>,
 }
 
@@ -433,7 +439,7 @@ pub struct SegmentCheckRequest {
     /// Up to 1,000 references, each `{"external_id"}`, `{"braze_id"}`, `{"device_id"}`
     /// or `{"alias": {"alias_name", "alias_label"}}`. Kept as their JSON text: each is
     /// echoed back as given.
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<Object>, max_items = 1000)]
     pub users: Vec<Box<RawValue>>,
 }
 

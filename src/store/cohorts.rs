@@ -120,7 +120,7 @@ pub async fn upsert_name(db: &Database, key: CohortKey<'_>, name: &CohortName) -
         // Unknown, or already so named (which this finds and leaves alone).
         create_or_lock(&mut tx, key, name.as_str(), now, None).await?;
     }
-    tx.commit().await
+    db.commit(tx).await
 }
 
 /// The cohort's internal id, creating the cohort (named `name`) if it does not exist, and
@@ -287,7 +287,7 @@ async fn try_import(
     write_memberships(&mut tx, key.workspace_id, cohort_ref, &decided.added, &decided.removed, now).await?;
     let outcome = decided.outcome();
     log_import(&mut tx, key.workspace_id, cohort_ref, request_id, now, &outcome).await?;
-    tx.commit().await?;
+    db.commit(tx).await?;
     Ok(outcome)
 }
 
@@ -523,7 +523,7 @@ pub async fn delete(db: &Database, key: CohortKey<'_>) -> sqlx::Result<bool> {
         .bind(cohort_ref)
         .execute(&mut *tx)
         .await?;
-    tx.commit().await?;
+    db.commit(tx).await?;
     Ok(true)
 }
 

@@ -94,14 +94,15 @@ pub async fn insert_partner_api_key(
 /// Revokes one of `partner`'s API keys. `false` when no such key exists; revoking an
 /// already revoked key keeps its first `revoked_at`.
 pub async fn revoke_partner_api_key(db: &Database, partner: &str, id: Uuid) -> sqlx::Result<bool> {
-    let mut conn = db.acquire().await?;
+    let mut tx = db.begin().await?;
     let result =
         sqlx::query("UPDATE partner_api_keys SET revoked_at = coalesce(revoked_at, $3) WHERE partner = $1 AND id = $2")
             .bind(partner)
             .bind(id)
             .bind(Utc::now())
-            .execute(&mut *conn)
+            .execute(&mut *tx)
             .await?;
+    db.commit(tx).await?;
     Ok(result.rows_affected() == 1)
 }
 
@@ -142,7 +143,7 @@ pub async fn list_data_import_keys(db: &Database, workspace_id: Uuid, partner: &
 
 /// Revokes a data import key. `false` when no such key exists.
 pub async fn revoke_data_import_key(db: &Database, workspace_id: Uuid, partner: &str, id: Uuid) -> sqlx::Result<bool> {
-    let mut conn = db.acquire().await?;
+    let mut tx = db.begin().await?;
     let result = sqlx::query(
         "UPDATE data_import_keys SET revoked_at = coalesce(revoked_at, $4)
           WHERE workspace_id = $1 AND partner = $2 AND id = $3",
@@ -151,8 +152,9 @@ pub async fn revoke_data_import_key(db: &Database, workspace_id: Uuid, partner: 
     .bind(partner)
     .bind(id)
     .bind(Utc::now())
-    .execute(&mut *conn)
+    .execute(&mut *tx)
     .await?;
+    db.commit(tx).await?;
     Ok(result.rows_affected() == 1)
 }
 
@@ -230,14 +232,15 @@ pub async fn list_api_keys(db: &Database, workspace_id: Uuid) -> sqlx::Result<Ve
 
 /// Revokes a REST API key. `false` when no such key exists.
 pub async fn revoke_api_key(db: &Database, workspace_id: Uuid, id: Uuid) -> sqlx::Result<bool> {
-    let mut conn = db.acquire().await?;
+    let mut tx = db.begin().await?;
     let result =
         sqlx::query("UPDATE api_keys SET revoked_at = coalesce(revoked_at, $3) WHERE workspace_id = $1 AND id = $2")
             .bind(workspace_id)
             .bind(id)
             .bind(Utc::now())
-            .execute(&mut *conn)
+            .execute(&mut *tx)
             .await?;
+    db.commit(tx).await?;
     Ok(result.rows_affected() == 1)
 }
 

@@ -4,6 +4,11 @@
 //! transaction, and return plain row types; they know nothing of HTTP. Every statement on
 //! a workspace's tables filters them by one `workspace_id`, so that on Citus it runs on
 //! the one node holding that workspace ([`distribution`]).
+//!
+//! Every write, even of one statement, runs in a transaction committed with
+//! [`database::Database::commit`] (not `tx.commit()`, nor autocommit): that is what lets
+//! a request past its deadline answer its COMMIT's real outcome instead of a 503 for a
+//! change that was applied.
 
 pub mod bitmaps;
 pub mod cohorts;

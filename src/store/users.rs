@@ -442,7 +442,7 @@ pub async fn identify(
         .bind(chrono::Utc::now())
         .execute(&mut *tx)
         .await?;
-    tx.commit().await?;
+    db.commit(tx).await?;
     Ok(IdentifyOutcome::Identified)
 }
 
@@ -470,7 +470,7 @@ pub async fn delete(db: &Database, workspace_id: Uuid, braze_id: Uuid, request_i
         sqlx::query(statement).bind(workspace_id).bind(id).execute(&mut *tx).await?;
     }
     bitmaps::apply(&mut tx, workspace_id, Bitmap::Users, &[], &[id]).await?;
-    tx.commit().await?;
+    db.commit(tx).await?;
     Ok(true)
 }
 

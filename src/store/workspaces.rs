@@ -35,7 +35,7 @@ pub async fn create(db: &Database, name: &str) -> sqlx::Result<Workspace> {
     ] {
         sqlx::query(counter).bind(workspace.id).execute(&mut *tx).await?;
     }
-    tx.commit().await?;
+    db.commit(tx).await?;
     Ok(workspace)
 }
 

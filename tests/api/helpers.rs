@@ -1,10 +1,13 @@
 //! `TestApp`: the service on a random port, on a database of its own.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+
+use axum::middleware;
 
 use cohort_ingest::{
     app::{self, AppState},
     config::Config,
+    serve,
     store::database::{self, Database, quote_identifier},
 };
 use reqwest::{Method, RequestBuilder, Response};
@@ -12,6 +15,8 @@ use serde_json::{Value, json};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, postgres::PgConnectOptions};
 use tokio::net::TcpListener;
 use uuid::Uuid;
+
+use crate::contract::{ContractCheck, check_response};
 
 /// The admin token every test app is started with (unless a test says otherwise).
 pub const ADMIN_TOKEN: &str = "test-admin-token-for-cohort-ingest";
@@ -45,6 +50,16 @@ pub fn citus_workers() -> Option<&'static [(String, u16)]> {
             Some(workers.split(',').map(parse).collect())
         })
         .as_deref()
+}
+
+/// Whether a test that needs plain PostgreSQL's machinery (a trigger on a table) is to be
+/// skipped because the suite runs in the Citus mode; says so.
+pub fn skipped_on_citus(why: &str) -> bool {
+    let skip = citus_workers().is_some();
+    if skip {
+        eprintln!("skipped in the Citus mode: {why}");
+    }
+    skip
 }
 
 /// A database created for one test and dropped when the test ends, pass or fail.
@@ -175,8 +190,21 @@ pub struct TestApp {
     /// The service's own pool (sized by its `Config`), for tests that hold its connections.
     pub db: Database,
     pub admin_token: Option<String>,
+    /// What the app answered that `/openapi.json` does not describe.
+    pub contract: Arc<ContractCheck>,
     // Last: dropped after the pool's users.
     _db: TestDatabase,
+}
+
+/// A test whose app answered what its OpenAPI document does not describe fails, at its
+/// end (unless it failed already).
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let violations = self.contract.violations();
+        if !violations.is_empty() && !std::thread::panicking() {
+            panic!("responses that do not match /openapi.json:\n{}", violations.join("\n"));
+        }
+    }
 }
 
 impl TestApp {
@@ -207,18 +235,17 @@ impl TestApp {
         config.db_acquire_timeout_secs = 30;
         configure(&mut config);
         let admin_token = config.admin_token.as_ref().map(|t| t.expose().to_owned());
-        let db = database::connect_pool(
-            test_db.service_options(log_plans),
-            config.db_max_connections,
-            config.db_acquire_timeout(),
-        )
-        .await
-        .expect("can connect the service to the test database");
+        let db = database::connect_pool(test_db.service_options(log_plans), config.pool_settings())
+            .await
+            .expect("can connect the service to the test database");
+        let limits = config.connection_limits();
         let state = AppState::new(db.clone(), config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app::router(state)).await });
-        TestApp { address, client: reqwest::Client::new(), pool, db, admin_token, _db: test_db }
+        let contract = ContractCheck::new();
+        let router = app::router(state).layer(middleware::from_fn_with_state(contract.clone(), check_response));
+        tokio::spawn(serve::serve(listener, router, limits, std::future::pending()));
+        TestApp { address, client: reqwest::Client::new(), pool, db, admin_token, contract, _db: test_db }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -680,6 +680,10 @@ async fn missing_unknown_and_revoked_keys_are_401_and_a_key_without_scope_is_403
         let missing = s.app.client.post(s.app.url(path)).json(&filter).send().await.unwrap();
         expect_error(missing, 401, "missing API key: send Authorization: Bearer <REST API key>").await;
         expect_error(s.post_as("rak_0000", path, &filter).await, 401, "invalid API key").await;
+        // A key pasted with a non-ASCII ellipsis is a key presented, and invalid.
+        let pasted = reqwest::header::HeaderValue::from_bytes("Bearer rak_\u{2026}".as_bytes()).unwrap();
+        let malformed = s.app.client.post(s.app.url(path)).header("authorization", pasted).json(&filter).send();
+        expect_error(malformed.await.unwrap(), 401, "invalid API key").await;
     }
     let missing = s.app.client.get(s.app.url("/v1/cohorts")).send().await.unwrap();
     assert_eq!(missing.status(), 401);

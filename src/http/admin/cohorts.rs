@@ -12,6 +12,7 @@ use super::require_workspace;
 use crate::{
     app::AppState,
     auth::AdminAuth,
+    domain::{CohortId, PartnerName},
     error::{ApiError, ApiResult, ErrorBody},
     http::{
         extract::{Json, Path, Query},
@@ -41,7 +42,8 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct CohortFilter {
     /// A partner name; all partners when absent.
-    pub partner: Option<String>,
+    #[param(value_type = Option<String>, pattern = "^[a-z0-9_-]{1,64}$")]
+    pub partner: Option<PartnerName>,
 }
 
 /// `GET /admin/workspaces/{ws}/cohorts`.
@@ -56,6 +58,7 @@ pub struct CohortList {
 #[into_params(parameter_in = Query)]
 pub struct ImportsPage {
     /// Entries per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// Only entries older than this import id (the previous page's `next_before`).
     pub before: Option<i64>,
@@ -75,8 +78,10 @@ pub struct ImportList {
 #[into_params(parameter_in = Query)]
 pub struct MembersPage {
     /// Members per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// The previous page's `next_cursor`.
+    #[param(min_length = 1)]
     pub cursor: Option<String>,
 }
 
@@ -100,42 +105,42 @@ async fn list_cohorts(
     Query(filter): Query<CohortFilter>,
 ) -> ApiResult<Json<CohortList>> {
     require_workspace(&state, ws).await?;
-    let cohorts = store::cohorts::list(&state.db, ws, filter.partner.as_deref()).await?;
+    let cohorts = store::cohorts::list(&state.db, ws, filter.partner.as_ref().map(PartnerName::as_str)).await?;
     Ok(Json(CohortList { cohorts }))
 }
 
 /// One cohort.
 #[utoipa::path(get, path = "/admin/workspaces/{ws}/cohorts/{partner}/{cohort_id}", tag = "admin",
     security(("admin_token" = [])),
-    params(("ws" = Uuid, Path, description = "Workspace id"), ("partner" = String, Path, description = "Partner name"),
-        ("cohort_id" = String, Path, description = "The partner's cohort id (percent-encoded)")),
+    params(("ws" = Uuid, Path, description = "Workspace id"), ("partner" = String, Path, description = "Partner name", pattern = "^[a-z0-9_-]{1,64}$"),
+        ("cohort_id" = String, Path, description = "The partner's cohort id (percent-encoded): 1 to 255 bytes without NUL", min_length = 1, max_length = 255)),
     responses((status = 200, body = Cohort), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_cohort(
     _: AdminAuth,
     State(state): State<AppState>,
-    Path((ws, partner, cohort_id)): Path<(Uuid, String, String)>,
+    Path((ws, partner, cohort_id)): Path<(Uuid, PartnerName, CohortId)>,
 ) -> ApiResult<Json<Cohort>> {
     require_workspace(&state, ws).await?;
-    let key = CohortKey { workspace_id: ws, partner: &partner, cohort_id: &cohort_id };
+    let key = CohortKey::new(ws, partner.as_str(), &cohort_id);
     store::cohorts::find(&state.db, key).await?.map(Json).ok_or_else(|| unknown_cohort(key))
 }
 
 /// A cohort's import log, newest first, with the member count after each import.
 #[utoipa::path(get, path = "/admin/workspaces/{ws}/cohorts/{partner}/{cohort_id}/imports", tag = "admin",
     security(("admin_token" = [])),
-    params(("ws" = Uuid, Path, description = "Workspace id"), ("partner" = String, Path, description = "Partner name"),
-        ("cohort_id" = String, Path, description = "The partner's cohort id (percent-encoded)"), ImportsPage),
+    params(("ws" = Uuid, Path, description = "Workspace id"), ("partner" = String, Path, description = "Partner name", pattern = "^[a-z0-9_-]{1,64}$"),
+        ("cohort_id" = String, Path, description = "The partner's cohort id (percent-encoded): 1 to 255 bytes without NUL", min_length = 1, max_length = 255), ImportsPage),
     responses((status = 200, body = ImportList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 async fn list_imports(
     _: AdminAuth,
     State(state): State<AppState>,
-    Path((ws, partner, cohort_id)): Path<(Uuid, String, String)>,
+    Path((ws, partner, cohort_id)): Path<(Uuid, PartnerName, CohortId)>,
     Query(page): Query<ImportsPage>,
 ) -> ApiResult<Json<ImportList>> {
     let limit = page_limit(page.limit, DEFAULT_PAGE, MAX_PAGE)?;
     require_workspace(&state, ws).await?;
-    let key = CohortKey { workspace_id: ws, partner: &partner, cohort_id: &cohort_id };
+    let key = CohortKey::new(ws, partner.as_str(), &cohort_id);
     // One more than asked tells whether there is a next page.
     let mut imports =
         store::cohorts::imports(&state.db, key, limit + 1, page.before).await?.ok_or_else(|| unknown_cohort(key))?;
@@ -146,20 +151,22 @@ async fn list_imports(
 /// A page of a cohort's members (keyset pagination: stable while members change).
 #[utoipa::path(get, path = "/admin/workspaces/{ws}/cohorts/{partner}/{cohort_id}/members", tag = "admin",
     security(("admin_token" = [])),
-    params(("ws" = Uuid, Path, description = "Workspace id"), ("partner" = String, Path, description = "Partner name"),
-        ("cohort_id" = String, Path, description = "The partner's cohort id (percent-encoded)"), MembersPage),
+    params(("ws" = Uuid, Path, description = "Workspace id"), ("partner" = String, Path, description = "Partner name", pattern = "^[a-z0-9_-]{1,64}$"),
+        ("cohort_id" = String, Path, description = "The partner's cohort id (percent-encoded): 1 to 255 bytes without NUL", min_length = 1, max_length = 255), MembersPage),
     responses((status = 200, body = MemberList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 async fn list_members(
     _: AdminAuth,
     State(state): State<AppState>,
-    Path((ws, partner, cohort_id)): Path<(Uuid, String, String)>,
+    Path((ws, partner, cohort_id)): Path<(Uuid, PartnerName, CohortId)>,
     Query(page): Query<MembersPage>,
 ) -> ApiResult<Json<MemberList>> {
     let limit = page_limit(page.limit, DEFAULT_PAGE, MAX_PAGE)?;
-    let key = CohortKey { workspace_id: ws, partner: &partner, cohort_id: &cohort_id };
+    let key = CohortKey::new(ws, partner.as_str(), &cohort_id);
     // A cursor belongs to one cohort.
-    let context = [b"members".as_slice(), ws.as_bytes(), partner.as_bytes(), b"\0", cohort_id.as_bytes()].concat();
+    let context =
+        [b"members".as_slice(), ws.as_bytes(), partner.as_str().as_bytes(), b"\0", cohort_id.as_str().as_bytes()]
+            .concat();
     let after = match &page.cursor {
         Some(text) => Some(
             cursor::open(&context, text)
@@ -178,16 +185,16 @@ async fn list_members(
 /// Deletes a cohort, its memberships and its import log.
 #[utoipa::path(delete, path = "/admin/workspaces/{ws}/cohorts/{partner}/{cohort_id}", tag = "admin",
     security(("admin_token" = [])),
-    params(("ws" = Uuid, Path, description = "Workspace id"), ("partner" = String, Path, description = "Partner name"),
-        ("cohort_id" = String, Path, description = "The partner's cohort id (percent-encoded)")),
+    params(("ws" = Uuid, Path, description = "Workspace id"), ("partner" = String, Path, description = "Partner name", pattern = "^[a-z0-9_-]{1,64}$"),
+        ("cohort_id" = String, Path, description = "The partner's cohort id (percent-encoded): 1 to 255 bytes without NUL", min_length = 1, max_length = 255)),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn delete_cohort(
     _: AdminAuth,
     State(state): State<AppState>,
-    Path((ws, partner, cohort_id)): Path<(Uuid, String, String)>,
+    Path((ws, partner, cohort_id)): Path<(Uuid, PartnerName, CohortId)>,
 ) -> ApiResult<StatusCode> {
     require_workspace(&state, ws).await?;
-    let key = CohortKey { workspace_id: ws, partner: &partner, cohort_id: &cohort_id };
+    let key = CohortKey::new(ws, partner.as_str(), &cohort_id);
     if store::cohorts::delete(&state.db, key).await? { Ok(StatusCode::NO_CONTENT) } else { Err(unknown_cohort(key)) }
 }
 

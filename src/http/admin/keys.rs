@@ -11,7 +11,7 @@ use super::{require_partner, require_workspace};
 use crate::{
     app::AppState,
     auth::AdminAuth,
-    domain::{DisplayName, Scope},
+    domain::{DisplayName, PartnerName, Scope},
     error::{ApiError, ApiResult, ErrorBody},
     http::extract::{Json, Path},
     keys::{KeyKind, NewKey},
@@ -60,49 +60,50 @@ pub struct KeyList {
 /// for the workspace while at least one such key is valid.
 #[utoipa::path(post, path = "/admin/workspaces/{ws}/partners/{partner}/data-import-keys", tag = "admin",
     security(("admin_token" = [])),
-    params(("ws" = Uuid, Path, description = "Workspace id"), ("partner" = String, Path, description = "Partner name")),
+    params(("ws" = Uuid, Path, description = "Workspace id"), ("partner" = String, Path, description = "Partner name", pattern = "^[a-z0-9_-]{1,64}$")),
     responses((status = 201, body = CreatedKey), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn create_data_import_key(
     _: AdminAuth,
     State(state): State<AppState>,
-    Path((ws, partner)): Path<(Uuid, String)>,
+    Path((ws, partner)): Path<(Uuid, PartnerName)>,
 ) -> ApiResult<(StatusCode, Json<CreatedKey>)> {
     require_workspace(&state, ws).await?;
-    require_partner(&state, &partner).await?;
+    require_partner(&state, partner.as_str()).await?;
     let key = NewKey::generate(KeyKind::DataImport);
-    let mut conn = state.db.acquire().await?;
-    let info = store::keys::insert_data_import_key(&mut *conn, ws, &partner, &key).await?;
+    let mut tx = state.db.begin().await?;
+    let info = store::keys::insert_data_import_key(&mut *tx, ws, partner.as_str(), &key).await?;
+    state.db.commit(tx).await?;
     Ok((StatusCode::CREATED, Json(CreatedKey::new(info, key))))
 }
 
 /// Lists the workspace's data import keys for the partner, without secrets.
 #[utoipa::path(get, path = "/admin/workspaces/{ws}/partners/{partner}/data-import-keys", tag = "admin",
     security(("admin_token" = [])),
-    params(("ws" = Uuid, Path, description = "Workspace id"), ("partner" = String, Path, description = "Partner name")),
+    params(("ws" = Uuid, Path, description = "Workspace id"), ("partner" = String, Path, description = "Partner name", pattern = "^[a-z0-9_-]{1,64}$")),
     responses((status = 200, body = KeyList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn list_data_import_keys(
     _: AdminAuth,
     State(state): State<AppState>,
-    Path((ws, partner)): Path<(Uuid, String)>,
+    Path((ws, partner)): Path<(Uuid, PartnerName)>,
 ) -> ApiResult<Json<KeyList>> {
     require_workspace(&state, ws).await?;
-    require_partner(&state, &partner).await?;
-    Ok(Json(KeyList { keys: store::keys::list_data_import_keys(&state.db, ws, &partner).await? }))
+    require_partner(&state, partner.as_str()).await?;
+    Ok(Json(KeyList { keys: store::keys::list_data_import_keys(&state.db, ws, partner.as_str()).await? }))
 }
 
 /// Invalidates a data import key at once.
 #[utoipa::path(delete, path = "/admin/workspaces/{ws}/partners/{partner}/data-import-keys/{id}", tag = "admin",
     security(("admin_token" = [])),
-    params(("ws" = Uuid, Path, description = "Workspace id"), ("partner" = String, Path, description = "Partner name"),
+    params(("ws" = Uuid, Path, description = "Workspace id"), ("partner" = String, Path, description = "Partner name", pattern = "^[a-z0-9_-]{1,64}$"),
         ("id" = Uuid, Path, description = "Key id")),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn revoke_data_import_key(
     _: AdminAuth,
     State(state): State<AppState>,
-    Path((ws, partner, id)): Path<(Uuid, String, Uuid)>,
+    Path((ws, partner, id)): Path<(Uuid, PartnerName, Uuid)>,
 ) -> ApiResult<StatusCode> {
     require_workspace(&state, ws).await?;
-    if store::keys::revoke_data_import_key(&state.db, ws, &partner, id).await? {
+    if store::keys::revoke_data_import_key(&state.db, ws, partner.as_str(), id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("no data import key {id} for partner {partner} in this workspace")))
@@ -114,8 +115,10 @@ async fn revoke_data_import_key(
 #[serde(deny_unknown_fields)]
 pub struct NewApiKey {
     /// The operator's name for the key: 1 to 255 bytes.
+    #[schema(min_length = 1, max_length = 255)]
     pub name: String,
     /// What it may do: `segments.read`.
+    #[schema(min_items = 1, value_type = Vec<Scope>)]
     pub scopes: Vec<String>,
 }
 
@@ -169,8 +172,9 @@ async fn create_api_key(
     }
     require_workspace(&state, ws).await?;
     let key = NewKey::generate(KeyKind::RestApi);
-    let mut conn = state.db.acquire().await?;
-    let info = store::keys::insert_api_key(&mut *conn, ws, name.as_str(), &scopes, &key).await?;
+    let mut tx = state.db.begin().await?;
+    let info = store::keys::insert_api_key(&mut *tx, ws, name.as_str(), &scopes, &key).await?;
+    state.db.commit(tx).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedApiKey {

@@ -32,6 +32,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct NewPartner {
     /// Lowercase `[a-z0-9_-]{1,64}`, e.g. `kubit`.
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
     pub name: String,
 }
 
@@ -70,7 +71,7 @@ async fn create_partner(
         return Err(ApiError::conflict(format!("partner {name} already exists")));
     }
     store::keys::insert_partner_api_key(&mut *tx, &name, &key).await?;
-    tx.commit().await?;
+    state.db.commit(tx).await?;
     Ok((StatusCode::CREATED, Json(CreatedPartner { name: name.to_string(), partner_api_key: key.secret })))
 }
 
@@ -83,31 +84,31 @@ async fn list_partners(_: AdminAuth, State(state): State<AppState>) -> ApiResult
 
 /// Issues another partner API key; existing keys stay valid, for rotation.
 #[utoipa::path(post, path = "/admin/partners/{partner}/api-keys", tag = "admin", security(("admin_token" = [])),
-    params(("partner" = String, Path, description = "Partner name")),
+    params(("partner" = String, Path, description = "Partner name", pattern = "^[a-z0-9_-]{1,64}$")),
     responses((status = 201, body = CreatedKey), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn create_partner_api_key(
     _: AdminAuth,
     State(state): State<AppState>,
-    Path(partner): Path<String>,
+    Path(name): Path<PartnerName>,
 ) -> ApiResult<(StatusCode, Json<CreatedKey>)> {
-    require_partner(&state, &partner).await?;
-    let name = PartnerName::parse(&partner).map_err(ApiError::BadRequest)?;
+    require_partner(&state, name.as_str()).await?;
     let key = NewKey::generate(KeyKind::PartnerApi);
-    let mut conn = state.db.acquire().await?;
-    let info = store::keys::insert_partner_api_key(&mut *conn, &name, &key).await?;
+    let mut tx = state.db.begin().await?;
+    let info = store::keys::insert_partner_api_key(&mut *tx, &name, &key).await?;
+    state.db.commit(tx).await?;
     Ok((StatusCode::CREATED, Json(CreatedKey::new(info, key))))
 }
 
 /// Revokes a partner API key: it stops working with the next request.
 #[utoipa::path(delete, path = "/admin/partners/{partner}/api-keys/{id}", tag = "admin", security(("admin_token" = [])),
-    params(("partner" = String, Path, description = "Partner name"), ("id" = Uuid, Path, description = "Key id")),
+    params(("partner" = String, Path, description = "Partner name", pattern = "^[a-z0-9_-]{1,64}$"), ("id" = Uuid, Path, description = "Key id")),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn revoke_partner_api_key(
     _: AdminAuth,
     State(state): State<AppState>,
-    Path((partner, id)): Path<(String, Uuid)>,
+    Path((partner, id)): Path<(PartnerName, Uuid)>,
 ) -> ApiResult<StatusCode> {
-    if store::keys::revoke_partner_api_key(&state.db, &partner, id).await? {
+    if store::keys::revoke_partner_api_key(&state.db, partner.as_str(), id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("partner {partner} has no API key {id}")))

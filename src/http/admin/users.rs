@@ -60,6 +60,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
     /// The profiles, upserted in order; at most 10,000.
+    #[schema(max_items = 10000)]
     pub users: Vec<ProfileFields>,
 }
 
@@ -134,7 +135,7 @@ async fn batch_upsert_users(
     let mut tx = store::users::begin_writes(&state.db, ws).await?;
     let mut lookups = StoreLookups::for_workspace(&mut tx, ws).await?;
     let outcomes = store::users::upsert_profiles(&mut tx, ws, &profiles, &mut lookups).await?;
-    tx.commit().await?;
+    state.db.commit(tx).await?;
 
     let mut response = BatchResponse { results: Vec::with_capacity(outcomes.len()), created: 0, updated: 0, failed: 0 };
     for (index, outcome) in outcomes.into_iter().enumerate() {
@@ -180,14 +181,15 @@ pub struct ImportSummary {
 /// being decided, being written), plus, on a first load into an empty workspace, 4 MiB of
 /// Bloom filters per 3 million identifiers. A line that is malformed
 /// or conflicts fails alone and is reported by number; the rest load. The import is one
-/// transaction: a request that fails as a whole (413, broken body, database failure)
-/// stores nothing.
+/// transaction: a request that fails as a whole (413, broken body, a body that brings no
+/// byte for `IMPORT_STALL_TIMEOUT_SECS`: 408, database failure) stores nothing.
 #[utoipa::path(post, path = "/admin/workspaces/{ws}/users/import", tag = "admin", security(("admin_token" = [])),
     params(("ws" = Uuid, Path, description = "Workspace id")),
     request_body(content = ProfileFields, content_type = "application/x-ndjson",
         description = "One profile object a line"),
     responses((status = 200, body = ImportSummary), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 408, body = ErrorBody, description = "The body brought no byte for `IMPORT_STALL_TIMEOUT_SECS`; nothing was imported"),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
 async fn import_users(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -243,12 +245,22 @@ async fn import_users(
         Ok::<_, ApiError>((tx, summary))
     });
 
+    let stall_timeout = state.config.import_stall_timeout();
     let read = async {
         let mut chunk = ImportChunk::default();
         let mut lines = LineSplitter::default();
         let mut received = 0usize;
         let mut stream = body.into_data_stream();
-        while let Some(bytes) = stream.next().await {
+        // The transaction holds the workspace's user-store lock and a pooled connection
+        // while the body arrives: a client that goes silent must not keep them.
+        let stalled = || {
+            tracing::warn!(timeout_secs = stall_timeout.as_secs(), "user import body stalled; rolling back");
+            ApiError::RequestTimeout(format!(
+                "the request body brought no data for {} s; nothing was imported",
+                stall_timeout.as_secs()
+            ))
+        };
+        while let Some(bytes) = tokio::time::timeout(stall_timeout, stream.next()).await.map_err(|_| stalled())? {
             let bytes = bytes.map_err(|_| ApiError::bad_request("the request body could not be read to its end"))?;
             received = received.saturating_add(bytes.len());
             if received > limit {
@@ -270,7 +282,7 @@ async fn import_users(
     let written = writer.await.map_err(|e| ApiError::Internal(anyhow::anyhow!("import writer failed: {e}")))?;
     read?;
     let (tx, summary) = written?;
-    tx.commit().await?;
+    state.db.commit(tx).await?;
     Ok(Json(summary))
 }
 
@@ -503,6 +515,7 @@ async fn require_profile(state: &AppState, ws: Uuid, braze_id: Uuid) -> ApiResul
 #[serde(deny_unknown_fields)]
 pub struct IdentifyRequest {
     /// The external id the anonymous user gets.
+    #[schema(min_length = 1, max_length = 512)]
     pub external_id: String,
 }
 

@@ -25,6 +25,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct NewWorkspace {
     /// Display name: 1 to 255 bytes, no NUL.
+    #[schema(min_length = 1, max_length = 255)]
     pub name: String,
 }
 
