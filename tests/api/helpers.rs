@@ -149,7 +149,9 @@ impl TestDatabase {
             options = options.options([("citus.multi_task_query_log_level", "error")]);
         }
         if log_plans {
+            // After the service's own client_min_messages=warning, so the plans arrive.
             options = options.options([
+                ("client_min_messages", "notice"),
                 ("session_preload_libraries", "auto_explain"),
                 ("auto_explain.log_min_duration", "0"),
                 ("auto_explain.log_level", "notice"),
