@@ -84,6 +84,8 @@ impl TestDatabase {
             admin.close().await.ok();
         }
         let options = server.clone().database(&name);
+        // From here on a failed step still drops the database (on every node).
+        let database = TestDatabase { name: name.clone(), options: options.clone() };
         if let Some(workers) = citus_workers() {
             for node in &nodes {
                 let mut conn = PgConnection::connect_with(&node.clone().database(&name)).await.unwrap();
@@ -120,7 +122,7 @@ impl TestDatabase {
             .await
             .expect("can connect to the test database");
         database::migrate(&Database::new(pool.clone())).await.expect("migrations apply");
-        (TestDatabase { name, options }, pool)
+        (database, pool)
     }
 
     /// The database's URL, for a service started as a process of its own.

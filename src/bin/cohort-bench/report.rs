@@ -38,7 +38,9 @@ impl BenchReport {
         let mut rows: Vec<[String; 4]> = Vec::new();
         let mut row =
             |what: &str, service: String, sql: String, ratio: String| rows.push([what.to_owned(), service, sql, ratio]);
-        // CPU time per 1,000 items (users or changes), in milliseconds.
+        // A cell of the baseline: "-" where none ran (on Citus).
+        let ran_baseline = self.baseline.changes > 0;
+        let baseline = |text: String| if ran_baseline { text } else { "-".to_owned() };
         let seed = &self.seed;
         row(
             &format!("seed {} users (NDJSON import)", seed.users),
@@ -60,27 +62,27 @@ impl BenchReport {
         row(
             &format!("ingest {} changes, {} requests, C={}", ingest.changes, ingest.requests, self.concurrency),
             rate(ingest.per_second(), "changes/s"),
-            rate(self.baseline.per_second(), "changes/s"),
-            format!("{:.2}", self.ingest_ratio()),
+            baseline(rate(self.baseline.per_second(), "changes/s")),
+            baseline(format!("{:.2}", self.ingest_ratio())),
         );
         let latencies = &ingest.latencies;
         row(
             "  request latency p50 / p99 / max",
             format!("{:.1} / {:.1} / {:.1} ms", ms(latencies.p50), ms(latencies.p99), ms(latencies.max)),
-            format!("{} statements", self.baseline.statements),
+            baseline(format!("{} statements", self.baseline.statements)),
             "-".into(),
         );
         let outcome = &ingest.outcome;
         row(
             "  added / removed / unchanged / unmatched",
             format!("{} / {} / {} / {}", outcome.added, outcome.removed, outcome.unchanged, outcome.unmatched),
-            format!("{} / {} / - / -", self.baseline.added, self.baseline.removed),
+            baseline(format!("{} / {} / - / -", self.baseline.added, self.baseline.removed)),
             "-".into(),
         );
         row(
             "  service process CPU / wall (SQL: wall)",
             format!("{:.1} s of {:.1} s", ingest.service_cpu.as_secs_f64(), ingest.elapsed.as_secs_f64()),
-            format!("{:.1} s", self.baseline.elapsed.as_secs_f64()),
+            baseline(format!("{:.1} s", self.baseline.elapsed.as_secs_f64())),
             "-".into(),
         );
         let (service_pg, raw_pg) = (
@@ -90,10 +92,10 @@ impl BenchReport {
         row(
             "  PostgreSQL CPU per 1,000 changes",
             format!("{service_pg:.1} ms"),
-            format!("{raw_pg:.1} ms"),
-            format!("{:.2}", service_pg / raw_pg.max(1e-9)),
+            baseline(format!("{raw_pg:.1} ms")),
+            baseline(format!("{:.2}", service_pg / raw_pg.max(1e-9))),
         );
-        row("  members after", self.members.0.to_string(), self.members.1.to_string(), "-".into());
+        row("  members after", self.members.0.to_string(), baseline(self.members.1.to_string()), "-".into());
         let filter = &self.filter;
         comparison_row(&mut row, &format!("count A ({} members)", filter.members_a), filter.count);
         comparison_row(&mut row, &format!("count A and not B ({})", filter.members_a_not_b), filter.andnot);
