@@ -7,7 +7,7 @@
 //! With 8 clients the p99 was ~1.9× the p50. Queued here in arrival order, an import waits
 //! its turn, then shares the cores with fewer others, and its latency is its place in the
 //! queue plus its own work: the p99 came to ~1.65× the p50 (medians of 8 benchmark runs
-//! without the gate and 20 with it, BENCHMARKS.md §2).
+//! without the gate and 20 with it).
 //!
 //! Two imports of the same cohort would wait for each other on the cohort's row lock in
 //! PostgreSQL anyway; holding the second back here leaves its slot to another cohort's

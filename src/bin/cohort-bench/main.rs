@@ -120,7 +120,7 @@ async fn run_steps(args: &Args, database: &BenchDatabase) -> anyhow::Result<Benc
     // Nor has it a million users' freshly written gigabyte in the OS page cache: left
     // there, the kernel writes it back ~30 s later (vm.dirty_expire_centisecs), in the
     // middle of the ingest, and every commit's WAL fsync waits behind it for a second or
-    // so (BENCHMARKS.md, 2). A checkpoint writes and syncs it now. Not timed.
+    // so. A checkpoint writes and syncs it now. Not timed.
     if let Err(error) = sqlx::query("CHECKPOINT").execute(&pool).await {
         progress(&format!("no CHECKPOINT ({error}): the seeding's writes may land in the ingest"));
     }
