@@ -48,7 +48,14 @@ impl Comparison {
     pub fn ratio(&self) -> f64 {
         match *self {
             Comparison::Millis { service, sql } => sql / service.max(1e-9),
-            Comparison::PerSecond { service, sql } => service / sql.max(1e-9),
+            // NaN when the SQL was not timed (`--skip-sql-timings`).
+            Comparison::PerSecond { service, sql } => {
+                if sql.is_nan() {
+                    f64::NAN
+                } else {
+                    service / sql.max(1e-9)
+                }
+            }
         }
     }
 
