@@ -65,15 +65,21 @@ CREATE TABLE cohort_imports (
     cohort_ref         bigint      NOT NULL,
     -- 1, 2, ... within the cohort (cohorts.log_entries).
     id                 bigint      NOT NULL,
-    -- 'import' (a partner's users request) or 'user_deletion'.
+    -- Who asked: 'braze', 'mixpanel_members', 'mixpanel_add_members',
+    -- 'mixpanel_remove_members', 'amplitude', 'replace' (the operator), or 'user_deletion'.
     kind               text        NOT NULL,
     request_id         text        NOT NULL,
     received_at        timestamptz NOT NULL,
     added              integer     NOT NULL,
     removed            integer     NOT NULL,
     unchanged          integer     NOT NULL,
-    unmatched          integer     NOT NULL,
+    -- Members that matched nobody, by reason: no user has the reference, or it is a
+    -- device id of an identified user (device ids match anonymous users only).
+    unmatched_unknown           integer NOT NULL,
+    unmatched_identified_device integer NOT NULL,
     member_count_after bigint      NOT NULL,
     PRIMARY KEY (workspace_id, cohort_ref, id),
     FOREIGN KEY (workspace_id, cohort_ref) REFERENCES cohorts (workspace_id, id) ON DELETE CASCADE
 );
+-- The workspace's recent changes across cohorts, newest first.
+CREATE INDEX cohort_imports_received_idx ON cohort_imports (workspace_id, received_at, cohort_ref, id);

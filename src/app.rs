@@ -76,6 +76,10 @@ impl AppState {
 
 /// Name of the admin bearer token's security scheme (`security(("admin_token" = []))`).
 pub const ADMIN_TOKEN_SCHEME: &str = "admin_token";
+/// Name of the bearer data import key's security scheme (Amplitude's webhook).
+pub const IMPORT_KEY_BEARER_SCHEME: &str = "import_key_bearer";
+/// Name of the HTTP Basic data import key's security scheme (Mixpanel's webhook).
+pub const IMPORT_KEY_BASIC_SCHEME: &str = "import_key_basic";
 /// Name of the REST API key's security scheme (`security(("api_key" = []))`).
 pub const API_KEY_SCHEME: &str = "api_key";
 
@@ -109,6 +113,22 @@ impl Modify for SecuritySchemes {
         components.add_security_scheme(
             ADMIN_TOKEN_SCHEME,
             bearer("ADMIN_TOKEN", "The operator's ADMIN_TOKEN, for everything under /admin."),
+        );
+        components.add_security_scheme(
+            IMPORT_KEY_BEARER_SCHEME,
+            bearer("dik_…", "The workspace's data import key for the partner in the path (Amplitude's webhook)."),
+        );
+        components.add_security_scheme(
+            IMPORT_KEY_BASIC_SCHEME,
+            SecurityScheme::Http(
+                Http::builder()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some(
+                        "HTTP Basic: the password is the workspace's data import key for the partner in the path; \
+                         the user name is ignored (Mixpanel's webhook).",
+                    ))
+                    .build(),
+            ),
         );
         components.add_security_scheme(
             API_KEY_SCHEME,
@@ -196,8 +216,8 @@ async fn prometheus_metrics(State(state): State<AppState>) -> impl IntoResponse 
 /// Adds to every operation the error responses the layers and extractors can give, when
 /// its handler did not describe them itself: 500 and 503 everywhere; 400 with path or
 /// query parameters; 400, 413 and 415 with a request body (not 415 on the partner endpoints, which read any body as JSON);
-/// 401 with a security requirement; 401 and 429 on the partner endpoints (body
-/// credentials, per-key rate limit).
+/// 401 with a security requirement; 401 and 429 on the partner endpoints and the
+/// webhooks (data import keys, per-key rate limit).
 fn add_common_error_responses(document: &mut OpenApi) {
     let components = document.components.get_or_insert_with(Default::default);
     for (name, response) in [
@@ -238,15 +258,16 @@ fn add_common_error_responses(document: &mut OpenApi) {
             }
             if operation.request_body.is_some() {
                 expected.extend([("400", "BadRequest"), ("413", "PayloadTooLarge")]);
-                // The partner contract reads its body as JSON whatever the content type.
-                if !path.starts_with("/partners/") {
+                // The partner contract and the webhooks read their body as JSON whatever
+                // the content type.
+                if !path.starts_with("/partners/") && !path.starts_with("/webhooks/") {
                     expected.push(("415", "UnsupportedMediaType"));
                 }
             }
             if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
                 expected.push(("401", "Unauthorized"));
             }
-            if path.starts_with("/partners/") {
+            if path.starts_with("/partners/") || path.starts_with("/webhooks/") {
                 expected.extend([("401", "Unauthorized"), ("429", "TooManyRequests")]);
             }
             add_responses(operation, &expected);

@@ -141,6 +141,12 @@ pub struct Config {
     #[arg(long, env = "IMPORT_STALL_TIMEOUT_SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub import_stall_timeout_secs: u64,
+
+    /// A paged full replace (a Mixpanel `members` session) not completed within this
+    /// long is dropped, its pages with it.
+    #[arg(long, env = "MEMBER_SESSION_TTL_SECS", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub member_session_ttl_secs: u64,
 }
 
 impl Config {
@@ -167,6 +173,11 @@ impl Config {
     /// `commit_timeout_secs` as a duration.
     pub fn commit_timeout(&self) -> Duration {
         Duration::from_secs(self.commit_timeout_secs)
+    }
+
+    /// `member_session_ttl_secs` as a duration.
+    pub fn member_session_ttl(&self) -> Duration {
+        Duration::from_secs(self.member_session_ttl_secs)
     }
 
     /// `import_stall_timeout_secs` as a duration.

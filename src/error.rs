@@ -139,8 +139,12 @@ fn is_unavailable(error: &sqlx::Error) -> bool {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The response, its body built by `body` from the status and the client's message:
+    /// a server-side failure is logged here with its cause and answers a generic
+    /// message; 503 and 429 carry `Retry-After`. (Protocols with their own error shape,
+    /// such as Mixpanel's webhook, answer through this too.)
+    pub fn respond_with<B: Serialize>(self, body: impl FnOnce(StatusCode, String) -> B) -> Response {
         let status = self.status();
         let message = match &self {
             ApiError::Internal(cause) => {
@@ -153,11 +157,17 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let mut response = (status, Json(ErrorBody { message })).into_response();
-        if matches!(self.status(), StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
+        let mut response = (status, Json(body(status, message))).into_response();
+        if matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
         response
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.respond_with(|_, message| ErrorBody { message })
     }
 }
 

@@ -11,7 +11,10 @@ use std::{sync::OnceLock, time::Duration};
 use axum::http::{Method, StatusCode};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::{domain::ImportOutcome, store::database::Database};
+use crate::{
+    domain::{ImportKind, ImportOutcome},
+    store::database::Database,
+};
 
 /// Requests served, by method, route template and status.
 pub const HTTP_REQUESTS: &str = "cohort_ingest_http_requests_total";
@@ -48,16 +51,18 @@ const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 
 /// How often histogram samples are folded into buckets when nobody scrapes.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Counts the identifiers a partner import processed, by partner and outcome.
-pub fn record_import(partner: &str, outcome: ImportOutcome) {
+/// Counts the members a change to a cohort processed, by partner, protocol and outcome.
+pub fn record_import(partner: &str, kind: ImportKind, outcome: ImportOutcome) {
     for (label, count) in [
         ("added", outcome.added),
         ("removed", outcome.removed),
         ("unchanged", outcome.unchanged),
-        ("unmatched", outcome.unmatched),
+        ("unmatched_unknown", outcome.unmatched.unknown),
+        ("unmatched_device_id_of_identified_user", outcome.unmatched.device_id_of_identified_user),
     ] {
-        metrics::counter!("cohort_ingest_identifiers_total", "partner" => partner.to_owned(), "outcome" => label)
-            .increment(count);
+        metrics::counter!("cohort_ingest_identifiers_total",
+            "partner" => partner.to_owned(), "kind" => kind.as_str(), "outcome" => label)
+        .increment(count);
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod partner;
 mod usage;
+pub mod webhook;
 
 use axum::{extract::FromRequestParts, http::HeaderMap, http::request::Parts};
 use sha2::{Digest, Sha256};

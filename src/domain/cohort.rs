@@ -5,7 +5,7 @@
 use chrono::{DateTime, FixedOffset};
 use serde::Deserialize;
 
-use super::{Alias, DeviceId, ExternalId, IdentifierError};
+use super::{Alias, DeviceId, ExternalId, IdentifierError, MemberChange, MemberRefs, UserRef};
 
 /// Longest `cohort_id` or cohort `name` accepted, in bytes.
 pub const MAX_COHORT_TEXT_BYTES: usize = 255;
@@ -77,29 +77,13 @@ pub fn parse_created_at(value: &str) -> Result<DateTime<FixedOffset>, &'static s
         .map_err(|_| INVALID_CREATED_AT)
 }
 
-/// One identifier of a users request with the change it came from: `change` is the
-/// change's position in `cohort_changes` (a later change wins over an earlier one for the
-/// same user), `remove` its `should_remove`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Targeted<T> {
-    /// Index of the change in `cohort_changes`.
-    pub change: i32,
-    /// Whether the change removes the user instead of adding it.
-    pub remove: bool,
-    /// The identifier.
-    pub id: T,
-}
-
-/// The `cohort_changes` of a users request, valid and within the identifier limit,
-/// grouped by kind of identifier (the store resolves each kind with one join).
+/// The `cohort_changes` of a users request, valid and within the identifier limit: one
+/// member per identifier, in request order (a later change wins over an earlier one for the
+/// same user).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CohortChanges {
-    /// `user_ids`: matched against identified users' external_id.
-    pub external_ids: Vec<Targeted<ExternalId>>,
-    /// `device_ids`: matched against anonymous users only.
-    pub device_ids: Vec<Targeted<DeviceId>>,
-    /// `aliases`: matched against any user.
-    pub aliases: Vec<Targeted<Alias>>,
+    /// Each identifier as the member it names, with its change's `should_remove`.
+    pub members: Vec<MemberChange>,
 }
 
 /// The wire shape of one change. Unknown keys are ignored, as are null ones.
@@ -135,28 +119,23 @@ impl CohortChanges {
         if total > MAX_IDENTIFIERS_PER_REQUEST {
             return Err(TOO_MANY_IDENTIFIERS.to_owned());
         }
-        let mut changes = CohortChanges::default();
+        let mut changes = CohortChanges { members: Vec::with_capacity(total) };
         for (index, change) in raw.into_iter().enumerate() {
-            // At most 1,000 identifiers, hence at most 1,000 non-empty changes; the
-            // empty ones beyond i32::MAX cannot exist in a body within the size limit,
-            // and saturating keeps the order right even if they did.
-            let position = i32::try_from(index).unwrap_or(i32::MAX);
             let remove = change.should_remove.unwrap_or(false);
+            let mut push = |user_ref| changes.members.push(MemberChange { member: MemberRefs::one(user_ref), remove });
             let field = |name: &str, i: usize| format!("cohort_changes[{index}].{name}[{i}]");
             for (i, value) in change.user_ids.into_iter().flatten().enumerate() {
-                let id = ExternalId::parse(value).map_err(|e| e.for_field(field("user_ids", i)))?;
-                changes.external_ids.push(Targeted { change: position, remove, id });
+                push(UserRef::ExternalId(ExternalId::parse(value).map_err(|e| e.for_field(field("user_ids", i)))?));
             }
             for (i, value) in change.device_ids.into_iter().flatten().enumerate() {
-                let id = DeviceId::parse(value).map_err(|e| e.for_field(field("device_ids", i)))?;
-                changes.device_ids.push(Targeted { change: position, remove, id });
+                push(UserRef::DeviceId(DeviceId::parse(value).map_err(|e| e.for_field(field("device_ids", i)))?));
             }
             for (i, alias) in change.aliases.into_iter().flatten().enumerate() {
-                let id = Alias::parse(alias.alias_label.unwrap_or_default(), alias.alias_name.unwrap_or_default())
+                let alias = Alias::parse(alias.alias_label.unwrap_or_default(), alias.alias_name.unwrap_or_default())
                     .map_err(|(half, e): (&str, IdentifierError)| {
-                        e.for_field(format!("{}.{half}", field("aliases", i)))
-                    })?;
-                changes.aliases.push(Targeted { change: position, remove, id });
+                    e.for_field(format!("{}.{half}", field("aliases", i)))
+                })?;
+                push(UserRef::Alias(alias));
             }
         }
         Ok(changes)
@@ -164,7 +143,7 @@ impl CohortChanges {
 
     /// How many identifiers the request holds (duplicates included).
     pub fn len(&self) -> usize {
-        self.external_ids.len() + self.device_ids.len() + self.aliases.len()
+        self.members.len()
     }
 
     /// Whether the request holds no identifier at all (`[]`, `[{}]`, …): partners send
@@ -214,13 +193,14 @@ mod tests {
         ]"#;
         let changes = CohortChanges::parse_json(json).unwrap();
         assert_eq!(changes.len(), 4);
-        assert_eq!(
-            changes.external_ids[1],
-            Targeted { change: 0, remove: false, id: ExternalId::parse("u2".into()).unwrap() }
+        let external = |id: &str| MemberRefs::one(UserRef::ExternalId(ExternalId::parse(id.into()).unwrap()));
+        assert_eq!(changes.members[1], MemberChange { member: external("u2"), remove: false });
+        assert!(matches!(changes.members[2].member.refs(), [UserRef::DeviceId(_)]));
+        assert!(changes.members[2].remove);
+        assert!(
+            matches!(changes.members[3].member.refs(), [UserRef::Alias(a)] if a.alias_label.as_str() == "l" && a.alias_name.as_str() == "n")
         );
-        assert_eq!(changes.device_ids[0].change, 1);
-        assert!(changes.device_ids[0].remove);
-        assert_eq!(changes.aliases[0].id.alias_label.as_str(), "l");
+        assert!(changes.members[3].remove);
         assert!(CohortChanges::parse_json("[]").unwrap().is_empty());
     }
 

@@ -21,16 +21,24 @@ use crate::{
 /// Routes allowed to run past the request timeout: they stream large bodies whose
 /// duration grows with the data, not with a fault (the bulk NDJSON user load and the
 /// segment export).
-pub const UNBOUNDED_ROUTES: &[(Method, &str)] =
-    &[(Method::POST, "/admin/workspaces/{ws}/users/import"), (Method::POST, "/v1/segments/export")];
+pub const UNBOUNDED_ROUTES: &[(Method, &str)] = &[
+    (Method::POST, "/admin/workspaces/{ws}/users/import"),
+    (Method::PUT, "/admin/workspaces/{ws}/cohorts/{partner}/{cohort_id}/members"),
+    (Method::POST, "/v1/segments/export"),
+];
 
 /// Routes that are never shed: probes and scrapes must keep answering when the service
 /// is at capacity (a liveness probe failing under load would get the instance killed).
 pub const UNSHED_ROUTES: &[(Method, &str)] = &[(Method::GET, "/healthz"), (Method::GET, "/metrics")];
 
-/// Routes that enforce a body limit of their own (the NDJSON user load, whose limit is
-/// `IMPORT_BODY_LIMIT_BYTES`); every other route has `BODY_LIMIT_BYTES`.
-pub const OWN_BODY_LIMIT_ROUTES: &[(Method, &str)] = &[(Method::POST, "/admin/workspaces/{ws}/users/import")];
+/// Routes that enforce a body limit of their own: the NDJSON loads, whose limit is
+/// `IMPORT_BODY_LIMIT_BYTES`, and Mixpanel's webhook, which answers its 413 in
+/// Mixpanel's shape; every other route has `BODY_LIMIT_BYTES`.
+pub const OWN_BODY_LIMIT_ROUTES: &[(Method, &str)] = &[
+    (Method::POST, "/admin/workspaces/{ws}/users/import"),
+    (Method::PUT, "/admin/workspaces/{ws}/cohorts/{partner}/{cohort_id}/members"),
+    (Method::POST, "/webhooks/mixpanel/{partner}"),
+];
 
 /// What [`enforce_limits`] needs: one semaphore shared by every route.
 #[derive(Debug, Clone)]

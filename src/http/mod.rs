@@ -6,10 +6,12 @@ pub mod extract;
 pub mod health;
 pub mod import_gate;
 pub mod limits;
+pub mod ndjson;
 pub mod paging;
 pub mod partners;
 pub mod rate_limit;
 pub mod segments;
+pub mod webhooks;
 
 use utoipa_axum::router::OpenApiRouter;
 
@@ -22,4 +24,5 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(admin::router())
         .merge(partners::router())
         .merge(segments::router())
+        .merge(webhooks::router())
 }

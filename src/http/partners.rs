@@ -12,13 +12,16 @@ use crate::{
     app::AppState,
     auth::partner::{BodyFields, FromPartnerBody, PartnerRequest},
     domain::{
-        CohortChanges, CohortId, CohortName, ImportOutcome,
+        CohortChanges, CohortId, CohortName, ImportKind, ImportOutcome,
         cohort::{INVALID_COHORT_CHANGES, INVALID_COHORT_ID, INVALID_CREATED_AT, INVALID_NAME, parse_created_at},
     },
     error::{ApiError, ApiResult, ErrorBody},
     http::extract::{Json, RequestId},
     metrics,
-    store::{self, cohorts::CohortKey},
+    store::{
+        self,
+        cohorts::{CohortKey, Import},
+    },
 };
 
 /// The partners routes.
@@ -107,6 +110,12 @@ pub struct ImportResult {
     pub unmatched: u64,
 }
 
+impl From<ImportOutcome> for ImportResult {
+    fn from(ImportOutcome { added, removed, unchanged, unmatched }: ImportOutcome) -> Self {
+        ImportResult { message: "success", added, removed, unchanged, unmatched: unmatched.total() }
+    }
+}
+
 /// The name endpoint's body once parsed.
 pub struct NameCohort {
     cohort_id: CohortId,
@@ -184,11 +193,17 @@ async fn import_cohort_users(
         ImportOutcome::default()
     } else {
         let key = CohortKey::new(caller.workspace_id, &caller.partner, &body.cohort_id);
+        let import = Import {
+            kind: ImportKind::Braze,
+            request_id: request_id.as_str(),
+            name: None,
+            unreadable: 0,
+            message_id: None,
+        };
         let _turn = state.cohort_imports.enter(key).await?;
-        let outcome = store::cohorts::import(&state.db, key, &body.changes, request_id.as_str()).await?;
-        metrics::record_import(&caller.partner, outcome);
+        let outcome = store::cohorts::import(&state.db, key, &import, &body.changes.members).await?.outcome;
+        metrics::record_import(&caller.partner, ImportKind::Braze, outcome);
         outcome
     };
-    let ImportOutcome { added, removed, unchanged, unmatched } = outcome;
-    Ok(Json(ImportResult { message: "success", added, removed, unchanged, unmatched }))
+    Ok(Json(ImportResult::from(outcome)))
 }

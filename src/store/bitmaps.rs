@@ -178,6 +178,34 @@ pub async fn apply(
     rows.copy(conn, copy).await
 }
 
+/// The ids whose bits are set in `bitmap`, ascending: of every block, or of `blocks` only.
+pub async fn read_ids(
+    conn: &mut PgConnection,
+    workspace_id: Uuid,
+    bitmap: Bitmap,
+    blocks: Option<&[i64]>,
+) -> sqlx::Result<Vec<i64>> {
+    // `varbit_send`: the length in bits, then the bytes, instead of 8,192 characters.
+    let rows: Vec<(i64, Vec<u8>)> = match bitmap {
+        Bitmap::Users => sqlx::query_as(
+            "SELECT block, varbit_send(bits) FROM user_bitmaps
+              WHERE workspace_id = $1 AND ($2::int8[] IS NULL OR block = ANY($2)) ORDER BY block",
+        )
+        .bind(workspace_id)
+        .bind(blocks),
+        Bitmap::Cohort(cohort_ref) => sqlx::query_as(
+            "SELECT block, varbit_send(bits) FROM cohort_bitmaps
+              WHERE workspace_id = $1 AND cohort_ref = $3 AND ($2::int8[] IS NULL OR block = ANY($2)) ORDER BY block",
+        )
+        .bind(workspace_id)
+        .bind(blocks)
+        .bind(cohort_ref),
+    }
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.iter().flat_map(|(block, bits)| ids_in(*block, bits.get(4..).unwrap_or_default())).collect())
+}
+
 /// Clears user `user_id`'s bit in the bitmaps of `cohorts`, in one statement.
 pub async fn clear_in_cohorts(
     conn: &mut PgConnection,

@@ -22,6 +22,10 @@ const DISTRIBUTED_TABLES: &[&str] = &[
     "cohort_memberships",
     "cohort_bitmaps",
     "cohort_imports",
+    "matching_rules",
+    "delivered_messages",
+    "member_sessions",
+    "member_session_pages",
 ];
 
 /// Whether the database has the `citus` extension.

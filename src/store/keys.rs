@@ -193,6 +193,18 @@ pub async fn find_partner_credentials(
     .await
 }
 
+/// A valid data import key of `partner`, found by hash: its id and workspace.
+pub async fn find_data_import_key(db: &Database, partner: &str, hash: &KeyHash) -> sqlx::Result<Option<(Uuid, Uuid)>> {
+    let mut conn = db.acquire().await?;
+    sqlx::query_as(
+        "SELECT id, workspace_id FROM data_import_keys WHERE key_hash = $1 AND partner = $2 AND revoked_at IS NULL",
+    )
+    .bind(hash.as_bytes())
+    .bind(partner)
+    .fetch_optional(&mut *conn)
+    .await
+}
+
 // ---- REST API keys ----------------------------------------------------------------
 
 /// Stores a new REST API key of `workspace_id`.

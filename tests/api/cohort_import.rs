@@ -558,7 +558,8 @@ async fn retrying_a_request_is_harmless_and_every_import_is_logged() {
     expect_counts(send(None, remove).await.unwrap(), 0, 0, 1, 0).await;
 
     let log: Vec<(String, i32, i32, i32, i32, i64)> = sqlx::query_as(
-        "SELECT request_id, added, removed, unchanged, unmatched, member_count_after FROM cohort_imports ORDER BY id",
+        "SELECT request_id, added, removed, unchanged, unmatched_unknown + unmatched_identified_device, member_count_after
+           FROM cohort_imports ORDER BY id",
     )
     .fetch_all(&app.pool)
     .await

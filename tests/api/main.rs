@@ -16,3 +16,4 @@ mod operability;
 mod segments;
 mod slow_clients;
 mod startup;
+mod webhooks;

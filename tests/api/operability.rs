@@ -184,6 +184,10 @@ impl Fixture {
             request.bearer_auth(ADMIN_TOKEN)
         } else if operation.security.iter().any(|s| s == app::API_KEY_SCHEME) {
             request.bearer_auth(&self.api_key)
+        } else if operation.security.iter().any(|s| s == app::IMPORT_KEY_BEARER_SCHEME) {
+            request.bearer_auth(&self.setup.client_secret)
+        } else if operation.security.iter().any(|s| s == app::IMPORT_KEY_BASIC_SCHEME) {
+            request.basic_auth("any", Some(&self.setup.client_secret))
         } else {
             request
         }
@@ -247,12 +251,13 @@ async fn openapi_document_has_security_schemes_and_error_responses() {
                 operation.path
             );
         }
-        // Every error response is the JSON error body.
+        // Every error response is the JSON error body (Mixpanel's webhook: Mixpanel's
+        // answer, whose `error` holds the message).
         for (status, response) in responses.iter().filter(|(s, _)| s.as_str() >= "400") {
             let response = resolve(&document, response);
             let schema = resolve(&document, &response["content"]["application/json"]["schema"]);
             assert!(
-                schema["properties"].get("message").is_some(),
+                schema["properties"].get("message").is_some() || schema["properties"].get("error").is_some(),
                 "{} {} {status} is not an ErrorBody: {response}",
                 operation.method,
                 operation.path
@@ -367,10 +372,10 @@ async fn metrics_count_requests_by_route_template_and_report_the_pool() {
     assert!(line("cohort_ingest_http_requests_total{", &[r#"route="unmatched""#]).is_some());
     // Raw paths never become labels.
     assert!(!text.contains(&unknown_workspace.to_string()) && !text.contains(&scanned.to_string()));
-    for (outcome, count) in [("added", 0), ("removed", 0), ("unchanged", 0), ("unmatched", 2)] {
+    for (outcome, count) in [("added", 0), ("removed", 0), ("unchanged", 0), ("unmatched_unknown", 2)] {
         let found = line(
             "cohort_ingest_identifiers_total{",
-            &[r#"partner="metrics_partner""#, &format!(r#"outcome="{outcome}""#)],
+            &[r#"partner="metrics_partner""#, r#"kind="braze""#, &format!(r#"outcome="{outcome}""#)],
         )
         .unwrap_or_else(|| panic!("no {outcome} counter:\n{text}"));
         assert!(found.ends_with(&format!(" {count}")), "{found}");
@@ -702,7 +707,7 @@ async fn every_json_route_answers_413_over_the_body_limit_and_415_when_documente
             .unwrap();
         let context = format!("{} {}", operation.method, operation.path);
         let body = expect_json(response, 413).await;
-        assert!(body["message"].is_string(), "{context}: {body}");
+        assert!(has_error_message(&body), "{context}: {body}");
 
         // A 415 documented is a 415 given (the partner contract takes any content type).
         let documents_415 = document["paths"][&operation.path][operation.method.as_str().to_lowercase()]["responses"]
@@ -712,9 +717,15 @@ async fn every_json_route_answers_413_over_the_body_limit_and_415_when_documente
             let request = fixture.request(&app, operation).header("content-type", "text/plain");
             let response = request.body(fixture.with_body_credentials(json!({})).to_string()).send().await.unwrap();
             let body = expect_json(response, 415).await;
-            assert!(body["message"].is_string(), "{context}: {body}");
+            assert!(has_error_message(&body), "{context}: {body}");
         }
     }
+}
+
+/// Whether an error body says what went wrong: `{"message"}`, or Mixpanel's
+/// `{"error": {"message"}}` on its webhook.
+fn has_error_message(body: &Value) -> bool {
+    body["message"].is_string() || body["error"]["message"].is_string()
 }
 
 /// Asserts a client error: a 4xx with a JSON `message`.
@@ -723,7 +734,7 @@ async fn expect_client_error(response: Response, context: &str) {
     let text = response.text().await.unwrap();
     assert!((400..500).contains(&status), "{context}: {status} {text}");
     let body: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{context}: not JSON: {text}"));
-    assert!(body["message"].is_string(), "{context}: {text}");
+    assert!(has_error_message(&body), "{context}: {text}");
 }
 
 /// Asserts a response that is not a server error, and JSON whenever it is an error.
@@ -733,7 +744,7 @@ async fn expect_no_server_error(response: Response, context: &str) {
     assert!(status < 500, "{context}: {status} {text}");
     if status >= 400 {
         let body: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{context}: not JSON: {text}"));
-        assert!(body["message"].is_string(), "{context}: {text}");
+        assert!(has_error_message(&body), "{context}: {text}");
     }
 }
 
@@ -896,7 +907,7 @@ fn property_no_body_makes_any_route_fail_on_the_server() {
         prop_assert!(status < 500, "{} {}: {status} {text}", operation.method, operation.path);
         if status >= 400 {
             let parsed: Result<Value, _> = serde_json::from_str(&text);
-            prop_assert!(parsed.is_ok_and(|b| b["message"].is_string()), "{status} not a JSON error: {text}");
+            prop_assert!(parsed.is_ok_and(|b| has_error_message(&b)), "{status} not a JSON error: {text}");
         }
         Ok(())
     });
@@ -1040,7 +1051,7 @@ impl ProxiedApp {
             let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
             assert_eq!(retry_after.as_deref(), Some("1"), "{path}: {}", response.status());
             let body = expect_json(response, 503).await;
-            assert!(body["message"].is_string(), "{path}: {body}");
+            assert!(has_error_message(&body), "{path}: {body}");
             assert!(elapsed <= within, "{path} took {elapsed:?}");
         }
         let response = self.create_workspace().await;

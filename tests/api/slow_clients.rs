@@ -80,7 +80,7 @@ async fn a_stalled_ndjson_upload_is_rolled_back_and_releases_the_user_store() {
     // The stalled client was told, in JSON, and nothing of its body was stored.
     let answer = read_to_close(&mut stream, Duration::from_secs(5)).await.expect("the connection was closed");
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(answer.contains(r#"{"message":"the request body brought no data for 2 s; nothing was imported"}"#));
+    assert!(answer.contains(r#"{"message":"the request body brought no data for 2 s; nothing was changed"}"#));
     let stored: Vec<String> = sqlx::query_scalar("SELECT external_id FROM users WHERE workspace_id = $1")
         .bind(ws)
         .fetch_all(&app.pool)

@@ -2,10 +2,16 @@
 //! cohorts, each one's import log (what partners show their customers: every import's
 //! time, result and the cohort's size after it), its members, and deletion.
 
-use axum::{extract::State, http::StatusCode};
+use axum::{
+    extract::{DefaultBodyLimit, State},
+    http::StatusCode,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
-use utoipa_axum::{router::OpenApiRouter, routes};
+use utoipa_axum::{
+    router::{OpenApiRouter, UtoipaMethodRouterExt},
+    routes,
+};
 use uuid::Uuid;
 
 use super::require_workspace;
@@ -20,7 +26,7 @@ use crate::{
     },
     store::{
         self,
-        cohorts::{Cohort, CohortKey, ImportRecord, Member},
+        cohorts::{Cohort, CohortKey, ImportRecord, Member, WorkspaceImport},
     },
 };
 
@@ -34,7 +40,9 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_cohorts))
         .routes(routes!(get_cohort, delete_cohort))
         .routes(routes!(list_imports))
-        .routes(routes!(list_members))
+        // The replace streams its NDJSON body under its own limit.
+        .routes(routes!(list_members, super::replace::replace_members).layer(DefaultBodyLimit::disable()))
+        .routes(routes!(list_workspace_imports))
 }
 
 /// `?partner=`: only that partner's cohorts.
@@ -196,6 +204,61 @@ async fn delete_cohort(
     require_workspace(&state, ws).await?;
     let key = CohortKey::new(ws, partner.as_str(), &cohort_id);
     if store::cohorts::delete(&state.db, key).await? { Ok(StatusCode::NO_CONTENT) } else { Err(unknown_cohort(key)) }
+}
+
+/// `?limit=&cursor=` of the workspace's imports.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WorkspaceImportsPage {
+    /// Entries per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
+    /// The previous page's `next_cursor`: only older entries.
+    #[param(min_length = 1)]
+    pub cursor: Option<String>,
+}
+
+/// A page of a workspace's imports, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkspaceImportList {
+    /// Newest first.
+    pub imports: Vec<WorkspaceImport>,
+    /// Pass as `cursor` for the next (older) page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The workspace's recent imports across all cohorts and partners, newest first.
+#[utoipa::path(get, path = "/admin/workspaces/{ws}/imports", tag = "admin", security(("admin_token" = [])),
+    params(("ws" = Uuid, Path, description = "Workspace id"), WorkspaceImportsPage),
+    responses((status = 200, body = WorkspaceImportList), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn list_workspace_imports(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path(ws): Path<Uuid>,
+    Query(page): Query<WorkspaceImportsPage>,
+) -> ApiResult<Json<WorkspaceImportList>> {
+    let limit = page_limit(page.limit, DEFAULT_PAGE, MAX_PAGE)?;
+    let context = [b"workspace imports".as_slice(), ws.as_bytes()].concat();
+    let before = match &page.cursor {
+        Some(text) => Some(cursor::open(&context, text).and_then(|p| decode_position(&p)).ok_or_else(invalid_cursor)?),
+        None => None,
+    };
+    require_workspace(&state, ws).await?;
+    let mut imports = store::cohorts::workspace_imports(&state.db, ws, limit + 1, before).await?;
+    let next_cursor =
+        next_page(&mut imports, limit).map(|last| cursor::seal(&context, &encode_position(last.position())));
+    Ok(Json(WorkspaceImportList { imports, next_cursor }))
+}
+
+fn encode_position((micros, cohort_ref, id): (i64, i64, i64)) -> Vec<u8> {
+    [micros.to_be_bytes(), cohort_ref.to_be_bytes(), id.to_be_bytes()].concat()
+}
+
+fn decode_position(bytes: &[u8]) -> Option<(i64, i64, i64)> {
+    let part = |i: usize| Some(i64::from_be_bytes(bytes.get(i * 8..i * 8 + 8)?.try_into().ok()?));
+    (bytes.len() == 24).then_some(())?;
+    Some((part(0)?, part(1)?, part(2)?))
 }
 
 fn unknown_cohort(key: CohortKey<'_>) -> ApiError {

@@ -4,7 +4,9 @@
 
 mod cohorts;
 mod keys;
+mod matching;
 mod partners;
+mod replace;
 mod users;
 mod workspaces;
 
@@ -25,6 +27,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(keys::router())
         .merge(users::router())
         .merge(cohorts::router())
+        .merge(matching::router())
 }
 
 /// The workspace of a path, or 404.

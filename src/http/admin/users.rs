@@ -4,9 +4,8 @@
 use axum::{
     body::Body,
     extract::{DefaultBodyLimit, State},
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, StatusCode},
 };
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use tokio::sync::mpsc;
@@ -26,7 +25,10 @@ use crate::{
         profile::{Profile, ProfileFields, UpsertOutcome},
     },
     error::{ApiError, ApiResult, ErrorBody},
-    http::extract::{Json, Path, Query, RequestId},
+    http::{
+        extract::{Json, Path, Query, RequestId},
+        ndjson::{Line, LineSplitter, MAX_LINE_BYTES, NdjsonBody},
+    },
     store::{
         self,
         users::{IdentifyOutcome, StoreLookups, UpsertPlan, UserLookup, UserProfile},
@@ -35,8 +37,6 @@ use crate::{
 
 /// Most items in one `POST …/users/batch`.
 pub const MAX_BATCH_USERS: usize = 10_000;
-/// Longest NDJSON line accepted, in bytes; a longer line is reported and skipped.
-pub const MAX_IMPORT_LINE_BYTES: usize = 1024 * 1024;
 /// Most errors listed in an import's response (all are counted in `failed`).
 pub const MAX_IMPORT_ERRORS: usize = 100;
 /// Lines upserted together by the import: large enough that a chunk's few statements
@@ -197,17 +197,8 @@ async fn import_users(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<ImportSummary>> {
-    require_ndjson(&headers)?;
-    let limit = state.config.import_body_limit_bytes;
-    let too_large =
-        || ApiError::PayloadTooLarge(format!("request body is larger than the import limit of {limit} bytes"));
-    let declared_length = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
-    if declared_length.is_some_and(|length| length > limit as u64) {
-        return Err(too_large());
-    }
+    let mut body =
+        NdjsonBody::new(&headers, body, state.config.import_body_limit_bytes, state.config.import_stall_timeout())?;
     require_workspace(&state, ws).await?;
 
     // Three stages overlap: reading and parsing (here), deciding the upserts of a chunk
@@ -245,27 +236,12 @@ async fn import_users(
         Ok::<_, ApiError>((tx, summary))
     });
 
-    let stall_timeout = state.config.import_stall_timeout();
     let read = async {
         let mut chunk = ImportChunk::default();
         let mut lines = LineSplitter::default();
-        let mut received = 0usize;
-        let mut stream = body.into_data_stream();
         // The transaction holds the workspace's user-store lock and a pooled connection
         // while the body arrives: a client that goes silent must not keep them.
-        let stalled = || {
-            tracing::warn!(timeout_secs = stall_timeout.as_secs(), "user import body stalled; rolling back");
-            ApiError::RequestTimeout(format!(
-                "the request body brought no data for {} s; nothing was imported",
-                stall_timeout.as_secs()
-            ))
-        };
-        while let Some(bytes) = tokio::time::timeout(stall_timeout, stream.next()).await.map_err(|_| stalled())? {
-            let bytes = bytes.map_err(|_| ApiError::bad_request("the request body could not be read to its end"))?;
-            received = received.saturating_add(bytes.len());
-            if received > limit {
-                return Err(too_large());
-            }
+        while let Some(bytes) = body.next_piece().await? {
             lines.push(&bytes, |line| chunk.add_line(line));
             if chunk.is_full() && chunks.send(std::mem::take(&mut chunk)).await.is_err() {
                 return Ok(()); // The writer failed: its error is the answer.
@@ -284,81 +260,6 @@ async fn import_users(
     let (tx, summary) = written?;
     state.db.commit(tx).await?;
     Ok(Json(summary))
-}
-
-/// 415 unless the body is declared NDJSON.
-fn require_ndjson(headers: &HeaderMap) -> ApiResult<()> {
-    let media_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(';').next())
-        .map(str::trim);
-    match media_type {
-        Some(media) if media.eq_ignore_ascii_case("application/x-ndjson") => Ok(()),
-        _ => Err(ApiError::UnsupportedMediaType(
-            "expected a request body with Content-Type: application/x-ndjson".into(),
-        )),
-    }
-}
-
-/// One line of an NDJSON body: its number and bytes, or that it was too long.
-struct Line<'a> {
-    number: u64,
-    bytes: Result<&'a [u8], ()>,
-}
-
-/// Splits a body arriving in pieces into lines, without keeping more than one partial
-/// line (at most [`MAX_IMPORT_LINE_BYTES`]) between pieces.
-#[derive(Default)]
-struct LineSplitter {
-    partial: Vec<u8>,
-    /// Lines seen so far (the number of the line being read, minus one).
-    lines: u64,
-    /// The current line is over the limit: its bytes are dropped until its end.
-    overlong: bool,
-}
-
-impl LineSplitter {
-    /// Feeds a piece of the body; calls `on_line` for each line it completes.
-    fn push(&mut self, mut bytes: &[u8], mut on_line: impl FnMut(Line<'_>)) {
-        while let Some(end) = bytes.iter().position(|&b| b == b'\n') {
-            let (head, rest) = (&bytes[..end], &bytes[end + 1..]);
-            self.lines += 1;
-            if self.overlong {
-                on_line(Line { number: self.lines, bytes: Err(()) });
-            } else if self.partial.is_empty() {
-                let line = if head.len() > MAX_IMPORT_LINE_BYTES { Err(()) } else { Ok(head) };
-                on_line(Line { number: self.lines, bytes: line });
-            } else {
-                self.partial.extend_from_slice(head);
-                let partial = std::mem::take(&mut self.partial);
-                let line = if partial.len() > MAX_IMPORT_LINE_BYTES { Err(()) } else { Ok(&partial[..]) };
-                on_line(Line { number: self.lines, bytes: line });
-                self.partial = partial;
-                self.partial.clear();
-            }
-            self.overlong = false;
-            bytes = rest;
-        }
-        if !self.overlong {
-            if self.partial.len() + bytes.len() > MAX_IMPORT_LINE_BYTES {
-                self.overlong = true;
-                self.partial = Vec::new();
-            } else {
-                self.partial.extend_from_slice(bytes);
-            }
-        }
-    }
-
-    /// Ends the body: a last line without a newline still counts.
-    fn finish(mut self, mut on_line: impl FnMut(Line<'_>)) {
-        if self.overlong || !self.partial.is_empty() {
-            let number = self.lines + 1;
-            let bytes = if self.overlong { Err(()) } else { Ok(&self.partial[..]) };
-            on_line(Line { number, bytes });
-            self.partial.clear();
-        }
-    }
 }
 
 /// Lines of an import parsed and waiting to be upserted together.
@@ -380,7 +281,7 @@ impl ImportChunk {
         let bytes = match line.bytes {
             Ok(bytes) => bytes.trim_ascii(),
             Err(()) => {
-                let message = format!("line is longer than {MAX_IMPORT_LINE_BYTES} bytes");
+                let message = format!("line is longer than {MAX_LINE_BYTES} bytes");
                 return self.errors.push((line.number, message));
             }
         };
@@ -564,44 +465,5 @@ async fn delete_user(
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("unknown user {braze_id}")))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn split(pieces: &[&[u8]]) -> Vec<(u64, Option<Vec<u8>>)> {
-        let mut lines = Vec::new();
-        let mut splitter = LineSplitter::default();
-        let mut record = |line: Line<'_>| lines.push((line.number, line.bytes.ok().map(<[u8]>::to_vec)));
-        for piece in pieces {
-            splitter.push(piece, &mut record);
-        }
-        splitter.finish(&mut record);
-        lines
-    }
-
-    #[test]
-    fn splits_lines_across_pieces() {
-        let lines = split(&[b"ab\nc", b"d", b"\n\nef"]);
-        assert_eq!(
-            lines,
-            vec![
-                (1, Some(b"ab".to_vec())),
-                (2, Some(b"cd".to_vec())),
-                (3, Some(Vec::new())),
-                (4, Some(b"ef".to_vec()))
-            ]
-        );
-    }
-
-    #[test]
-    fn overlong_lines_are_reported_and_skipped() {
-        let long = vec![b'x'; MAX_IMPORT_LINE_BYTES + 1];
-        let lines = split(&[b"a\n", &long[..10], &long[10..], b"\nb\n"]);
-        assert_eq!(lines, vec![(1, Some(b"a".to_vec())), (2, None), (3, Some(b"b".to_vec()))]);
-        let lines = split(&[&long, b"\nc"]);
-        assert_eq!(lines, vec![(1, None), (2, Some(b"c".to_vec()))]);
     }
 }

@@ -4,21 +4,8 @@ use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
 use super::query::SegmentQuery;
-use crate::domain::{Alias, DeviceId, ExternalId};
+use crate::domain::UserRef;
 use crate::store::database::Database;
-
-/// One user reference of a check, parsed.
-#[derive(Debug, Clone)]
-pub enum UserRef {
-    /// By external id.
-    ExternalId(ExternalId),
-    /// By public id.
-    BrazeId(Uuid),
-    /// By device id.
-    DeviceId(DeviceId),
-    /// By alias.
-    Alias(Alias),
-}
 
 /// The outcome of checking one reference.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]

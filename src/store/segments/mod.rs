@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::store::database::Database;
 
-pub use check::{CheckResult, UserRef, check};
+pub use check::{CheckResult, check};
 pub use query::{SegmentQuery, UnknownCohort, prepare};
 pub use read::{SegmentUser, begin_snapshot, count, export, page};
 

@@ -1,0 +1,433 @@
+//! Changing a cohort's membership: an add/remove request ([`import`]) or a full replace
+//! ([`replace`]), whichever protocol asked, with the bitmaps, the count and the log.
+//!
+//! Each is one transaction of a fixed number of statements whatever its size, each on
+//! one workspace's rows (on Citus, one node): it takes the workspace lock in shared mode
+//! (see [`crate::store::locks`]: it keeps user deletions out), creates or locks the
+//! cohort row (changes of one cohort run one after the other, so what they read of its
+//! memberships stays true until they commit), reads who is a member, then writes exactly
+//! the memberships that change, their bits, the count and the log.
+//! (Resolving before taking the lock was measured too: it lets a request overtake one on
+//! the same cohort sent just before it, and under load it made the tail latency worse.)
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, Postgres, Transaction};
+use uuid::Uuid;
+
+use super::{CohortKey, create_or_lock, resolve::resolve};
+use crate::domain::{
+    CohortName, ImportKind, ImportOutcome, MemberChange, MemberRefs, MembershipChanges, Unmatched,
+    membership::users_of_members,
+};
+use crate::store::{
+    bitmaps::{self, Bitmap},
+    copy::CopyRows,
+    database::Database,
+    locks::{WorkspaceLock, lock_workspace},
+};
+
+/// How many times a change is attempted when PostgreSQL reports a transient conflict.
+const IMPORT_ATTEMPTS: u32 = 5;
+/// Memberships removed per statement by a replace.
+const REMOVALS_PER_STATEMENT: usize = 50_000;
+
+/// What a change to a cohort's membership is, besides its members.
+#[derive(Debug, Clone, Copy)]
+pub struct Import<'a> {
+    /// The protocol that asked.
+    pub kind: ImportKind,
+    /// The request id, logged.
+    pub request_id: &'a str,
+    /// The cohort's name as the message gives it (webhooks name the cohort in every
+    /// message): a cohort this creates takes it, an existing one is renamed. `None`
+    /// leaves the name (a new cohort is named by its id).
+    pub name: Option<&'a CohortName>,
+    /// Members the message named in no form a matching rule could read: counted among
+    /// the unmatched, as unknown.
+    pub unreadable: u64,
+    /// The message's delivery id, where the protocol delivers a message more than once
+    /// (Amplitude's `message_id`): a message already applied for this workspace and
+    /// partner answers its first outcome and changes nothing.
+    pub message_id: Option<&'a str>,
+}
+
+/// What an add/remove request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Its counts (a repeated message's are its first delivery's).
+    pub outcome: ImportOutcome,
+    /// Whether its message had been applied before, so this changed nothing.
+    pub repeated: bool,
+}
+
+/// Applies an add/remove request to a cohort (created if unknown) in one transaction,
+/// logs it, and returns its counts. A deadlock or a serialization failure is retried
+/// here, so it never reaches the client.
+pub async fn import(
+    db: &Database,
+    key: CohortKey<'_>,
+    import: &Import<'_>,
+    changes: &[MemberChange],
+) -> sqlx::Result<Applied> {
+    retrying(|| try_import(db, key, import, changes)).await
+}
+
+async fn try_import(
+    db: &Database,
+    key: CohortKey<'_>,
+    import: &Import<'_>,
+    changes: &[MemberChange],
+) -> sqlx::Result<Applied> {
+    let mut tx: Transaction<'_, Postgres> = db.begin().await?;
+    let now = Utc::now();
+    // Before the statement that resolves users: it must not start while a user deletion
+    // of this workspace is uncommitted.
+    lock_workspace(&mut tx, key.workspace_id, WorkspaceLock::OneCohort).await?;
+    let cohort_ref = lock_cohort(&mut tx, key, import, now).await?;
+    if let Some(outcome) = delivered_before(&mut tx, key, import).await? {
+        return Ok(Applied { outcome, repeated: true });
+    }
+    let resolved = resolve(&mut tx, key.workspace_id, Some(cohort_ref), changes.iter().map(|c| &c.member)).await?;
+    let mut decided = MembershipChanges::decide(changes, resolved);
+    decided.unmatched.unknown += import.unreadable;
+    write_memberships(&mut tx, key.workspace_id, cohort_ref, &decided.added, &decided.removed, now).await?;
+    let outcome = decided.outcome();
+    log_import(&mut tx, key, cohort_ref, import, now, &outcome).await?;
+    if !record_delivery(&mut tx, key, import, now, &outcome).await? {
+        // The same message, applied for another cohort meanwhile: its outcome stands.
+        tx.rollback().await?;
+        let mut conn = db.acquire().await?;
+        let first = delivered_before(&mut conn, key, import).await?;
+        return Ok(Applied { outcome: first.unwrap_or(outcome), repeated: true });
+    }
+    db.commit(tx).await?;
+    Ok(Applied { outcome, repeated: false })
+}
+
+/// The users a full replace wants, gathered while its members are resolved, chunk by
+/// chunk: at most 8 bytes per distinct user, however many members name them.
+#[derive(Debug, Default)]
+pub struct Wanted {
+    users: Vec<i64>,
+    unmatched: Unmatched,
+}
+
+impl Wanted {
+    /// Resolves a chunk of members (a request's worth) and keeps their users.
+    pub async fn resolve(
+        &mut self,
+        conn: &mut PgConnection,
+        workspace_id: Uuid,
+        members: &[MemberRefs],
+    ) -> sqlx::Result<()> {
+        let resolved = resolve(conn, workspace_id, None, members).await?;
+        for user in users_of_members(members.len(), resolved) {
+            match user {
+                Ok(user) => self.users.push(user.id),
+                Err(reason) => self.unmatched.count(reason),
+            }
+        }
+        // Kept sorted and distinct as it grows, so memory follows the distinct users.
+        if self.users.len() > 1 << 16 {
+            self.users.sort_unstable();
+            self.users.dedup();
+        }
+        Ok(())
+    }
+
+    /// Members that no rule could read, counted as unknown.
+    pub fn count_unreadable(&mut self, n: u64) {
+        self.unmatched.unknown += n;
+    }
+}
+
+/// Replaces a cohort's membership (the cohort is created if unknown) with the users of
+/// `wanted`, in one transaction, and logs it.
+pub async fn replace(
+    db: &Database,
+    key: CohortKey<'_>,
+    import: &Import<'_>,
+    wanted: Wanted,
+) -> sqlx::Result<ImportOutcome> {
+    let mut tx = db.begin().await?;
+    let now = Utc::now();
+    lock_workspace(&mut tx, key.workspace_id, WorkspaceLock::OneCohort).await?;
+    let cohort_ref = lock_cohort(&mut tx, key, import, now).await?;
+    let outcome = apply_replace(&mut tx, key, cohort_ref, import, wanted, now).await?;
+    db.commit(tx).await?;
+    Ok(outcome)
+}
+
+/// [`replace`] within a transaction that holds the workspace lock (shared) and the row
+/// lock of cohort `cohort_ref`.
+pub(crate) async fn apply_replace(
+    tx: &mut PgConnection,
+    key: CohortKey<'_>,
+    cohort_ref: i64,
+    import: &Import<'_>,
+    wanted: Wanted,
+    now: DateTime<Utc>,
+) -> sqlx::Result<ImportOutcome> {
+    let Wanted { mut users, mut unmatched } = wanted;
+    users.sort_unstable();
+    users.dedup();
+    unmatched.unknown += import.unreadable;
+    // Resolved before this transaction's lock, perhaps: keep only users that still exist.
+    let blocks: Vec<i64> = {
+        let mut blocks: Vec<i64> = users.iter().map(|&id| bitmaps::position(id).0).collect();
+        blocks.dedup();
+        blocks
+    };
+    let existing = bitmaps::read_ids(tx, key.workspace_id, Bitmap::Users, Some(&blocks)).await?;
+    let users = intersect(&users, &existing);
+    let current = bitmaps::read_ids(tx, key.workspace_id, Bitmap::Cohort(cohort_ref), None).await?;
+    let decided = MembershipChanges::replace(&users, &current, unmatched);
+    write_memberships(tx, key.workspace_id, cohort_ref, &decided.added, &decided.removed, now).await?;
+    let outcome = decided.outcome();
+    log_import(tx, key, cohort_ref, import, now, &outcome).await?;
+    Ok(outcome)
+}
+
+/// The ids in both ascending lists.
+fn intersect(a: &[i64], b: &[i64]) -> Vec<i64> {
+    let mut both = Vec::with_capacity(a.len().min(b.len()));
+    let (mut i, mut j) = (0, 0);
+    while let (Some(&x), Some(&y)) = (a.get(i), b.get(j)) {
+        if x == y {
+            both.push(x);
+        }
+        i += usize::from(x <= y);
+        j += usize::from(y <= x);
+    }
+    both
+}
+
+/// Runs `attempt` again on a transient conflict, up to [`IMPORT_ATTEMPTS`] times.
+async fn retrying<T, F: Future<Output = sqlx::Result<T>>>(mut attempt: impl FnMut() -> F) -> sqlx::Result<T> {
+    let mut attempts = 1;
+    loop {
+        match attempt().await {
+            Err(error) if attempts < IMPORT_ATTEMPTS && is_transient_conflict(&error) => {
+                tracing::debug!(%error, attempts, "cohort import conflicted; retrying");
+                tokio::time::sleep(Duration::from_millis(5 * u64::from(attempts))).await;
+                attempts += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// 40001 serialization failure, 40P01 deadlock: not expected from the service's own
+/// writers (their locks are taken in one order), but possible against SQL run by hand,
+/// and worth a second attempt.
+fn is_transient_conflict(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40001" | "40P01")))
+}
+
+/// The cohort's internal id, created if unknown (named as the change says, else by its
+/// id), with its row lock held until the transaction ends.
+async fn lock_cohort(
+    tx: &mut PgConnection,
+    key: CohortKey<'_>,
+    import: &Import<'_>,
+    now: DateTime<Utc>,
+) -> sqlx::Result<i64> {
+    let name = import.name.map_or(key.cohort_id, CohortName::as_str);
+    create_or_lock(tx, key, name, now, Some(now)).await
+}
+
+/// The outcome of the change's message if it was applied before.
+async fn delivered_before(
+    conn: &mut PgConnection,
+    key: CohortKey<'_>,
+    import: &Import<'_>,
+) -> sqlx::Result<Option<ImportOutcome>> {
+    let Some(message_id) = import.message_id else { return Ok(None) };
+    let row: Option<(i32, i32, i32, i32, i32)> = sqlx::query_as(
+        "SELECT added, removed, unchanged, unmatched_unknown, unmatched_identified_device FROM delivered_messages
+          WHERE workspace_id = $1 AND partner = $2 AND message_id = $3",
+    )
+    .bind(key.workspace_id)
+    .bind(key.partner)
+    .bind(message_id)
+    .fetch_optional(conn)
+    .await?;
+    let count = |n: i32| u64::try_from(n).unwrap_or(0);
+    Ok(row.map(|(added, removed, unchanged, unknown, identified_device)| ImportOutcome {
+        added: count(added),
+        removed: count(removed),
+        unchanged: count(unchanged),
+        unmatched: Unmatched { unknown: count(unknown), device_id_of_identified_user: count(identified_device) },
+    }))
+}
+
+/// How long delivered message ids are kept: Amplitude retries for far less.
+const DELIVERY_RETENTION: chrono::TimeDelta = chrono::TimeDelta::days(7);
+
+/// Records the change's message as applied, with its outcome, and forgets those of the
+/// workspace and partner older than [`DELIVERY_RETENTION`]; `false` if a concurrent
+/// transaction recorded the same message first.
+async fn record_delivery(
+    tx: &mut PgConnection,
+    key: CohortKey<'_>,
+    import: &Import<'_>,
+    now: DateTime<Utc>,
+    outcome: &ImportOutcome,
+) -> sqlx::Result<bool> {
+    let Some(message_id) = import.message_id else { return Ok(true) };
+    sqlx::query("DELETE FROM delivered_messages WHERE workspace_id = $1 AND partner = $2 AND received_at < $3")
+        .bind(key.workspace_id)
+        .bind(key.partner)
+        .bind(now - DELIVERY_RETENTION)
+        .execute(&mut *tx)
+        .await?;
+    let inserted = sqlx::query(
+        "INSERT INTO delivered_messages (workspace_id, partner, message_id, received_at,
+                                         added, removed, unchanged, unmatched_unknown, unmatched_identified_device)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(key.workspace_id)
+    .bind(key.partner)
+    .bind(message_id)
+    .bind(now)
+    .bind(count(outcome.added))
+    .bind(count(outcome.removed))
+    .bind(count(outcome.unchanged))
+    .bind(count(outcome.unmatched.unknown))
+    .bind(count(outcome.unmatched.device_id_of_identified_user))
+    .execute(&mut *tx)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+/// A count as stored (`integer`): a replace of over 2^31 members saturates.
+fn count(n: u64) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// Adds and removes memberships of one cohort, with their bits; the caller holds the
+/// cohort's row lock and has read that `added` are not members and `removed` are.
+async fn write_memberships(
+    tx: &mut PgConnection,
+    workspace_id: Uuid,
+    cohort_ref: i64,
+    added: &[i64],
+    removed: &[i64],
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    let mut rows = CopyRows::with_capacity(added.len(), 50);
+    for &user_id in added {
+        rows.uuid(workspace_id).int(cohort_ref).int(user_id).timestamp(now).end_row();
+    }
+    rows.copy(tx, "COPY cohort_memberships (workspace_id, cohort_ref, user_id, added_at) FROM STDIN (FORMAT binary)")
+        .await?;
+    for removed in removed.chunks(REMOVALS_PER_STATEMENT) {
+        sqlx::query("DELETE FROM cohort_memberships WHERE workspace_id = $1 AND cohort_ref = $2 AND user_id = ANY($3)")
+            .bind(workspace_id)
+            .bind(cohort_ref)
+            .bind(removed)
+            .execute(&mut *tx)
+            .await?;
+    }
+    bitmaps::apply(tx, workspace_id, Bitmap::Cohort(cohort_ref), added, removed).await
+}
+
+/// Moves the cohort's count by the change's added and removed, renames it if the change
+/// names it otherwise, and appends the change to its log.
+async fn log_import(
+    tx: &mut PgConnection,
+    key: CohortKey<'_>,
+    cohort_ref: i64,
+    import: &Import<'_>,
+    now: DateTime<Utc>,
+    outcome: &ImportOutcome,
+) -> sqlx::Result<()> {
+    let changed = outcome.added + outcome.removed > 0;
+    let (member_count, id): (i64, i64) = sqlx::query_as(
+        "UPDATE cohorts SET member_count = member_count + $3, log_entries = log_entries + 1,
+                name = coalesce($6, name),
+                updated_at = CASE WHEN $4 OR name <> coalesce($6, name) THEN $5 ELSE updated_at END,
+                last_import_at = $5
+          WHERE workspace_id = $1 AND id = $2
+         RETURNING member_count, log_entries",
+    )
+    .bind(key.workspace_id)
+    .bind(cohort_ref)
+    .bind(outcome.added as i64 - outcome.removed as i64)
+    .bind(changed)
+    .bind(now)
+    .bind(import.name.map(CohortName::as_str))
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO cohort_imports (workspace_id, cohort_ref, id, kind, request_id, received_at, added, removed,
+                                     unchanged, unmatched_unknown, unmatched_identified_device, member_count_after)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(key.workspace_id)
+    .bind(cohort_ref)
+    .bind(id)
+    .bind(import.kind.as_str())
+    .bind(import.request_id)
+    .bind(now)
+    .bind(count(outcome.added))
+    .bind(count(outcome.removed))
+    .bind(count(outcome.unchanged))
+    .bind(count(outcome.unmatched.unknown))
+    .bind(count(outcome.unmatched.device_id_of_identified_user))
+    .bind(member_count)
+    .execute(&mut *tx)
+    .await
+    .map(|_| ())
+}
+
+/// Takes user `user_id` out of every cohort it is in, with its bits and a `user_deletion`
+/// entry in each such cohort's log, in four statements however many cohorts; the caller
+/// holds the workspace lock for a user deletion.
+pub(crate) async fn remove_user_everywhere(
+    tx: &mut PgConnection,
+    workspace_id: Uuid,
+    user_id: i64,
+    request_id: &str,
+) -> sqlx::Result<()> {
+    // Through the workspace's cohorts: one primary-key probe per cohort.
+    let cohorts: Vec<i64> = sqlx::query_scalar(
+        "DELETE FROM cohort_memberships m USING cohorts c
+          WHERE c.workspace_id = $1 AND m.workspace_id = $1 AND m.cohort_ref = c.id AND m.user_id = $2
+         RETURNING m.cohort_ref",
+    )
+    .bind(workspace_id)
+    .bind(user_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    if cohorts.is_empty() {
+        return Ok(());
+    }
+    bitmaps::clear_in_cohorts(tx, workspace_id, &cohorts, user_id).await?;
+    let now = Utc::now();
+    let logged: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "UPDATE cohorts SET member_count = member_count - 1, log_entries = log_entries + 1, updated_at = $3
+          WHERE workspace_id = $1 AND id = ANY($2)
+         RETURNING id, member_count, log_entries",
+    )
+    .bind(workspace_id)
+    .bind(&cohorts)
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut rows = CopyRows::with_capacity(logged.len(), 160);
+    for (cohort_ref, member_count, id) in logged {
+        rows.uuid(workspace_id).int(cohort_ref).int(id).text(Some("user_deletion")).text(Some(request_id));
+        rows.timestamp(now).int4(0).int4(1).int4(0).int4(0).int4(0).int(member_count).end_row();
+    }
+    rows.copy(
+        tx,
+        "COPY cohort_imports (workspace_id, cohort_ref, id, kind, request_id, received_at, added, removed,
+                              unchanged, unmatched_unknown, unmatched_identified_device, member_count_after)
+         FROM STDIN (FORMAT binary)",
+    )
+    .await
+}

@@ -1,0 +1,344 @@
+//! `cohorts`, `cohort_memberships`, `cohort_imports`: partner cohorts, who is in them,
+//! and the log of every change to their membership. The cohort rows and the operator's
+//! views are here; resolving members is in [`resolve`], changing memberships in
+//! [`import`].
+
+mod import;
+mod resolve;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgConnection;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+pub use import::{Applied, Import, Wanted, import, replace};
+pub(crate) use import::{apply_replace, remove_user_everywhere};
+
+use super::locks::{WorkspaceLock, lock_workspace};
+use crate::domain::{CohortId, CohortName};
+use crate::store::database::Database;
+
+/// A cohort as the operator API shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+pub struct Cohort {
+    /// The partner that posts it.
+    pub partner: String,
+    /// The partner's id for it.
+    pub cohort_id: String,
+    /// Its name (its id until the partner names it).
+    pub name: String,
+    /// How many users are in it now.
+    pub member_count: i64,
+    /// When it was first posted.
+    pub created_at: DateTime<Utc>,
+    /// When its name or its members last changed.
+    pub updated_at: DateTime<Utc>,
+    /// When the last users request was accepted; null before the first.
+    pub last_import_at: Option<DateTime<Utc>>,
+}
+
+/// One change to a cohort's membership, as logged.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+pub struct ImportRecord {
+    /// The log entry's id within the cohort; pass it as `before` to page further back.
+    pub id: i64,
+    /// Who asked: `braze`, `mixpanel_members`, `mixpanel_add_members`,
+    /// `mixpanel_remove_members`, `amplitude`, `replace` (the operator's full replace), or
+    /// `user_deletion` (an operator deleted a member).
+    pub kind: String,
+    /// The request id (`x-request-id`), to find the request in the logs.
+    pub request_id: String,
+    /// When the request was received.
+    pub received_at: DateTime<Utc>,
+    /// Memberships that newly exist.
+    pub added: i32,
+    /// Memberships that newly ended.
+    pub removed: i32,
+    /// Users already in the requested state.
+    pub unchanged: i32,
+    /// Members that matched no eligible user.
+    pub unmatched: i32,
+    /// Of those, members no user has any reference of.
+    pub unmatched_unknown: i32,
+    /// Of those, members named only by a device id of an identified user (device ids
+    /// match anonymous users only).
+    pub unmatched_device_id_of_identified_user: i32,
+    /// The cohort's member count right after this change.
+    pub member_count_after: i64,
+}
+
+/// One change to a cohort's membership in a workspace's log, with its cohort.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+pub struct WorkspaceImport {
+    /// The cohort's partner.
+    pub partner: String,
+    /// The partner's id for the cohort.
+    pub cohort_id: String,
+    /// The cohort's internal id: part of the page position, not shown.
+    #[serde(skip)]
+    pub cohort_ref: i64,
+    /// The change, as its cohort's log shows it.
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub record: ImportRecord,
+}
+
+impl WorkspaceImport {
+    /// Its position in the workspace's log (newest first): time in microseconds,
+    /// cohort, id within the cohort.
+    pub fn position(&self) -> (i64, i64, i64) {
+        (self.record.received_at.timestamp_micros(), self.cohort_ref, self.record.id)
+    }
+}
+
+/// A member of a cohort.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+pub struct Member {
+    /// Internal user id: the pagination key, not shown.
+    #[serde(skip)]
+    pub user_id: i64,
+    /// The user's public id.
+    pub braze_id: Uuid,
+    /// The user's external id; null for an anonymous user.
+    pub external_id: Option<String>,
+    /// When the user joined the cohort.
+    pub added_at: DateTime<Utc>,
+}
+
+/// Where a cohort is: its workspace, partner and the partner's id for it.
+#[derive(Debug, Clone, Copy)]
+pub struct CohortKey<'a> {
+    /// The workspace.
+    pub workspace_id: Uuid,
+    /// The partner's name.
+    pub partner: &'a str,
+    /// The partner's cohort id.
+    pub cohort_id: &'a str,
+}
+
+/// Creates the cohort with `name`, or renames it. Never touches its members.
+pub async fn upsert_name(db: &Database, key: CohortKey<'_>, name: &CohortName) -> sqlx::Result<()> {
+    let mut tx = db.begin().await?;
+    let now = Utc::now();
+    let renamed = sqlx::query(
+        "UPDATE cohorts SET name = $4, updated_at = $5
+          WHERE workspace_id = $1 AND partner = $2 AND cohort_id = $3 AND name <> $4",
+    )
+    .bind(key.workspace_id)
+    .bind(key.partner)
+    .bind(key.cohort_id)
+    .bind(name.as_str())
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    if renamed.rows_affected() == 0 {
+        // Unknown, or already so named (which this finds and leaves alone).
+        create_or_lock(&mut tx, key, name.as_str(), now, None).await?;
+    }
+    db.commit(tx).await
+}
+
+/// The cohort's internal id, creating the cohort (named `name`) if it does not exist, and
+/// holding its row lock until the transaction ends. `last_import_at`, when given, is
+/// written to a cohort this creates.
+pub(crate) async fn create_or_lock(
+    tx: &mut PgConnection,
+    key: CohortKey<'_>,
+    name: &str,
+    now: DateTime<Utc>,
+    last_import_at: Option<DateTime<Utc>>,
+) -> sqlx::Result<i64> {
+    let existing: Option<i64> = sqlx::query_scalar(
+        "SELECT id FROM cohorts WHERE workspace_id = $1 AND partner = $2 AND cohort_id = $3 FOR UPDATE",
+    )
+    .bind(key.workspace_id)
+    .bind(key.partner)
+    .bind(key.cohort_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(id) = existing {
+        return Ok(id);
+    }
+    // New cohorts of one workspace are created one at a time (this row lock), which is
+    // rare enough; existing ones never touch the counter.
+    let id: i64 = sqlx::query_scalar(
+        "UPDATE cohort_id_counters SET next_cohort_id = next_cohort_id + 1 WHERE workspace_id = $1
+         RETURNING next_cohort_id - 1",
+    )
+    .bind(key.workspace_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    // A concurrent creator may have won the race since the read above: then this locks
+    // its row instead.
+    sqlx::query_scalar(
+        "INSERT INTO cohorts AS c (workspace_id, id, partner, cohort_id, name, created_at, updated_at, last_import_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $6, $7)
+         ON CONFLICT (workspace_id, partner, cohort_id) DO UPDATE SET updated_at = c.updated_at
+         RETURNING id",
+    )
+    .bind(key.workspace_id)
+    .bind(id)
+    .bind(key.partner)
+    .bind(key.cohort_id)
+    .bind(name)
+    .bind(now)
+    .bind(last_import_at)
+    .fetch_one(&mut *tx)
+    .await
+}
+
+// ---- operator views ---------------------------------------------------------------
+
+/// A workspace's cohorts, of one partner or all, by partner then name.
+pub async fn list(db: &Database, workspace_id: Uuid, partner: Option<&str>) -> sqlx::Result<Vec<Cohort>> {
+    let mut conn = db.acquire().await?;
+    sqlx::query_as(
+        "SELECT partner, cohort_id, name, member_count, created_at, updated_at, last_import_at
+           FROM cohorts WHERE workspace_id = $1 AND ($2::text IS NULL OR partner = $2)
+          ORDER BY partner, name, cohort_id",
+    )
+    .bind(workspace_id)
+    .bind(partner)
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// One cohort, if it exists.
+pub async fn find(db: &Database, key: CohortKey<'_>) -> sqlx::Result<Option<Cohort>> {
+    let mut conn = db.acquire().await?;
+    sqlx::query_as(
+        "SELECT partner, cohort_id, name, member_count, created_at, updated_at, last_import_at
+           FROM cohorts WHERE workspace_id = $1 AND partner = $2 AND cohort_id = $3",
+    )
+    .bind(key.workspace_id)
+    .bind(key.partner)
+    .bind(key.cohort_id)
+    .fetch_optional(&mut *conn)
+    .await
+}
+
+/// A cohort's import log, newest first, at most `limit` entries older than `before`
+/// (an import id). `None` if the cohort does not exist.
+pub async fn imports(
+    db: &Database,
+    key: CohortKey<'_>,
+    limit: i64,
+    before: Option<i64>,
+) -> sqlx::Result<Option<Vec<ImportRecord>>> {
+    let mut conn = db.acquire().await?;
+    let Some(cohort_ref) = find_ref(&mut conn, key).await? else { return Ok(None) };
+    let records = sqlx::query_as(
+        "SELECT id, kind, request_id, received_at, added, removed, unchanged,
+                unmatched_unknown + unmatched_identified_device AS unmatched, unmatched_unknown,
+                unmatched_identified_device AS unmatched_device_id_of_identified_user, member_count_after
+           FROM cohort_imports
+          WHERE workspace_id = $1 AND cohort_ref = $2 AND ($3::int8 IS NULL OR id < $3)
+          ORDER BY id DESC LIMIT $4",
+    )
+    .bind(key.workspace_id)
+    .bind(cohort_ref)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Some(records))
+}
+
+/// A workspace's imports across its cohorts, newest first: at most `limit`, older than
+/// `before` (a [`WorkspaceImport::position`]).
+pub async fn workspace_imports(
+    db: &Database,
+    workspace_id: Uuid,
+    limit: i64,
+    before: Option<(i64, i64, i64)>,
+) -> sqlx::Result<Vec<WorkspaceImport>> {
+    let (before_time, before_cohort, before_id) = match before {
+        Some((micros, cohort, id)) => (DateTime::<Utc>::from_timestamp_micros(micros), cohort, id),
+        None => (None, 0, 0),
+    };
+    let mut conn = db.acquire().await?;
+    sqlx::query_as(
+        "SELECT c.partner, c.cohort_id, i.cohort_ref, i.id, i.kind, i.request_id, i.received_at, i.added, i.removed,
+                i.unchanged, i.unmatched_unknown + i.unmatched_identified_device AS unmatched, i.unmatched_unknown,
+                i.unmatched_identified_device AS unmatched_device_id_of_identified_user, i.member_count_after
+           FROM cohort_imports i
+           JOIN cohorts c ON c.workspace_id = i.workspace_id AND c.id = i.cohort_ref
+          WHERE i.workspace_id = $1 AND c.workspace_id = $1
+            AND ($2::timestamptz IS NULL OR (i.received_at, i.cohort_ref, i.id) < ($2, $3, $4))
+          ORDER BY i.received_at DESC, i.cohort_ref DESC, i.id DESC LIMIT $5",
+    )
+    .bind(workspace_id)
+    .bind(before_time)
+    .bind(before_cohort)
+    .bind(before_id)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// A page of a cohort's members in internal-id order: at most `limit` members after
+/// `after` (the last internal user id of the previous page). `None` if the cohort does
+/// not exist.
+pub async fn members(
+    db: &Database,
+    key: CohortKey<'_>,
+    limit: i64,
+    after: Option<i64>,
+) -> sqlx::Result<Option<Vec<Member>>> {
+    let mut conn = db.acquire().await?;
+    let Some(cohort_ref) = find_ref(&mut conn, key).await? else { return Ok(None) };
+    let members = sqlx::query_as(
+        "SELECT m.user_id, u.braze_id, u.external_id, m.added_at
+           FROM cohort_memberships m
+           JOIN users u ON u.workspace_id = m.workspace_id AND u.id = m.user_id
+          WHERE m.workspace_id = $1 AND m.cohort_ref = $2 AND m.user_id > $3
+          ORDER BY m.user_id LIMIT $4",
+    )
+    .bind(key.workspace_id)
+    .bind(cohort_ref)
+    .bind(after.unwrap_or(i64::MIN))
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Some(members))
+}
+
+/// Deletes a cohort with its memberships, bitmaps and import log (those two by foreign
+/// key cascade). `false` if it did not exist.
+pub async fn delete(db: &Database, key: CohortKey<'_>) -> sqlx::Result<bool> {
+    let mut tx = db.begin().await?;
+    // It writes memberships: a concurrent user deletion must not take one of them from
+    // under it (nor it one from under the user deletion's member count).
+    lock_workspace(&mut tx, key.workspace_id, WorkspaceLock::OneCohort).await?;
+    let Some(cohort_ref) = find_ref(&mut tx, key).await? else { return Ok(false) };
+    sqlx::query("DELETE FROM cohort_memberships WHERE workspace_id = $1 AND cohort_ref = $2")
+        .bind(key.workspace_id)
+        .bind(cohort_ref)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM cohorts WHERE workspace_id = $1 AND id = $2")
+        .bind(key.workspace_id)
+        .bind(cohort_ref)
+        .execute(&mut *tx)
+        .await?;
+    db.commit(tx).await?;
+    Ok(true)
+}
+
+/// The internal id of a cohort, if it exists.
+pub(crate) async fn find_ref(conn: &mut PgConnection, key: CohortKey<'_>) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar("SELECT id FROM cohorts WHERE workspace_id = $1 AND partner = $2 AND cohort_id = $3")
+        .bind(key.workspace_id)
+        .bind(key.partner)
+        .bind(key.cohort_id)
+        .fetch_optional(conn)
+        .await
+}
+
+impl<'a> CohortKey<'a> {
+    /// The key of a cohort named by a partner request.
+    pub fn new(workspace_id: Uuid, partner: &'a str, cohort_id: &'a CohortId) -> Self {
+        CohortKey { workspace_id, partner, cohort_id: cohort_id.as_str() }
+    }
+}
