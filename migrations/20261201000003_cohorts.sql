@@ -83,3 +83,23 @@ CREATE TABLE cohort_imports (
 );
 -- The workspace's recent changes across cohorts, newest first.
 CREATE INDEX cohort_imports_received_idx ON cohort_imports (workspace_id, received_at, cohort_ref, id);
+
+-- Identifiers sent for a cohort that matched nobody, for operators: one row per
+-- identifier (its kind, the alias label or '', the value) with why it matched nobody
+-- and when it was seen. At most 10,000 per cohort; rows not seen for
+-- UNMATCHED_RETENTION_DAYS are dropped. An identifier that matches a user by now is
+-- left out of the list when it is read.
+CREATE TABLE cohort_unmatched (
+    workspace_id uuid        NOT NULL,
+    cohort_ref   bigint      NOT NULL,
+    kind         text        NOT NULL,
+    alias_label  text        NOT NULL,
+    value        text        NOT NULL,
+    reason       text        NOT NULL,
+    first_seen   timestamptz NOT NULL,
+    last_seen    timestamptz NOT NULL,
+    times_seen   bigint      NOT NULL,
+    PRIMARY KEY (workspace_id, cohort_ref, kind, alias_label, value),
+    FOREIGN KEY (workspace_id, cohort_ref) REFERENCES cohorts (workspace_id, id) ON DELETE CASCADE
+);
+CREATE INDEX cohort_unmatched_last_seen_idx ON cohort_unmatched (workspace_id, cohort_ref, last_seen);

@@ -147,6 +147,12 @@ pub struct Config {
     #[arg(long, env = "MEMBER_SESSION_TTL_SECS", default_value_t = 86_400,
           value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub member_session_ttl_secs: u64,
+
+    /// An unmatched identifier not sent again for this many days leaves its cohort's
+    /// unmatched list.
+    #[arg(long, env = "UNMATCHED_RETENTION_DAYS", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..=3650), global = true)]
+    pub unmatched_retention_days: u32,
 }
 
 impl Config {
@@ -173,6 +179,11 @@ impl Config {
     /// `commit_timeout_secs` as a duration.
     pub fn commit_timeout(&self) -> Duration {
         Duration::from_secs(self.commit_timeout_secs)
+    }
+
+    /// `unmatched_retention_days` as a duration.
+    pub fn unmatched_retention(&self) -> Duration {
+        Duration::from_secs(u64::from(self.unmatched_retention_days) * 86_400)
     }
 
     /// `member_session_ttl_secs` as a duration.

@@ -186,6 +186,8 @@ pub struct MembershipChanges {
     pub unchanged: u64,
     /// Distinct members that matched nobody.
     pub unmatched: Unmatched,
+    /// Those members, by position in the request, with why.
+    pub unmatched_members: Vec<(usize, UnmatchedReason)>,
 }
 
 impl MembershipChanges {
@@ -198,7 +200,7 @@ impl MembershipChanges {
         let mut unmatched: HashSet<&MemberRefs> = HashSet::new();
         let mut decided = MembershipChanges::default();
         // In request order, so a later change overwrites an earlier one.
-        for (change, user) in changes.iter().zip(users) {
+        for (index, (change, user)) in changes.iter().zip(users).enumerate() {
             match user {
                 Ok(user) => {
                     requested.insert(user.id, (change.remove, user.member));
@@ -206,6 +208,7 @@ impl MembershipChanges {
                 Err(reason) => {
                     if unmatched.insert(&change.member) {
                         decided.unmatched.count(reason);
+                        decided.unmatched_members.push((index, reason));
                     }
                 }
             }
@@ -315,6 +318,8 @@ mod tests {
         );
         assert_eq!(decided.added, [2]);
         assert_eq!(decided.removed, [1]);
+        let reasons = [(5, UnmatchedReason::Unknown), (7, UnmatchedReason::DeviceIdOfIdentifiedUser)];
+        assert_eq!(decided.unmatched_members, reasons);
         let unmatched = Unmatched { unknown: 1, device_id_of_identified_user: 1 };
         assert_eq!(decided.outcome(), ImportOutcome { added: 1, removed: 1, unchanged: 2, unmatched });
     }

@@ -199,6 +199,7 @@ async fn import_cohort_users(
             name: None,
             unreadable: 0,
             message_id: None,
+            unmatched_retention: state.config.unmatched_retention(),
         };
         let _turn = state.cohort_imports.enter(key).await?;
         let outcome = store::cohorts::import(&state.db, key, &import, &body.changes.members).await?.outcome;

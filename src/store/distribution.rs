@@ -22,6 +22,7 @@ const DISTRIBUTED_TABLES: &[&str] = &[
     "cohort_memberships",
     "cohort_bitmaps",
     "cohort_imports",
+    "cohort_unmatched",
     "matching_rules",
     "delivered_messages",
     "member_sessions",

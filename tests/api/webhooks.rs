@@ -342,6 +342,43 @@ async fn unmatched_members_are_logged_by_reason() {
     assert_eq!((&entry["kind"], &entry["unmatched"]), (&json!("braze"), &json!(3)));
     assert_eq!(entry["unmatched_unknown"], 2);
     assert_eq!(entry["unmatched_device_id_of_identified_user"], 1);
+
+    // The operator's list of what matched nobody: sent again, counted again.
+    let response = app.client.post(app.url("/partners/kubit/cohorts/users")).json(&body).send().await.unwrap();
+    expect_json(response, 200).await;
+    let path = format!("/admin/workspaces/{ws}/cohorts/kubit/c/unmatched");
+    let listed = expect_json(app.admin_get(&path).await, 200).await;
+    let entries: Vec<(String, String, String, i64)> = listed["unmatched"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let text = |k: &str| e[k].as_str().unwrap().to_owned();
+            (text("kind"), text("value"), text("reason"), e["times_seen"].as_i64().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            ("device_id".into(), "phone-of-u0".into(), "device_id_of_identified_user".into(), 2),
+            ("device_id".into(), "unknown-phone".into(), "unknown".into(), 2),
+            ("external_id".into(), "nobody".into(), "unknown".into(), 2),
+        ]
+    );
+    assert_eq!(listed["unmatched"][0]["alias_label"], Value::Null);
+    // Paged one at a time, the cursor carries on where the page ended.
+    let first = expect_json(app.admin_get(&format!("{path}?limit=2")).await, 200).await;
+    assert_eq!(first["unmatched"].as_array().unwrap().len(), 2);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let rest = expect_json(app.admin_get(&format!("{path}?limit=2&cursor={cursor}")).await, 200).await;
+    assert_eq!(rest["unmatched"][0]["value"], "nobody");
+    // "nobody" signs up: it leaves the list, though no import sent it since.
+    add_users(&app, ws, &[(Some("nobody"), None, &[])]).await;
+    let listed = expect_json(app.admin_get(&path).await, 200).await;
+    let values: Vec<&str> =
+        listed["unmatched"].as_array().unwrap().iter().map(|e| e["value"].as_str().unwrap()).collect();
+    assert_eq!(values, ["phone-of-u0", "unknown-phone"]);
+    assert_eq!(app.admin_get(&format!("/admin/workspaces/{ws}/cohorts/kubit/none/unmatched")).await.status(), 404);
 }
 
 async fn replace(app: &TestApp, ws: Uuid, cohort: &str, lines: &str) -> Response {
@@ -395,6 +432,9 @@ async fn an_operator_replace_repairs_a_cohort_that_lost_a_delta() {
         .unwrap();
     assert_eq!(count, 6, "u0 u2 u3 u4 u5 and the anonymous user");
     assert_eq!(log(&app, ws, "c").await.last().unwrap(), &("replace".into(), 2, 1, 4, 1, 0));
+    let listed =
+        expect_json(app.admin_get(&format!("/admin/workspaces/{ws}/cohorts/kubit/c/unmatched")).await, 200).await;
+    assert_eq!(listed["unmatched"][0]["value"], "lost", "{listed}");
     // Replacing with nothing empties it; a replace creates an unknown cohort.
     let answer = expect_json(replace(&app, ws, "c", "").await, 200).await;
     assert_eq!(answer["removed"], 6);

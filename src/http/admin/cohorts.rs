@@ -26,7 +26,10 @@ use crate::{
     },
     store::{
         self,
-        cohorts::{Cohort, CohortKey, ImportRecord, Member, WorkspaceImport},
+        cohorts::{
+            Cohort, CohortKey, ImportRecord, Member, WorkspaceImport,
+            unmatched::{UnmatchedIdentifier, UnmatchedPosition},
+        },
     },
 };
 
@@ -42,6 +45,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_imports))
         // The replace streams its NDJSON body under its own limit.
         .routes(routes!(list_members, super::replace::replace_members).layer(DefaultBodyLimit::disable()))
+        .routes(routes!(list_unmatched))
         .routes(routes!(list_workspace_imports))
 }
 
@@ -204,6 +208,53 @@ async fn delete_cohort(
     require_workspace(&state, ws).await?;
     let key = CohortKey::new(ws, partner.as_str(), &cohort_id);
     if store::cohorts::delete(&state.db, key).await? { Ok(StatusCode::NO_CONTENT) } else { Err(unknown_cohort(key)) }
+}
+
+/// A page of a cohort's unmatched identifiers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UnmatchedList {
+    /// By kind, alias label and value; at most `limit`, fewer when some match a user by now.
+    pub unmatched: Vec<UnmatchedIdentifier>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The identifiers sent for a cohort that matched nobody, with why, when first and last
+/// seen, and how often (at most 10,000 kept per cohort; one not sent again for
+/// `UNMATCHED_RETENTION_DAYS` leaves, and so does one that matches a user by now).
+#[utoipa::path(get, path = "/admin/workspaces/{ws}/cohorts/{partner}/{cohort_id}/unmatched", tag = "admin",
+    security(("admin_token" = [])),
+    params(("ws" = Uuid, Path, description = "Workspace id"), ("partner" = String, Path, description = "Partner name", pattern = "^[a-z0-9_-]{1,64}$"),
+        ("cohort_id" = String, Path, description = "The partner's cohort id (percent-encoded): 1 to 255 bytes without NUL", min_length = 1, max_length = 255), MembersPage),
+    responses((status = 200, body = UnmatchedList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn list_unmatched(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path((ws, partner, cohort_id)): Path<(Uuid, PartnerName, CohortId)>,
+    Query(page): Query<MembersPage>,
+) -> ApiResult<Json<UnmatchedList>> {
+    let limit = page_limit(page.limit, DEFAULT_PAGE, MAX_PAGE)?;
+    let key = CohortKey::new(ws, partner.as_str(), &cohort_id);
+    let context =
+        [b"unmatched".as_slice(), ws.as_bytes(), partner.as_str().as_bytes(), b"\0", cohort_id.as_str().as_bytes()]
+            .concat();
+    let after = match &page.cursor {
+        Some(text) => Some(
+            cursor::open(&context, text)
+                .and_then(|position| serde_json::from_slice::<UnmatchedPosition>(&position).ok())
+                .ok_or_else(invalid_cursor)?,
+        ),
+        None => None,
+    };
+    require_workspace(&state, ws).await?;
+    let (unmatched, next) =
+        store::cohorts::unmatched::list(&state.db, key, limit, after).await?.ok_or_else(|| unknown_cohort(key))?;
+    let next_cursor = next.map(|position| {
+        let bytes = serde_json::to_vec(&position).unwrap_or_default();
+        cursor::seal(&context, &bytes)
+    });
+    Ok(Json(UnmatchedList { unmatched, next_cursor }))
 }
 
 /// `?limit=&cursor=` of the workspace's imports.

@@ -119,6 +119,7 @@ pub(super) async fn replace_members(
         name: None,
         unreadable: 0,
         message_id: None,
+        unmatched_retention: state.config.unmatched_retention(),
     };
     let _turn = state.cohort_imports.enter(key).await?;
     let outcome = store::cohorts::replace(&state.db, key, &import, wanted).await?;

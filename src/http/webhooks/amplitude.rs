@@ -88,6 +88,7 @@ pub(super) async fn receive(
         name: Some(&name),
         unreadable,
         message_id: message_id.as_deref(),
+        unmatched_retention: state.config.unmatched_retention(),
     };
     let _turn = state.cohort_imports.enter(key).await?;
     let applied = store::cohorts::import(&state.db, key, &import, &as_changes(members, !message.in_cohort)).await?;

@@ -149,7 +149,14 @@ async fn apply(
     let rules = matching_rules(state, &caller, "mixpanel_distinct_id").await?;
     let (refs, unreadable) = read_members(&rules, "parameters.members", &members)?;
     let key = CohortKey::new(caller.workspace_id, &caller.partner, &cohort_id);
-    let import = Import { kind, request_id: request_id.as_str(), name: Some(&name), unreadable, message_id: None };
+    let import = Import {
+        kind,
+        request_id: request_id.as_str(),
+        name: Some(&name),
+        unreadable,
+        message_id: None,
+        unmatched_retention: state.config.unmatched_retention(),
+    };
 
     if kind != ImportKind::MixpanelMembers {
         if refs.is_empty() && unreadable == 0 {

@@ -16,9 +16,9 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::{CohortKey, create_or_lock, resolve::resolve};
+use super::{CohortKey, create_or_lock, resolve::resolve, unmatched};
 use crate::domain::{
-    CohortName, ImportKind, ImportOutcome, MemberChange, MemberRefs, MembershipChanges, Unmatched,
+    CohortName, ImportKind, ImportOutcome, MemberChange, MemberRefs, MembershipChanges, Unmatched, UnmatchedReason,
     membership::users_of_members,
 };
 use crate::store::{
@@ -51,6 +51,8 @@ pub struct Import<'a> {
     /// (Amplitude's `message_id`): a message already applied for this workspace and
     /// partner answers its first outcome and changes nothing.
     pub message_id: Option<&'a str>,
+    /// How long an identifier that matched nobody stays listed if not sent again.
+    pub unmatched_retention: Duration,
 }
 
 /// What an add/remove request did.
@@ -93,6 +95,8 @@ async fn try_import(
     let mut decided = MembershipChanges::decide(changes, resolved);
     decided.unmatched.unknown += import.unreadable;
     write_memberships(&mut tx, key.workspace_id, cohort_ref, &decided.added, &decided.removed, now).await?;
+    let unmatched: Vec<_> = decided.unmatched_members.iter().map(|&(i, reason)| (&changes[i].member, reason)).collect();
+    unmatched::record(&mut tx, key.workspace_id, cohort_ref, &unmatched, now, import.unmatched_retention).await?;
     let outcome = decided.outcome();
     log_import(&mut tx, key, cohort_ref, import, now, &outcome).await?;
     if !record_delivery(&mut tx, key, import, now, &outcome).await? {
@@ -112,6 +116,8 @@ async fn try_import(
 pub struct Wanted {
     users: Vec<i64>,
     unmatched: Unmatched,
+    /// The first of the members that matched nobody, as many as a cohort lists.
+    unmatched_members: Vec<(MemberRefs, UnmatchedReason)>,
 }
 
 impl Wanted {
@@ -123,10 +129,15 @@ impl Wanted {
         members: &[MemberRefs],
     ) -> sqlx::Result<()> {
         let resolved = resolve(conn, workspace_id, None, members).await?;
-        for user in users_of_members(members.len(), resolved) {
+        for (member, user) in members.iter().zip(users_of_members(members.len(), resolved)) {
             match user {
                 Ok(user) => self.users.push(user.id),
-                Err(reason) => self.unmatched.count(reason),
+                Err(reason) => {
+                    self.unmatched.count(reason);
+                    if (self.unmatched_members.len() as i64) < unmatched::MAX_PER_COHORT {
+                        self.unmatched_members.push((member.clone(), reason));
+                    }
+                }
             }
         }
         // Kept sorted and distinct as it grows, so memory follows the distinct users.
@@ -170,7 +181,7 @@ pub(crate) async fn apply_replace(
     wanted: Wanted,
     now: DateTime<Utc>,
 ) -> sqlx::Result<ImportOutcome> {
-    let Wanted { mut users, mut unmatched } = wanted;
+    let Wanted { mut users, mut unmatched, unmatched_members } = wanted;
     users.sort_unstable();
     users.dedup();
     unmatched.unknown += import.unreadable;
@@ -185,6 +196,8 @@ pub(crate) async fn apply_replace(
     let current = bitmaps::read_ids(tx, key.workspace_id, Bitmap::Cohort(cohort_ref), None).await?;
     let decided = MembershipChanges::replace(&users, &current, unmatched);
     write_memberships(tx, key.workspace_id, cohort_ref, &decided.added, &decided.removed, now).await?;
+    let listed: Vec<_> = unmatched_members.iter().map(|(member, reason)| (member, *reason)).collect();
+    unmatched::record(tx, key.workspace_id, cohort_ref, &listed, now, import.unmatched_retention).await?;
     let outcome = decided.outcome();
     log_import(tx, key, cohort_ref, import, now, &outcome).await?;
     Ok(outcome)

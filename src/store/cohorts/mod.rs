@@ -5,6 +5,7 @@
 
 mod import;
 mod resolve;
+pub mod unmatched;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

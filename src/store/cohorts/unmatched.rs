@@ -1,0 +1,180 @@
+//! `cohort_unmatched`: the identifiers sent for a cohort that matched nobody, with why,
+//! for operators to see what a partner sends that this workspace does not know.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgConnection;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{CohortKey, find_ref, resolve::resolve};
+use crate::domain::{Alias, DeviceId, ExternalId, MemberRefs, UnmatchedReason, UserRef};
+use crate::store::database::Database;
+
+/// Most identifiers kept per cohort: past it, new ones are counted, not listed.
+pub const MAX_PER_COHORT: i64 = 10_000;
+
+/// An identifier that matched nobody, as listed.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+pub struct UnmatchedIdentifier {
+    /// `external_id`, `device_id`, `alias` or `braze_id`.
+    pub kind: String,
+    /// The alias label, for an alias.
+    #[sqlx(try_from = "String")]
+    pub alias_label: AliasLabelColumn,
+    /// The identifier (an alias's name).
+    pub value: String,
+    /// `unknown` or `device_id_of_identified_user`.
+    pub reason: String,
+    /// When it was first sent and matched nobody.
+    pub first_seen: DateTime<Utc>,
+    /// When it was last sent and matched nobody.
+    pub last_seen: DateTime<Utc>,
+    /// How many requests sent it.
+    pub times_seen: i64,
+}
+
+/// The alias label column, `''` for identifiers that are no alias: null in the API.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(transparent)]
+pub struct AliasLabelColumn(Option<String>);
+
+impl From<String> for AliasLabelColumn {
+    fn from(label: String) -> Self {
+        AliasLabelColumn((!label.is_empty()).then_some(label))
+    }
+}
+
+/// The stored form of a reference: kind, alias label (`''` if none), value.
+fn columns(user_ref: &UserRef) -> (&'static str, &str, String) {
+    match user_ref {
+        UserRef::ExternalId(id) => ("external_id", "", id.as_str().to_owned()),
+        UserRef::DeviceId(id) => ("device_id", "", id.as_str().to_owned()),
+        UserRef::BrazeId(id) => ("braze_id", "", id.to_string()),
+        UserRef::Alias(alias) => ("alias", alias.alias_label.as_str(), alias.alias_name.as_str().to_owned()),
+    }
+}
+
+/// Records the members that matched nobody in a change of cohort `cohort_ref` (each by
+/// its first reference, the one its first rule read), and forgets the cohort's entries
+/// not seen for `retention`.
+pub(super) async fn record(
+    tx: &mut PgConnection,
+    workspace_id: Uuid,
+    cohort_ref: i64,
+    members: &[(&MemberRefs, UnmatchedReason)],
+    now: DateTime<Utc>,
+    retention: Duration,
+) -> sqlx::Result<()> {
+    if members.is_empty() {
+        return Ok(());
+    }
+    let mut rows: Vec<(&'static str, &str, String, &'static str)> = members
+        .iter()
+        .filter_map(|(member, reason)| member.refs().first().map(|r| (r, reason)))
+        .map(|(user_ref, reason)| {
+            let (kind, label, value) = columns(user_ref);
+            (kind, label, value, reason.as_str())
+        })
+        .collect();
+    // One row per identifier: ON CONFLICT may not touch a row twice in one statement.
+    rows.sort_unstable_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
+    rows.dedup_by(|a, b| (a.0, a.1, &a.2) == (b.0, b.1, &b.2));
+    let expired_before = now - chrono::TimeDelta::from_std(retention).unwrap_or(chrono::TimeDelta::MAX);
+    sqlx::query("DELETE FROM cohort_unmatched WHERE workspace_id = $1 AND cohort_ref = $2 AND last_seen < $3")
+        .bind(workspace_id)
+        .bind(cohort_ref)
+        .bind(expired_before)
+        .execute(&mut *tx)
+        .await?;
+    let kinds: Vec<&str> = rows.iter().map(|r| r.0).collect();
+    let labels: Vec<&str> = rows.iter().map(|r| r.1).collect();
+    let values: Vec<&str> = rows.iter().map(|r| r.2.as_str()).collect();
+    let reasons: Vec<&str> = rows.iter().map(|r| r.3).collect();
+    // The cap is read once per statement, so a cohort may pass it by one request's worth.
+    sqlx::query(
+        "INSERT INTO cohort_unmatched AS u
+                (workspace_id, cohort_ref, kind, alias_label, value, reason, first_seen, last_seen, times_seen)
+         SELECT $1, $2, t.kind, t.label, t.value, t.reason, $7, $7, 1
+           FROM unnest($3::text[], $4::text[], $5::text[], $6::text[]) AS t(kind, label, value, reason)
+          WHERE (SELECT count(*) FROM cohort_unmatched WHERE workspace_id = $1 AND cohort_ref = $2) < $8
+         ON CONFLICT (workspace_id, cohort_ref, kind, alias_label, value)
+         DO UPDATE SET last_seen = EXCLUDED.last_seen, reason = EXCLUDED.reason, times_seen = u.times_seen + 1",
+    )
+    .bind(workspace_id)
+    .bind(cohort_ref)
+    .bind(&kinds)
+    .bind(&labels)
+    .bind(&values)
+    .bind(&reasons)
+    .bind(now)
+    .bind(MAX_PER_COHORT)
+    .execute(&mut *tx)
+    .await
+    .map(|_| ())
+}
+
+/// Where a page of the list starts: after this (kind, alias label, value).
+pub type UnmatchedPosition = (String, String, String);
+
+/// A page of a cohort's unmatched identifiers in (kind, alias label, value) order: at
+/// most `limit` read after `after`, less those that match a user by now; with the
+/// position of the last one read (the next page starts after it; `None` at the end).
+/// `None` if the cohort does not exist.
+pub async fn list(
+    db: &Database,
+    key: CohortKey<'_>,
+    limit: i64,
+    after: Option<UnmatchedPosition>,
+) -> sqlx::Result<Option<(Vec<UnmatchedIdentifier>, Option<UnmatchedPosition>)>> {
+    let mut conn = db.acquire().await?;
+    let Some(cohort_ref) = find_ref(&mut conn, key).await? else { return Ok(None) };
+    let (kind, label, value) = after.unwrap_or_default();
+    let mut rows: Vec<UnmatchedIdentifier> = sqlx::query_as(
+        "SELECT kind, alias_label, value, reason, first_seen, last_seen, times_seen FROM cohort_unmatched
+          WHERE workspace_id = $1 AND cohort_ref = $2 AND (kind, alias_label, value) > ($3, $4, $5)
+          ORDER BY kind, alias_label, value LIMIT $6",
+    )
+    .bind(key.workspace_id)
+    .bind(cohort_ref)
+    .bind(kind)
+    .bind(label)
+    .bind(value)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    let next = (rows.len() as i64 == limit).then(|| rows.last().map(position)).flatten();
+    // Drop what matches now: the identifier leaves the list once it would match.
+    let refs: Vec<Option<MemberRefs>> = rows.iter().map(|row| as_ref(row).map(MemberRefs::one)).collect();
+    let readable: Vec<&MemberRefs> = refs.iter().flatten().collect();
+    let resolved = resolve(&mut conn, key.workspace_id, None, readable.iter().copied()).await?;
+    let mut matched = vec![false; readable.len()];
+    for r in resolved {
+        if r.user.is_some()
+            && let Some(m) = matched.get_mut(r.member)
+        {
+            *m = true;
+        }
+    }
+    let mut matched = matched.into_iter();
+    rows.retain(|row| as_ref(row).is_none() || !matched.next().unwrap_or(false));
+    Ok(Some((rows, next)))
+}
+
+fn position(row: &UnmatchedIdentifier) -> UnmatchedPosition {
+    (row.kind.clone(), row.alias_label.0.clone().unwrap_or_default(), row.value.clone())
+}
+
+/// The reference a stored row names (rows are written from valid references).
+fn as_ref(row: &UnmatchedIdentifier) -> Option<UserRef> {
+    let value = row.value.clone();
+    match row.kind.as_str() {
+        "external_id" => ExternalId::parse(value).ok().map(UserRef::ExternalId),
+        "device_id" => DeviceId::parse(value).ok().map(UserRef::DeviceId),
+        "braze_id" => value.parse().ok().map(UserRef::BrazeId),
+        "alias" => Alias::parse(row.alias_label.0.clone()?, value).ok().map(UserRef::Alias),
+        _ => None,
+    }
+}
