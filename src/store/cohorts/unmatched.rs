@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, Postgres, QueryBuilder};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -15,6 +15,8 @@ use crate::store::database::Database;
 
 /// Most identifiers kept per cohort: past it, new ones are counted, not listed.
 pub const MAX_PER_COHORT: i64 = 10_000;
+/// Rows per INSERT: 9 parameters each, within PostgreSQL's 65,535.
+const ROWS_PER_STATEMENT: usize = 1000;
 
 /// An identifier that matched nobody, as listed.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
@@ -89,31 +91,34 @@ pub(super) async fn record(
         .bind(expired_before)
         .execute(&mut *tx)
         .await?;
-    let kinds: Vec<&str> = rows.iter().map(|r| r.0).collect();
-    let labels: Vec<&str> = rows.iter().map(|r| r.1).collect();
-    let values: Vec<&str> = rows.iter().map(|r| r.2.as_str()).collect();
-    let reasons: Vec<&str> = rows.iter().map(|r| r.3).collect();
-    // The cap is read once per statement, so a cohort may pass it by one request's worth.
-    sqlx::query(
-        "INSERT INTO cohort_unmatched AS u
-                (workspace_id, cohort_ref, kind, alias_label, value, reason, first_seen, last_seen, times_seen)
-         SELECT $1, $2, t.kind, t.label, t.value, t.reason, $7, $7, 1
-           FROM unnest($3::text[], $4::text[], $5::text[], $6::text[]) AS t(kind, label, value, reason)
-          WHERE (SELECT count(*) FROM cohort_unmatched WHERE workspace_id = $1 AND cohort_ref = $2) < $8
-         ON CONFLICT (workspace_id, cohort_ref, kind, alias_label, value)
-         DO UPDATE SET last_seen = EXCLUDED.last_seen, reason = EXCLUDED.reason, times_seen = u.times_seen + 1",
-    )
-    .bind(workspace_id)
-    .bind(cohort_ref)
-    .bind(&kinds)
-    .bind(&labels)
-    .bind(&values)
-    .bind(&reasons)
-    .bind(now)
-    .bind(MAX_PER_COHORT)
-    .execute(&mut *tx)
-    .await
-    .map(|_| ())
+    let listed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM cohort_unmatched WHERE workspace_id = $1 AND cohort_ref = $2")
+            .bind(workspace_id)
+            .bind(cohort_ref)
+            .fetch_one(&mut *tx)
+            .await?;
+    let room = usize::try_from(MAX_PER_COHORT - listed).unwrap_or(0);
+    if room == 0 {
+        return Ok(());
+    }
+    // Rows as VALUES, not `INSERT … SELECT FROM unnest`, which Citus would evaluate on
+    // the coordinator; the text varies with the row count, so it is not prepared.
+    for chunk in rows[..rows.len().min(room)].chunks(ROWS_PER_STATEMENT) {
+        let mut insert = QueryBuilder::<Postgres>::new(
+            "INSERT INTO cohort_unmatched AS u
+                    (workspace_id, cohort_ref, kind, alias_label, value, reason, first_seen, last_seen, times_seen) ",
+        );
+        insert.push_values(chunk, |mut row, (kind, label, value, reason)| {
+            row.push_bind(workspace_id).push_bind(cohort_ref).push_bind(*kind).push_bind(*label);
+            row.push_bind(value.as_str()).push_bind(*reason).push_bind(now).push_bind(now).push_bind(1_i64);
+        });
+        insert.push(
+            " ON CONFLICT (workspace_id, cohort_ref, kind, alias_label, value)
+              DO UPDATE SET last_seen = EXCLUDED.last_seen, reason = EXCLUDED.reason, times_seen = u.times_seen + 1",
+        );
+        insert.build().persistent(false).execute(&mut *tx).await?;
+    }
+    Ok(())
 }
 
 /// Where a page of the list starts: after this (kind, alias label, value).
