@@ -61,3 +61,17 @@ CREATE TABLE member_session_pages (
     FOREIGN KEY (workspace_id, partner, cohort_id, session_id)
         REFERENCES member_sessions (workspace_id, partner, cohort_id, session_id) ON DELETE CASCADE
 );
+
+-- The last requests of a workspace's partner answered 4xx after its key was accepted,
+-- so an operator sees what a partner's UI complains about. At most 100 per workspace
+-- and partner: each new one drops the oldest beyond that.
+CREATE TABLE partner_rejections (
+    workspace_id uuid        NOT NULL,
+    partner      text        NOT NULL,
+    received_at  timestamptz NOT NULL,
+    request_id   text        NOT NULL,
+    route        text        NOT NULL,
+    status       integer     NOT NULL,
+    message      text        NOT NULL,
+    PRIMARY KEY (workspace_id, partner, received_at, request_id)
+);

@@ -14,7 +14,7 @@ use std::{
 
 use axum::{
     body::Bytes,
-    extract::{FromRequest, FromRequestParts, Request},
+    extract::{FromRequest, FromRequestParts, MatchedPath, Request},
     http::StatusCode,
 };
 use serde::{
@@ -28,7 +28,10 @@ use crate::{
     app::AppState,
     domain::PartnerName,
     error::ApiError,
-    http::extract::{KeyName, Path},
+    http::{
+        extract::{KeyName, Path, RequestId},
+        rejections,
+    },
     keys::{KeyHash, mask},
     store::{self, keys::UsedKey},
 };
@@ -133,6 +136,8 @@ impl<T: FromPartnerBody> FromRequest<AppState> for PartnerRequest<T> {
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let (mut parts, body) = request.into_parts();
+        let route = parts.extensions.get::<MatchedPath>().map_or_else(String::new, |p| p.as_str().to_owned());
+        let Ok(request_id) = RequestId::from_request_parts(&mut parts, state).await;
         // No valid partner name has a key: the contract's 401, before anything else.
         let Path(partner) = Path::<PartnerName>::from_request_parts(&mut parts, state)
             .await
@@ -148,22 +153,27 @@ impl<T: FromPartnerBody> FromRequest<AppState> for PartnerRequest<T> {
         })?;
         // A body that is not a JSON object carries no credentials.
         let fields = BodyFields::parse(&bytes).ok_or_else(|| ApiError::Unauthorized(INVALID_PARTNER_API_KEY.into()))?;
-        let caller = authenticate(state, partner, &fields).await?;
-        if let Some(key) = fields.first_duplicate() {
-            return Err(ApiError::bad_request(format!("duplicate field `{}`", key.escape_debug())));
-        }
-        // Nested objects: `cohort_changes` entries reject duplicates as they parse.
-        let body = T::from_fields(&fields)?;
+        let (caller, import_key_id) = authenticate(state, partner, &fields).await?;
+        // From here on the workspace is known: a 4xx is remembered for its operator.
+        let body = state.partner_rate_limit.check(import_key_id).and_then(|()| {
+            if let Some(key) = fields.first_duplicate() {
+                return Err(ApiError::bad_request(format!("duplicate field `{}`", key.escape_debug())));
+            }
+            // Nested objects: `cohort_changes` entries reject duplicates as they parse.
+            T::from_fields(&fields)
+        });
+        let body = rejections::noting(state, &caller, &route, &request_id, body)?;
         Ok(PartnerRequest { caller, body })
     }
 }
 
-/// Checks `partner_api_key` then `client_secret`, with the contract's 401 messages.
+/// Checks `partner_api_key` then `client_secret`, with the contract's 401 messages;
+/// the caller and the id of its data import key.
 async fn authenticate(
     state: &AppState,
     partner: PartnerName,
     fields: &BodyFields<'_>,
-) -> Result<PartnerCaller, ApiError> {
+) -> Result<(PartnerCaller, Uuid), ApiError> {
     let partner = partner.as_str().to_owned();
     let unauthorized = |message: String| ApiError::Unauthorized(message);
     // A credential given twice is ambiguous: as invalid as a missing one.
@@ -191,10 +201,9 @@ async fn authenticate(
             mask(&client_secret)
         )));
     }
-    state.partner_rate_limit.check(import_key_id)?;
     state.key_usage.record(&state.db, UsedKey::PartnerApi(partner_key_id));
     state.key_usage.record(&state.db, UsedKey::DataImport { workspace_id, id: import_key_id });
-    Ok(PartnerCaller { partner, workspace_id })
+    Ok((PartnerCaller { partner, workspace_id }, import_key_id))
 }
 
 #[cfg(test)]

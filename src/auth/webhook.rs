@@ -5,6 +5,7 @@
 
 use axum::http::{HeaderMap, header};
 use base64::{Engine, engine::general_purpose::STANDARD};
+use uuid::Uuid;
 
 use super::{bearer_token, partner::PartnerCaller};
 use crate::{
@@ -25,13 +26,14 @@ pub enum KeyIn {
 }
 
 /// The caller of a webhook: the workspace whose data import key for `partner` the
-/// request presents. 401 for a missing, malformed, revoked or other partner's key.
+/// request presents, and the key's id (for its rate limit). 401 for a missing,
+/// malformed, revoked or other partner's key.
 pub async fn authenticate(
     state: &AppState,
     partner: &str,
     headers: &HeaderMap,
     key_in: KeyIn,
-) -> Result<PartnerCaller, ApiError> {
+) -> Result<(PartnerCaller, Uuid), ApiError> {
     let unauthorized = || {
         ApiError::Unauthorized(match key_in {
             KeyIn::BasicPassword => "invalid credentials: send the data import key as the HTTP Basic password".into(),
@@ -47,9 +49,8 @@ pub async fn authenticate(
     let (id, workspace_id) = store::keys::find_data_import_key(&state.db, partner.as_str(), &KeyHash::of(&key))
         .await?
         .ok_or_else(unauthorized)?;
-    state.partner_rate_limit.check(id)?;
     state.key_usage.record(&state.db, UsedKey::DataImport { workspace_id, id });
-    Ok(PartnerCaller { partner: partner.as_str().to_owned(), workspace_id })
+    Ok((PartnerCaller { partner: partner.as_str().to_owned(), workspace_id }, id))
 }
 
 /// The password of an `Authorization: Basic` header, if it holds one.

@@ -10,6 +10,7 @@ pub mod ndjson;
 pub mod paging;
 pub mod partners;
 pub mod rate_limit;
+pub mod rejections;
 pub mod segments;
 pub mod webhooks;
 

@@ -27,6 +27,7 @@ const DISTRIBUTED_TABLES: &[&str] = &[
     "delivered_messages",
     "member_sessions",
     "member_session_pages",
+    "partner_rejections",
 ];
 
 /// Whether the database has the `citus` extension.

@@ -19,6 +19,7 @@ pub mod keys;
 pub mod locks;
 pub mod matching;
 pub mod partners;
+pub mod rejections;
 pub mod segments;
 pub mod sessions;
 pub mod users;

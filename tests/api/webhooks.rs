@@ -475,3 +475,68 @@ async fn the_workspace_import_log_pages_newest_first_across_cohorts() {
     assert_eq!(second["next_cursor"], Value::Null);
     assert_eq!(app.admin_get(&format!("{path}&cursor=forged")).await.status(), 400);
 }
+
+#[tokio::test]
+async fn an_operator_sees_what_a_partner_was_refused_after_its_key_was_accepted() {
+    let app = TestApp::spawn().await;
+    let setup = app.partner_setup("kubit").await;
+    let ws = setup.workspace;
+    let post = |body: Value| app.client.post(app.url("/partners/kubit/cohorts/users")).json(&body).send();
+    // Wrong key: the workspace is unknown, nothing to remember.
+    let wrong = json!({ "partner_api_key": setup.partner_api_key, "client_secret": "dik_nope", "cohort_id": "c",
+                        "cohort_changes": [] });
+    assert_eq!(post(wrong).await.unwrap().status(), 401);
+    // Accepted key, bad body: remembered, with its request id.
+    let bad = json!({ "partner_api_key": setup.partner_api_key, "client_secret": setup.client_secret,
+                      "cohort_id": "c", "cohort_changes": [{ "user_ids": "u1" }] });
+    let response = app
+        .client
+        .post(app.url("/partners/kubit/cohorts/users"))
+        .header("x-request-id", "req-bad-body")
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let amplitude_key = {
+        app.create_partner("amplitude").await;
+        app.create_data_import_key(ws, "amplitude").await
+    };
+    let response = app
+        .client
+        .post(app.url("/webhooks/amplitude/amplitude"))
+        .bearer_auth(&amplitude_key)
+        .json(&json!({ "cohort_name": "x", "cohort_id": "1", "in_cohort": "maybe", "users": [] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+
+    let path = format!("/admin/workspaces/{ws}/partners/kubit/rejections");
+    // Written in the background: wait for it.
+    let mut listed = Value::Null;
+    for _ in 0..100 {
+        listed = expect_json(app.admin_get(&path).await, 200).await;
+        if !listed["rejections"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rejections = listed["rejections"].as_array().unwrap();
+    assert_eq!(rejections.len(), 1, "{listed}");
+    assert_eq!(rejections[0]["request_id"], "req-bad-body");
+    assert_eq!(rejections[0]["route"], "/partners/{partner}/cohorts/users");
+    assert_eq!(rejections[0]["status"], 400);
+    assert!(rejections[0]["message"].as_str().unwrap().starts_with("cohort_changes must be"), "{listed}");
+    let path = format!("/admin/workspaces/{ws}/partners/amplitude/rejections");
+    let mut listed = Value::Null;
+    for _ in 0..100 {
+        listed = expect_json(app.admin_get(&path).await, 200).await;
+        if !listed["rejections"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(listed["rejections"][0]["route"], "/webhooks/amplitude/{partner}", "{listed}");
+    assert_eq!(app.admin_get(&format!("/admin/workspaces/{ws}/partners/nobody/rejections")).await.status(), 404);
+}

@@ -6,6 +6,7 @@ mod cohorts;
 mod keys;
 mod matching;
 mod partners;
+mod rejections;
 mod replace;
 mod users;
 mod workspaces;
@@ -28,6 +29,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(users::router())
         .merge(cohorts::router())
         .merge(matching::router())
+        .merge(rejections::router())
 }
 
 /// The workspace of a path, or 404.

@@ -11,16 +11,21 @@ use axum::{
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;
+use uuid::Uuid;
 
 use super::{as_changes, body_bytes, cohort_id_of, matching_rules, read_members};
 use crate::{
     app::AppState,
-    auth::webhook::{KeyIn, authenticate},
+    auth::{
+        partner::PartnerCaller,
+        webhook::{KeyIn, authenticate},
+    },
     domain::{CohortName, ImportKind, ImportOutcome},
     error::{ApiError, ApiResult, ErrorBody},
     http::{
         extract::{Json, Path, RequestId},
         partners::ImportResult,
+        rejections,
     },
     metrics,
     store::{
@@ -65,7 +70,22 @@ pub(super) async fn receive(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<ImportResult>> {
-    let caller = authenticate(&state, &partner, &headers, KeyIn::Bearer).await?;
+    let (caller, key_id) = authenticate(&state, &partner, &headers, KeyIn::Bearer).await?;
+    let applied = apply(&state, &caller, key_id, &request_id, body).await;
+    rejections::noting(&state, &caller, ROUTE, &request_id, applied).map(Json)
+}
+
+/// The route, as its rejections name it.
+const ROUTE: &str = "/webhooks/amplitude/{partner}";
+
+async fn apply(
+    state: &AppState,
+    caller: &PartnerCaller,
+    key_id: Uuid,
+    request_id: &RequestId,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<ImportResult> {
+    state.partner_rate_limit.check(key_id)?;
     let body = body_bytes(body)?;
     let message: AmplitudeMessage =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
@@ -76,10 +96,10 @@ pub(super) async fn receive(
     if message_id.as_ref().is_some_and(|id| id.len() > MAX_MESSAGE_ID_BYTES || id.contains('\0')) {
         return Err(ApiError::bad_request("message_id: must be at most 255 bytes without NUL"));
     }
-    let rules = matching_rules(&state, &caller, "user_id").await?;
+    let rules = matching_rules(state, caller, "user_id").await?;
     let (members, unreadable) = read_members(&rules, "users", &message.users)?;
     if members.is_empty() && unreadable == 0 {
-        return Ok(Json(ImportResult::from(ImportOutcome::default())));
+        return Ok(ImportResult::from(ImportOutcome::default()));
     }
     let key = CohortKey::new(caller.workspace_id, &caller.partner, &cohort_id);
     let import = Import {
@@ -95,5 +115,5 @@ pub(super) async fn receive(
     if !applied.repeated {
         metrics::record_import(&caller.partner, ImportKind::Amplitude, applied.outcome);
     }
-    Ok(Json(ImportResult::from(applied.outcome)))
+    Ok(ImportResult::from(applied.outcome))
 }

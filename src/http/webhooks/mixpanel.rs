@@ -14,14 +14,21 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, value::RawValue};
 use utoipa::ToSchema;
+use uuid::Uuid;
 
 use super::{as_changes, cohort_id_of, matching_rules, read_members};
 use crate::{
     app::AppState,
-    auth::webhook::{KeyIn, authenticate},
+    auth::{
+        partner::PartnerCaller,
+        webhook::{KeyIn, authenticate},
+    },
     domain::{CohortName, ImportKind, MatchingRules},
     error::{ApiError, ApiResult},
-    http::extract::{Json, Path, RequestId},
+    http::{
+        extract::{Json, Path, RequestId},
+        rejections,
+    },
     metrics,
     store::{
         self,
@@ -113,20 +120,28 @@ pub(super) async fn receive(
     let body = read_body(&headers, body, state.config.body_limit_bytes).await;
     // Read first, best effort, so that even a 401 names the action.
     let action = body.as_ref().ok().and_then(|b| action_of(b)).unwrap_or_default();
-    match apply(&state, &request_id, &partner, &headers, body).await {
+    let (caller, key_id) = match authenticate(&state, &partner, &headers, KeyIn::BasicPassword).await {
+        Ok(authenticated) => authenticated,
+        Err(error) => return failure(action, error),
+    };
+    let applied = apply(&state, &caller, key_id, &request_id, body).await;
+    match rejections::noting(&state, &caller, ROUTE, &request_id, applied) {
         Ok(()) => Json(MixpanelAnswer { action, status: "success", error: None }).into_response(),
         Err(error) => failure(action, error),
     }
 }
 
+/// The route, as its rejections name it.
+const ROUTE: &str = "/webhooks/mixpanel/{partner}";
+
 async fn apply(
     state: &AppState,
+    caller: &PartnerCaller,
+    key_id: Uuid,
     request_id: &RequestId,
-    partner: &str,
-    headers: &HeaderMap,
     body: ApiResult<Bytes>,
 ) -> ApiResult<()> {
-    let caller = authenticate(state, partner, headers, KeyIn::BasicPassword).await?;
+    state.partner_rate_limit.check(key_id)?;
     let body = body?;
     let message: MixpanelMessage =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
@@ -146,7 +161,7 @@ async fn apply(
         )?;
     let members: Vec<Value> = serde_json::from_str(parameters.members.get())
         .map_err(|_| ApiError::bad_request("parameters.members: expected an array of objects"))?;
-    let rules = matching_rules(state, &caller, "mixpanel_distinct_id").await?;
+    let rules = matching_rules(state, caller, "mixpanel_distinct_id").await?;
     let (refs, unreadable) = read_members(&rules, "parameters.members", &members)?;
     let key = CohortKey::new(caller.workspace_id, &caller.partner, &cohort_id);
     let import = Import {
