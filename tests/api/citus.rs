@@ -95,6 +95,54 @@ async fn every_statement_of_a_workload_is_a_single_task_router_plan() {
         assert_eq!(partner("cohorts/users", body).await.unwrap().status(), 200);
     }
 
+    // A rejected body (remembered for the operator).
+    let bad = json!({ "cohort_id": "A", "cohort_changes": [{ "user_ids": "u1" }] });
+    assert_eq!(partner("cohorts/users", bad).await.unwrap().status(), 400);
+
+    // The webhooks: matching rules, Mixpanel add/remove and a two-page members session,
+    // Amplitude with a message id, twice; the operator's replace.
+    app.create_partner("mixpanel").await;
+    app.create_partner("amplitude").await;
+    let mixpanel_key = app.create_data_import_key(ws, "mixpanel").await;
+    let amplitude_key = app.create_data_import_key(ws, "amplitude").await;
+    let rules = json!({ "rules": [{ "field": "mixpanel_distinct_id", "as": "external_id" },
+                                  { "field": "email", "as": "alias", "alias_label": "email" }] });
+    let put = app.admin(reqwest::Method::PUT, &admin("/partners/mixpanel/matching")).json(&rules).send().await;
+    assert_eq!(put.unwrap().status(), 200);
+    expect_json(app.admin_get(&admin("/partners/mixpanel/matching")).await, 200).await;
+    let mixpanel = |action: &str, members: serde_json::Value, page: Option<(i64, i64)>| {
+        let mut parameters = json!({ "mixpanel_cohort_id": "M", "mixpanel_cohort_name": "Mixed", "members": members });
+        if let Some((page_count, total_pages)) = page {
+            parameters["mixpanel_session_id"] = json!("s");
+            parameters["page_info"] = json!({ "page_count": page_count, "total_pages": total_pages });
+        }
+        let body = json!({ "action": action, "parameters": parameters });
+        app.client.post(app.url("/webhooks/mixpanel/mixpanel")).basic_auth("m", Some(&mixpanel_key)).json(&body).send()
+    };
+    let members = json!([{ "mixpanel_distinct_id": "u2" }, { "mixpanel_distinct_id": "x", "email": "a@x" },
+                         { "mixpanel_distinct_id": "ghost" }]);
+    assert_eq!(mixpanel("add_members", members.clone(), None).await.unwrap().status(), 200);
+    assert_eq!(
+        mixpanel("remove_members", json!([{ "mixpanel_distinct_id": "u2" }]), None).await.unwrap().status(),
+        200
+    );
+    assert_eq!(mixpanel("members", members, Some((2, 2))).await.unwrap().status(), 200);
+    assert_eq!(
+        mixpanel("members", json!([{ "mixpanel_distinct_id": "u4" }]), Some((1, 2))).await.unwrap().status(),
+        200
+    );
+    let message = json!({ "cohort_name": "Amp", "cohort_id": "P", "in_cohort": true, "message_id": "m1",
+                          "users": [{ "user_id": "u2" }, { "user_id": "ghost" }] });
+    for _ in 0..2 {
+        let sent = app.client.post(app.url("/webhooks/amplitude/amplitude")).bearer_auth(&amplitude_key).json(&message);
+        assert_eq!(sent.send().await.unwrap().status(), 200);
+    }
+    let replace = app
+        .admin(reqwest::Method::PUT, &admin("/cohorts/kubit/A/members"))
+        .header("content-type", "application/x-ndjson")
+        .body("{\"external_id\":\"u2\"}\n{\"device_id\":\"d5\"}\n{\"external_id\":\"lost\"}\n");
+    assert_eq!(replace.send().await.unwrap().status(), 200);
+
     // The segment filter API, every shape of filter.
     let key = app.create_api_key(ws, &["segments.read"]).await;
     let leaf = |op: &str, id: &str| json!({ "cohort": { "partner": "kubit", "op": op, "cohort_ids": [id] } });
@@ -120,7 +168,15 @@ async fn every_statement_of_a_workload_is_a_single_task_router_plan() {
     assert_eq!(listed.status(), 200);
 
     // The operator's views and deletions.
-    for path in ["/cohorts", "/cohorts/kubit/A", "/cohorts/kubit/A/imports", "/cohorts/kubit/A/members"] {
+    for path in [
+        "/cohorts",
+        "/cohorts/kubit/A",
+        "/cohorts/kubit/A/imports",
+        "/cohorts/kubit/A/members",
+        "/cohorts/kubit/A/unmatched",
+        "/imports",
+        "/partners/kubit/rejections",
+    ] {
         expect_json(app.admin_get(&admin(path)).await, 200).await;
     }
     let u1 = expect_json(app.admin_get(&admin("/users?external_id=u1")).await, 200).await;
