@@ -25,6 +25,8 @@ CREATE TABLE cohorts (
     member_count   bigint      NOT NULL DEFAULT 0 CHECK (member_count >= 0),
     -- Entries in the cohort's import log: the id of its latest entry.
     log_entries    bigint      NOT NULL DEFAULT 0,
+    -- Rows of cohort_unmatched for it (a count over them cost more than the import).
+    unmatched_listed bigint    NOT NULL DEFAULT 0,
     created_at     timestamptz NOT NULL,
     updated_at     timestamptz NOT NULL,
     last_import_at timestamptz,
@@ -86,9 +88,10 @@ CREATE INDEX cohort_imports_received_idx ON cohort_imports (workspace_id, receiv
 
 -- Identifiers sent for a cohort that matched nobody, for operators: one row per
 -- identifier (its kind, the alias label or '', the value) with why it matched nobody
--- and when it was seen. At most 10,000 per cohort; rows not seen for
--- UNMATCHED_RETENTION_DAYS are dropped. An identifier that matches a user by now is
--- left out of the list when it is read.
+-- and when it was seen. At most 10,000 per cohort (cohorts.unmatched_listed); rows not
+-- seen for UNMATCHED_RETENTION_DAYS are not listed, and are dropped when the cohort has
+-- no room left. An identifier that matches a user by now is left out of the list when
+-- it is read.
 CREATE TABLE cohort_unmatched (
     workspace_id uuid        NOT NULL,
     cohort_ref   bigint      NOT NULL,

@@ -540,3 +540,57 @@ async fn an_operator_sees_what_a_partner_was_refused_after_its_key_was_accepted(
     assert_eq!(listed["rejections"][0]["route"], "/webhooks/amplitude/{partner}", "{listed}");
     assert_eq!(app.admin_get(&format!("/admin/workspaces/{ws}/partners/nobody/rejections")).await.status(), 404);
 }
+
+#[tokio::test]
+async fn a_cohorts_unmatched_list_is_capped_and_expires() {
+    let app = TestApp::spawn().await;
+    let setup = app.partner_setup("kubit").await;
+    let ws = setup.workspace;
+    let send = |ids: Vec<String>| {
+        let body = json!({ "partner_api_key": setup.partner_api_key, "client_secret": setup.client_secret,
+                           "cohort_id": "c", "cohort_changes": [{ "user_ids": ids }] });
+        app.client.post(app.url("/partners/kubit/cohorts/users")).json(&body).send()
+    };
+    // 10,500 distinct unknown ids in 11 requests: 10,000 are kept.
+    for request in 0..11 {
+        let ids: Vec<String> =
+            (0..1000).map(|i| format!("x{:05}", request * 1000 + i)).filter(|id| id.as_str() < "x10500").collect();
+        if ids.is_empty() {
+            break;
+        }
+        expect_json(send(ids).await.unwrap(), 200).await;
+    }
+    let counts: (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM cohort_unmatched), (SELECT unmatched_listed FROM cohorts WHERE cohort_id = 'c')",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(counts, (10_000, 10_000));
+    // At the cap: a listed id is still counted as seen again; a new one is not kept.
+    expect_json(send(vec!["x00007".into(), "brand-new".into()]).await.unwrap(), 200).await;
+    let seen: i64 = sqlx::query_scalar("SELECT times_seen FROM cohort_unmatched WHERE value = 'x00007'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(seen, 2);
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM cohort_unmatched WHERE value = 'brand-new'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, 0);
+    // An entry not seen for longer than the retention is not listed, and makes room.
+    sqlx::query("UPDATE cohort_unmatched SET last_seen = now() - interval '31 days' WHERE value = 'x00000'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let path = format!("/admin/workspaces/{ws}/cohorts/kubit/c/unmatched?limit=2");
+    let listed = expect_json(app.admin_get(&path).await, 200).await;
+    assert_eq!(listed["unmatched"][0]["value"], "x00001", "{listed}");
+    expect_json(send(vec!["brand-new".into()]).await.unwrap(), 200).await;
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM cohort_unmatched WHERE value IN ('brand-new', 'x00000')")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, 1, "the expired entry went, the new one took its place");
+}

@@ -44,6 +44,11 @@ impl Api {
         self.client.post(self.url(path)).bearer_auth(&self.admin_token)
     }
 
+    /// A PUT with the admin token.
+    pub fn admin_put(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.put(self.url(path)).bearer_auth(&self.admin_token)
+    }
+
     /// Creates the workspace, the partner, a data import key linking them and a REST API
     /// key with `segments.read`.
     pub async fn set_up(&self) -> anyhow::Result<Setup> {

@@ -18,6 +18,7 @@ mod report;
 mod seed;
 mod service;
 mod stats;
+mod webhooks;
 
 use std::{process::ExitCode, time::Instant};
 
@@ -63,6 +64,13 @@ struct Args {
     /// profile statements against the seeded data afterwards. Drop it by hand.
     #[arg(long)]
     keep_database: bool,
+    /// Users sent through Amplitude's webhook, 1,000 a message (0: skip the step).
+    #[arg(long, default_value_t = 200_000)]
+    amplitude_changes: u64,
+    /// Members of the Mixpanel `members` session and of the operator's replace (at most
+    /// the identified users; 0: skip both).
+    #[arg(long, default_value_t = 1_000_000)]
+    replace_members: u64,
 }
 
 #[tokio::main]
@@ -159,6 +167,21 @@ async fn run_steps(args: &Args, database: &BenchDatabase) -> anyhow::Result<Benc
         problems.push(format!("the service reported {counted} memberships added net, its cohorts hold {}", members.0));
     }
 
+    let mut hooks = webhooks::WebhookReport::default();
+    if args.amplitude_changes > 0 {
+        progress(&format!("sending {} users to the Amplitude webhook", args.amplitude_changes));
+        hooks.amplitude = Some(
+            webhooks::drive_amplitude(&api, &setup, args.users, args.amplitude_changes, args.concurrency as usize)
+                .await?,
+        );
+    }
+    let replace_members = args.replace_members.min(args.users * 4 / 5);
+    if replace_members > 0 {
+        progress(&format!("a Mixpanel members session and an operator replace of {replace_members} members"));
+        hooks.session = Some(webhooks::members_session(&api, &setup, &pool, replace_members).await?);
+        hooks.replace = Some(webhooks::operator_replace(&api, &setup, &pool, replace_members).await?);
+    }
+
     progress("measuring the segment filter API");
     let mut filter = filter::measure_filters(&api, &setup, &pool, args.users, !args.skip_sql_timings).await?;
     problems.append(&mut filter.problems);
@@ -173,6 +196,7 @@ async fn run_steps(args: &Args, database: &BenchDatabase) -> anyhow::Result<Benc
         baseline,
         members,
         filter,
+        hooks,
         rss_mb,
         problems,
         total: started.elapsed(),

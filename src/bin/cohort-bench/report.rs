@@ -8,6 +8,7 @@ use crate::{
     ingest::IngestReport,
     seed::SeedReport,
     stats::ms,
+    webhooks::WebhookReport,
 };
 
 /// Everything one run measured.
@@ -20,6 +21,7 @@ pub struct BenchReport {
     /// Memberships of the service's cohorts and of the baseline's after both runs.
     pub members: (i64, i64),
     pub filter: FilterReport,
+    pub hooks: WebhookReport,
     pub rss_mb: f64,
     /// Answers that contradict each other or SQL: the figures are printed, the run fails.
     pub problems: Vec<String>,
@@ -105,6 +107,32 @@ impl BenchReport {
         comparison_row(&mut row, "page through A or B", filter.page_or);
         comparison_row(&mut row, "export A (NDJSON)", filter.export);
         comparison_row(&mut row, "check 1,000 users against A", filter.check);
+        if let Some(amplitude) = &self.hooks.amplitude {
+            row(
+                &format!(
+                    "Amplitude webhook: {} users, {} messages, C={}",
+                    amplitude.changes, amplitude.messages, self.concurrency
+                ),
+                rate(amplitude.per_second(), "users/s"),
+                "-".into(),
+                "-".into(),
+            );
+            let l = &amplitude.latencies;
+            row(
+                "  message latency p50 / p99 / max",
+                format!("{:.1} / {:.1} / {:.1} ms", ms(l.p50), ms(l.p99), ms(l.max)),
+                "-".into(),
+                "-".into(),
+            );
+        }
+        if let Some(session) = &self.hooks.session {
+            let what = format!("Mixpanel members session, {} members", session.members);
+            row(&what, rate(session.per_second(), "members/s"), "-".into(), "-".into());
+        }
+        if let Some(replace) = &self.hooks.replace {
+            let what = format!("operator replace (NDJSON), {} members", replace.members);
+            row(&what, rate(replace.per_second(), "members/s"), "-".into(), "-".into());
+        }
         row("service peak RSS (VmHWM)", format!("{:.0} MiB", self.rss_mb), "-".into(), "-".into());
         row("whole run", format!("{:.1} s", self.total.as_secs_f64()), "-".into(), "-".into());
         render(&["step", "service", "raw SQL", "ratio"], &rows)
@@ -120,7 +148,8 @@ impl BenchReport {
         format!(
             "BENCH seed_per_s={:.0} ingest_per_s={:.0} ingest_ratio={:.2} p50_ms={:.1} p99_ms={:.1} \
              pg_cpu_per_1k_ms={:.1} count_ms={} andnot_ms={} not_ms={} ornot_ms={} \
-             page_per_s={} pageor_per_s={} export_per_s={} check_ms={} rss_mb={:.0}",
+             page_per_s={} pageor_per_s={} export_per_s={} check_ms={} amp_per_s={} amp_p99_ms={} \
+             session_members_per_s={} replace_members_per_s={} rss_mb={:.0}",
             self.seed.per_second(),
             self.ingest.per_second(),
             self.ingest_ratio(),
@@ -135,6 +164,10 @@ impl BenchReport {
             service(filter.page_or, 0),
             service(filter.export, 0),
             service(filter.check, 1),
+            or_na(self.hooks.amplitude.map(|a| a.per_second()), 0),
+            or_na(self.hooks.amplitude.map(|a| ms(a.latencies.p99)), 1),
+            or_na(self.hooks.session.map(|s| s.per_second()), 0),
+            or_na(self.hooks.replace.map(|r| r.per_second()), 0),
             self.rss_mb,
         )
     }
@@ -152,6 +185,11 @@ fn comparison_row(row: &mut impl FnMut(&str, String, String, String), what: &str
         }
         None => row(what, "na".into(), "na".into(), "na".into()),
     }
+}
+
+/// A figure with `decimals` decimals, `na` for a step skipped.
+fn or_na(figure: Option<f64>, decimals: usize) -> String {
+    figure.map_or_else(|| "na".to_owned(), |value| format!("{value:.decimals$}"))
 }
 
 /// A rate with a unit, without decimals.

@@ -249,7 +249,9 @@ async fn list_unmatched(
     };
     require_workspace(&state, ws).await?;
     let (unmatched, next) =
-        store::cohorts::unmatched::list(&state.db, key, limit, after).await?.ok_or_else(|| unknown_cohort(key))?;
+        store::cohorts::unmatched::list(&state.db, key, limit, after, state.config.unmatched_retention())
+            .await?
+            .ok_or_else(|| unknown_cohort(key))?;
     let next_cursor = next.map(|position| {
         let bytes = serde_json::to_vec(&position).unwrap_or_default();
         cursor::seal(&context, &bytes)

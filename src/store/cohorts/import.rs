@@ -96,9 +96,10 @@ async fn try_import(
     decided.unmatched.unknown += import.unreadable;
     write_memberships(&mut tx, key.workspace_id, cohort_ref, &decided.added, &decided.removed, now).await?;
     let unmatched: Vec<_> = decided.unmatched_members.iter().map(|&(i, reason)| (&changes[i].member, reason)).collect();
-    unmatched::record(&mut tx, key.workspace_id, cohort_ref, &unmatched, now, import.unmatched_retention).await?;
+    let listed =
+        unmatched::record(&mut tx, key.workspace_id, cohort_ref, &unmatched, now, import.unmatched_retention).await?;
     let outcome = decided.outcome();
-    log_import(&mut tx, key, cohort_ref, import, now, &outcome).await?;
+    log_import(&mut tx, key, cohort_ref, import, now, &outcome, listed).await?;
     if !record_delivery(&mut tx, key, import, now, &outcome).await? {
         // The same message, applied for another cohort meanwhile: its outcome stands.
         tx.rollback().await?;
@@ -197,9 +198,9 @@ pub(crate) async fn apply_replace(
     let decided = MembershipChanges::replace(&users, &current, unmatched);
     write_memberships(tx, key.workspace_id, cohort_ref, &decided.added, &decided.removed, now).await?;
     let listed: Vec<_> = unmatched_members.iter().map(|(member, reason)| (member, *reason)).collect();
-    unmatched::record(tx, key.workspace_id, cohort_ref, &listed, now, import.unmatched_retention).await?;
+    let listed = unmatched::record(tx, key.workspace_id, cohort_ref, &listed, now, import.unmatched_retention).await?;
     let outcome = decided.outcome();
-    log_import(tx, key, cohort_ref, import, now, &outcome).await?;
+    log_import(tx, key, cohort_ref, import, now, &outcome, listed).await?;
     Ok(outcome)
 }
 
@@ -348,8 +349,9 @@ async fn write_memberships(
     bitmaps::apply(tx, workspace_id, Bitmap::Cohort(cohort_ref), added, removed).await
 }
 
-/// Moves the cohort's count by the change's added and removed, renames it if the change
-/// names it otherwise, and appends the change to its log.
+/// Moves the cohort's count by the change's added and removed (and its count of listed
+/// unmatched identifiers by `listed`), renames it if the change names it otherwise, and
+/// appends the change to its log.
 async fn log_import(
     tx: &mut PgConnection,
     key: CohortKey<'_>,
@@ -357,11 +359,12 @@ async fn log_import(
     import: &Import<'_>,
     now: DateTime<Utc>,
     outcome: &ImportOutcome,
+    listed: i64,
 ) -> sqlx::Result<()> {
     let changed = outcome.added + outcome.removed > 0;
     let (member_count, id): (i64, i64) = sqlx::query_as(
         "UPDATE cohorts SET member_count = member_count + $3, log_entries = log_entries + 1,
-                name = coalesce($6, name),
+                unmatched_listed = unmatched_listed + $7, name = coalesce($6, name),
                 updated_at = CASE WHEN $4 OR name <> coalesce($6, name) THEN $5 ELSE updated_at END,
                 last_import_at = $5
           WHERE workspace_id = $1 AND id = $2
@@ -373,6 +376,7 @@ async fn log_import(
     .bind(changed)
     .bind(now)
     .bind(import.name.map(CohortName::as_str))
+    .bind(listed)
     .fetch_one(&mut *tx)
     .await?;
     sqlx::query(

@@ -60,8 +60,10 @@ fn columns(user_ref: &UserRef) -> (&'static str, &str, String) {
 }
 
 /// Records the members that matched nobody in a change of cohort `cohort_ref` (each by
-/// its first reference, the one its first rule read), and forgets the cohort's entries
-/// not seen for `retention`.
+/// its first reference, the one its first rule read); returns by how much the cohort's
+/// listed count changes. A cohort with no room left first drops its entries not seen
+/// for `retention`; past that, new ones are counted only (their existing entries are
+/// still updated).
 pub(super) async fn record(
     tx: &mut PgConnection,
     workspace_id: Uuid,
@@ -69,9 +71,9 @@ pub(super) async fn record(
     members: &[(&MemberRefs, UnmatchedReason)],
     now: DateTime<Utc>,
     retention: Duration,
-) -> sqlx::Result<()> {
+) -> sqlx::Result<i64> {
     if members.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let mut rows: Vec<(&'static str, &str, String, &'static str)> = members
         .iter()
@@ -84,26 +86,43 @@ pub(super) async fn record(
     // One row per identifier: ON CONFLICT may not touch a row twice in one statement.
     rows.sort_unstable_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
     rows.dedup_by(|a, b| (a.0, a.1, &a.2) == (b.0, b.1, &b.2));
-    let expired_before = now - chrono::TimeDelta::from_std(retention).unwrap_or(chrono::TimeDelta::MAX);
-    sqlx::query("DELETE FROM cohort_unmatched WHERE workspace_id = $1 AND cohort_ref = $2 AND last_seen < $3")
-        .bind(workspace_id)
-        .bind(cohort_ref)
-        .bind(expired_before)
-        .execute(&mut *tx)
-        .await?;
-    let listed: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM cohort_unmatched WHERE workspace_id = $1 AND cohort_ref = $2")
+    // The cohort's row is locked by this transaction: its count is exact.
+    let mut listed: i64 =
+        sqlx::query_scalar("SELECT unmatched_listed FROM cohorts WHERE workspace_id = $1 AND id = $2")
             .bind(workspace_id)
             .bind(cohort_ref)
             .fetch_one(&mut *tx)
             .await?;
-    let room = usize::try_from(MAX_PER_COHORT - listed).unwrap_or(0);
-    if room == 0 {
-        return Ok(());
+    let before = listed;
+    if listed + rows.len() as i64 > MAX_PER_COHORT {
+        let expired_before = now - chrono::TimeDelta::from_std(retention).unwrap_or(chrono::TimeDelta::MAX);
+        let dropped =
+            sqlx::query("DELETE FROM cohort_unmatched WHERE workspace_id = $1 AND cohort_ref = $2 AND last_seen < $3")
+                .bind(workspace_id)
+                .bind(cohort_ref)
+                .bind(expired_before)
+                .execute(&mut *tx)
+                .await?;
+        listed -= dropped.rows_affected() as i64;
+    }
+    if listed >= MAX_PER_COHORT {
+        // No room: only the identifiers already listed are brought up to date.
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut update = QueryBuilder::<Postgres>::new("UPDATE cohort_unmatched AS u SET last_seen = ");
+            update.push_bind(now).push(", reason = v.reason, times_seen = u.times_seen + 1 FROM (");
+            update.push_values(chunk, |mut row, (kind, label, value, reason)| {
+                row.push_bind(*kind).push_bind(*label).push_bind(value.as_str()).push_bind(*reason);
+            });
+            update.push(") AS v (kind, alias_label, value, reason) WHERE u.workspace_id = ").push_bind(workspace_id);
+            update.push(" AND u.cohort_ref = ").push_bind(cohort_ref);
+            update.push(" AND u.kind = v.kind AND u.alias_label = v.alias_label AND u.value = v.value");
+            update.build().persistent(false).execute(&mut *tx).await?;
+        }
+        return Ok(listed - before);
     }
     // Rows as VALUES, not `INSERT … SELECT FROM unnest`, which Citus would evaluate on
     // the coordinator; the text varies with the row count, so it is not prepared.
-    for chunk in rows[..rows.len().min(room)].chunks(ROWS_PER_STATEMENT) {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let mut insert = QueryBuilder::<Postgres>::new(
             "INSERT INTO cohort_unmatched AS u
                     (workspace_id, cohort_ref, kind, alias_label, value, reason, first_seen, last_seen, times_seen) ",
@@ -114,18 +133,48 @@ pub(super) async fn record(
         });
         insert.push(
             " ON CONFLICT (workspace_id, cohort_ref, kind, alias_label, value)
-              DO UPDATE SET last_seen = EXCLUDED.last_seen, reason = EXCLUDED.reason, times_seen = u.times_seen + 1",
+              DO UPDATE SET last_seen = EXCLUDED.last_seen, reason = EXCLUDED.reason, times_seen = u.times_seen + 1
+              RETURNING xmax = 0",
         );
-        insert.build().persistent(false).execute(&mut *tx).await?;
+        let inserted: Vec<bool> = insert.build_query_scalar().persistent(false).fetch_all(&mut *tx).await?;
+        listed += inserted.iter().filter(|&&new| new).count() as i64;
     }
-    Ok(())
+    if listed > MAX_PER_COHORT {
+        // The change that reaches the cap keeps only as many new entries as fit.
+        listed = trim_new(tx, workspace_id, cohort_ref, now, listed).await?;
+    }
+    Ok(listed - before)
+}
+
+/// Removes entries first seen at `now` (this change's) while the cohort is over its
+/// cap; the count left.
+async fn trim_new(
+    tx: &mut PgConnection,
+    workspace_id: Uuid,
+    cohort_ref: i64,
+    now: DateTime<Utc>,
+    listed: i64,
+) -> sqlx::Result<i64> {
+    let trimmed = sqlx::query(
+        "DELETE FROM cohort_unmatched WHERE workspace_id = $1 AND cohort_ref = $2 AND (kind, alias_label, value) IN (
+             SELECT kind, alias_label, value FROM cohort_unmatched
+              WHERE workspace_id = $1 AND cohort_ref = $2 AND first_seen = $3 LIMIT $4)",
+    )
+    .bind(workspace_id)
+    .bind(cohort_ref)
+    .bind(now)
+    .bind(listed - MAX_PER_COHORT)
+    .execute(&mut *tx)
+    .await?;
+    Ok(listed - trimmed.rows_affected() as i64)
 }
 
 /// Where a page of the list starts: after this (kind, alias label, value).
 pub type UnmatchedPosition = (String, String, String);
 
 /// A page of a cohort's unmatched identifiers in (kind, alias label, value) order: at
-/// most `limit` read after `after`, less those that match a user by now; with the
+/// most `limit` read after `after`, less those that match a user by now and those not
+/// seen for `retention`; with the
 /// position of the last one read (the next page starts after it; `None` at the end).
 /// `None` if the cohort does not exist.
 pub async fn list(
@@ -133,6 +182,7 @@ pub async fn list(
     key: CohortKey<'_>,
     limit: i64,
     after: Option<UnmatchedPosition>,
+    retention: Duration,
 ) -> sqlx::Result<Option<(Vec<UnmatchedIdentifier>, Option<UnmatchedPosition>)>> {
     let mut conn = db.acquire().await?;
     let Some(cohort_ref) = find_ref(&mut conn, key).await? else { return Ok(None) };
@@ -140,6 +190,7 @@ pub async fn list(
     let mut rows: Vec<UnmatchedIdentifier> = sqlx::query_as(
         "SELECT kind, alias_label, value, reason, first_seen, last_seen, times_seen FROM cohort_unmatched
           WHERE workspace_id = $1 AND cohort_ref = $2 AND (kind, alias_label, value) > ($3, $4, $5)
+            AND last_seen >= $7
           ORDER BY kind, alias_label, value LIMIT $6",
     )
     .bind(key.workspace_id)
@@ -148,6 +199,7 @@ pub async fn list(
     .bind(label)
     .bind(value)
     .bind(limit)
+    .bind(Utc::now() - chrono::TimeDelta::from_std(retention).unwrap_or(chrono::TimeDelta::MAX))
     .fetch_all(&mut *conn)
     .await?;
     let next = (rows.len() as i64 == limit).then(|| rows.last().map(position)).flatten();
