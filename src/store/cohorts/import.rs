@@ -30,8 +30,8 @@ use crate::store::{
 
 /// How many times a change is attempted when PostgreSQL reports a transient conflict.
 const IMPORT_ATTEMPTS: u32 = 5;
-/// Memberships removed per statement by a replace.
-const REMOVALS_PER_STATEMENT: usize = 50_000;
+/// Memberships added or removed per statement by a replace.
+const ROWS_PER_STATEMENT: usize = 50_000;
 
 /// What a change to a cohort's membership is, besides its members.
 #[derive(Debug, Clone, Copy)]
@@ -332,13 +332,16 @@ async fn write_memberships(
     removed: &[i64],
     now: DateTime<Utc>,
 ) -> sqlx::Result<()> {
-    let mut rows = CopyRows::with_capacity(added.len(), 50);
-    for &user_id in added {
-        rows.uuid(workspace_id).int(cohort_ref).int(user_id).timestamp(now).end_row();
+    // In pieces, so a replace of millions holds one piece's encoding at a time.
+    for added in added.chunks(ROWS_PER_STATEMENT) {
+        let mut rows = CopyRows::with_capacity(added.len(), 50);
+        for &user_id in added {
+            rows.uuid(workspace_id).int(cohort_ref).int(user_id).timestamp(now).end_row();
+        }
+        let copy = "COPY cohort_memberships (workspace_id, cohort_ref, user_id, added_at) FROM STDIN (FORMAT binary)";
+        rows.copy(tx, copy).await?;
     }
-    rows.copy(tx, "COPY cohort_memberships (workspace_id, cohort_ref, user_id, added_at) FROM STDIN (FORMAT binary)")
-        .await?;
-    for removed in removed.chunks(REMOVALS_PER_STATEMENT) {
+    for removed in removed.chunks(ROWS_PER_STATEMENT) {
         sqlx::query("DELETE FROM cohort_memberships WHERE workspace_id = $1 AND cohort_ref = $2 AND user_id = ANY($3)")
             .bind(workspace_id)
             .bind(cohort_ref)
