@@ -116,6 +116,8 @@ async fn try_import(
 #[derive(Debug, Default)]
 pub struct Wanted {
     users: Vec<i64>,
+    /// How many `users` were distinct when last made so.
+    distinct: usize,
     unmatched: Unmatched,
     /// The first of the members that matched nobody, as many as a cohort lists.
     unmatched_members: Vec<(MemberRefs, UnmatchedReason)>,
@@ -141,10 +143,12 @@ impl Wanted {
                 }
             }
         }
-        // Kept sorted and distinct as it grows, so memory follows the distinct users.
-        if self.users.len() > 1 << 16 {
+        // Made distinct whenever it doubles, so memory follows the distinct users and
+        // the sorting stays linear in the members overall.
+        if self.users.len() > (2 * self.distinct).max(1 << 16) {
             self.users.sort_unstable();
             self.users.dedup();
+            self.distinct = self.users.len();
         }
         Ok(())
     }
@@ -182,7 +186,7 @@ pub(crate) async fn apply_replace(
     wanted: Wanted,
     now: DateTime<Utc>,
 ) -> sqlx::Result<ImportOutcome> {
-    let Wanted { mut users, mut unmatched, unmatched_members } = wanted;
+    let Wanted { mut users, mut unmatched, unmatched_members, .. } = wanted;
     users.sort_unstable();
     users.dedup();
     unmatched.unknown += import.unreadable;
