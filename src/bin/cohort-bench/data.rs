@@ -129,8 +129,9 @@ pub struct ChangeRequest {
 /// The requests that carry `changes` changes to cohorts of a `users`-user population:
 /// 1,000 identifiers a request, round-robin over the cohorts; of the identifiers about 70%
 /// user_ids, 20% aliases, 10% device_ids, 5% of them unknown; 10% of the requests removals.
-pub fn change_requests(users: u64, changes: u64) -> Vec<ChangeRequest> {
-    let mut rng = Rng::new(1);
+/// `stream` picks the random sequence (the ingest's is 1).
+pub fn change_requests(users: u64, changes: u64, stream: u64) -> Vec<ChangeRequest> {
+    let mut rng = Rng::new(stream);
     let mut adds_by_cohort: Vec<Vec<usize>> = vec![Vec::new(); COHORTS];
     let mut requests: Vec<ChangeRequest> = Vec::new();
     let count = changes.div_ceil(IDENTIFIERS_PER_REQUEST);
@@ -205,8 +206,8 @@ mod tests {
 
     #[test]
     fn changes_are_deterministic_and_sized() {
-        let first = change_requests(1_000, 12_345);
-        let again = change_requests(1_000, 12_345);
+        let first = change_requests(1_000, 12_345, 1);
+        let again = change_requests(1_000, 12_345, 1);
         assert_eq!(first.len(), 13);
         assert_eq!(first.iter().map(|r| r.identifiers.len()).sum::<usize>(), 12_345);
         assert!(first.iter().zip(&again).all(|(a, b)| a.identifiers == b.identifiers && a.remove == b.remove));

@@ -205,7 +205,7 @@ fn import_counts(answer: &Value) -> anyhow::Result<ImportCounts> {
 }
 
 /// The JSON body of one request: a single change object carrying all its identifiers.
-fn request_body(setup: &Setup, request: &ChangeRequest) -> Bytes {
+pub fn request_body(setup: &Setup, request: &ChangeRequest) -> Bytes {
     let mut user_ids = Vec::new();
     let mut aliases = Vec::new();
     let mut device_ids = Vec::new();

@@ -14,6 +14,7 @@ mod data;
 mod database;
 mod filter;
 mod ingest;
+mod openloop;
 mod report;
 mod seed;
 mod service;
@@ -64,6 +65,14 @@ struct Args {
     /// profile statements against the seeded data afterwards. Drop it by hand.
     #[arg(long)]
     keep_database: bool,
+    /// Seconds per open-loop step (0: no open loop): requests sent at a fixed rate, each
+    /// latency counted from its due time.
+    #[arg(long, default_value_t = 0)]
+    open_loop_secs: u64,
+    /// The open-loop steps' rates, requests/s (default: one step at half the closed
+    /// loop's requests/s).
+    #[arg(long, value_delimiter = ',')]
+    rates: Vec<f64>,
     /// Users sent through Amplitude's webhook, 1,000 a message (0: skip the step).
     #[arg(long, default_value_t = 200_000)]
     amplitude_changes: u64,
@@ -137,14 +146,17 @@ async fn run_steps(args: &Args, database: &BenchDatabase) -> anyhow::Result<Benc
         progress(&format!("no CHECKPOINT ({error}): the seeding's writes may land in the ingest"));
     }
 
-    let requests = data::change_requests(args.users, args.changes);
+    let requests = data::change_requests(args.users, args.changes, 1);
     progress(&format!("sending {} changes in {} requests, {} clients", args.changes, requests.len(), args.concurrency));
     ingest::name_cohorts(&api, &setup).await?;
     let before = CpuReading::take(&service)?;
+    let written = openloop::writes(&pool).await?;
     let mut ingest =
         ingest::drive_changes(&api, &setup, &requests, args.concurrency as usize, args.latencies_csv.as_deref())
             .await?;
     let spent = before.spent_since(&service)?;
+    let wal_bytes_per_change =
+        (openloop::writes(&pool).await?.wal_bytes - written.wal_bytes) / ingest.changes.max(1) as f64;
     (ingest.service_cpu, ingest.postgres_cpu) = (spent.service, spent.postgres);
 
     // The baseline's one statement (data-modifying CTEs) is plain PostgreSQL's: on Citus
@@ -165,6 +177,15 @@ async fn run_steps(args: &Args, database: &BenchDatabase) -> anyhow::Result<Benc
     let counted = ingest.outcome.added as i64 - ingest.outcome.removed as i64;
     if members.0 != counted {
         problems.push(format!("the service reported {counted} memberships added net, its cohorts hold {}", members.0));
+    }
+
+    let mut open_loop = Vec::new();
+    if args.open_loop_secs > 0 {
+        let capacity = ingest.requests as f64 / ingest.elapsed.as_secs_f64().max(1e-9);
+        let rates = if args.rates.is_empty() { vec![(capacity / 2.0).max(1.0).round()] } else { args.rates.clone() };
+        progress(&format!("open loop: {rates:?} requests/s, {} s each", args.open_loop_secs));
+        let step = std::time::Duration::from_secs(args.open_loop_secs);
+        open_loop = openloop::run_steps(&api, &setup, &pool, args.users, &rates, step).await?;
     }
 
     let mut hooks = webhooks::WebhookReport::default();
@@ -197,6 +218,8 @@ async fn run_steps(args: &Args, database: &BenchDatabase) -> anyhow::Result<Benc
         members,
         filter,
         hooks,
+        open_loop,
+        wal_bytes_per_change,
         rss_mb,
         problems,
         total: started.elapsed(),

@@ -6,6 +6,7 @@ use crate::{
     baseline::BaselineReport,
     filter::{Comparison, FilterReport},
     ingest::IngestReport,
+    openloop::{self, StepReport},
     seed::SeedReport,
     stats::ms,
     webhooks::WebhookReport,
@@ -22,6 +23,10 @@ pub struct BenchReport {
     pub members: (i64, i64),
     pub filter: FilterReport,
     pub hooks: WebhookReport,
+    /// The open-loop steps, if any ran.
+    pub open_loop: Vec<StepReport>,
+    /// WAL bytes PostgreSQL wrote per change during the closed-loop ingest.
+    pub wal_bytes_per_change: f64,
     pub rss_mb: f64,
     /// Answers that contradict each other or SQL: the figures are printed, the run fails.
     pub problems: Vec<String>,
@@ -97,6 +102,7 @@ impl BenchReport {
             baseline(format!("{raw_pg:.1} ms")),
             baseline(format!("{:.2}", service_pg / raw_pg.max(1e-9))),
         );
+        row("  WAL bytes per change", format!("{:.0}", self.wal_bytes_per_change), "-".into(), "-".into());
         row("  members after", self.members.0.to_string(), baseline(self.members.1.to_string()), "-".into());
         let filter = &self.filter;
         comparison_row(&mut row, &format!("count A ({} members)", filter.members_a), filter.count);
@@ -135,7 +141,8 @@ impl BenchReport {
         }
         row("service peak RSS (VmHWM)", format!("{:.0} MiB", self.rss_mb), "-".into(), "-".into());
         row("whole run", format!("{:.1} s", self.total.as_secs_f64()), "-".into(), "-".into());
-        render(&["step", "service", "raw SQL", "ratio"], &rows)
+        let table = render(&["step", "service", "raw SQL", "ratio"], &rows);
+        if self.open_loop.is_empty() { table } else { format!("{table}\n{}", openloop::table(&self.open_loop)) }
     }
 
     /// The final machine-readable line.
@@ -149,7 +156,8 @@ impl BenchReport {
             "BENCH seed_per_s={:.0} ingest_per_s={:.0} ingest_ratio={:.2} p50_ms={:.1} p99_ms={:.1} \
              pg_cpu_per_1k_ms={:.1} count_ms={} andnot_ms={} not_ms={} ornot_ms={} \
              page_per_s={} pageor_per_s={} export_per_s={} check_ms={} amp_per_s={} amp_p99_ms={} \
-             session_members_per_s={} replace_members_per_s={} rss_mb={:.0}",
+             session_members_per_s={} replace_members_per_s={} wal_bytes_per_change={:.0} ol_rate={} ol_p99_ms={} \
+             ol_max_ms={} rss_mb={:.0}",
             self.seed.per_second(),
             self.ingest.per_second(),
             self.ingest_ratio(),
@@ -168,6 +176,10 @@ impl BenchReport {
             or_na(self.hooks.amplitude.map(|a| ms(a.latencies.p99)), 1),
             or_na(self.hooks.session.map(|s| s.per_second()), 0),
             or_na(self.hooks.replace.map(|r| r.per_second()), 0),
+            self.wal_bytes_per_change,
+            or_na(self.open_loop.first().map(|s| s.rate), 0),
+            or_na(self.open_loop.first().map(|s| ms(s.p99)), 1),
+            or_na(self.open_loop.first().map(|s| ms(s.max)), 1),
             self.rss_mb,
         )
     }
