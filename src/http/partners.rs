@@ -193,14 +193,7 @@ async fn import_cohort_users(
         ImportOutcome::default()
     } else {
         let key = CohortKey::new(caller.workspace_id, &caller.partner, &body.cohort_id);
-        let import = Import {
-            kind: ImportKind::Braze,
-            request_id: request_id.as_str(),
-            name: None,
-            unreadable: 0,
-            message_id: None,
-            unmatched_retention: state.config.unmatched_retention(),
-        };
+        let import = Import::new(ImportKind::Braze, request_id.as_str(), state.config.unmatched_retention());
         let _turn = state.cohort_imports.enter(key).await?;
         let outcome = store::cohorts::import(&state.db, key, &import, &body.changes.members).await?.outcome;
         metrics::record_import(&caller.partner, ImportKind::Braze, outcome);

@@ -213,8 +213,7 @@ async fn mixpanel_add_remove_and_failures_answer_in_mixpanels_shape() {
     let response = app.client.post(app.url("/webhooks/mixpanel/mixpanel")).json(&remove).send().await.unwrap();
     assert_eq!(expect_json(response, 401).await["error"]["code"], 401);
     // Another partner's key does not open this partner's webhook.
-    let other = app.create_partner("amplitude").await;
-    let _ = other;
+    app.create_partner("amplitude").await;
     let amplitude_key = app.create_data_import_key(ws, "amplitude").await;
     assert_eq!(mixpanel(&app, &setup, &amplitude_key, &remove).await.status(), 401);
     // Bad input: 400, naming the field, in Mixpanel's shape.
@@ -476,6 +475,21 @@ async fn the_workspace_import_log_pages_newest_first_across_cohorts() {
     assert_eq!(app.admin_get(&format!("{path}&cursor=forged")).await.status(), 400);
 }
 
+/// The partner's rejections, once at least one is listed (they are written in the
+/// background), within 5 s.
+async fn rejections_of(app: &TestApp, ws: Uuid, partner: &str) -> Value {
+    let path = format!("/admin/workspaces/{ws}/partners/{partner}/rejections");
+    let mut listed = Value::Null;
+    for _ in 0..100 {
+        listed = expect_json(app.admin_get(&path).await, 200).await;
+        if !listed["rejections"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    listed
+}
+
 #[tokio::test]
 async fn an_operator_sees_what_a_partner_was_refused_after_its_key_was_accepted() {
     let app = TestApp::spawn().await;
@@ -512,31 +526,14 @@ async fn an_operator_sees_what_a_partner_was_refused_after_its_key_was_accepted(
         .unwrap();
     assert_eq!(response.status(), 400);
 
-    let path = format!("/admin/workspaces/{ws}/partners/kubit/rejections");
-    // Written in the background: wait for it.
-    let mut listed = Value::Null;
-    for _ in 0..100 {
-        listed = expect_json(app.admin_get(&path).await, 200).await;
-        if !listed["rejections"].as_array().unwrap().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let listed = rejections_of(&app, ws, "kubit").await;
     let rejections = listed["rejections"].as_array().unwrap();
     assert_eq!(rejections.len(), 1, "{listed}");
     assert_eq!(rejections[0]["request_id"], "req-bad-body");
     assert_eq!(rejections[0]["route"], "/partners/{partner}/cohorts/users");
     assert_eq!(rejections[0]["status"], 400);
     assert!(rejections[0]["message"].as_str().unwrap().starts_with("cohort_changes must be"), "{listed}");
-    let path = format!("/admin/workspaces/{ws}/partners/amplitude/rejections");
-    let mut listed = Value::Null;
-    for _ in 0..100 {
-        listed = expect_json(app.admin_get(&path).await, 200).await;
-        if !listed["rejections"].as_array().unwrap().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let listed = rejections_of(&app, ws, "amplitude").await;
     assert_eq!(listed["rejections"][0]["route"], "/webhooks/amplitude/{partner}", "{listed}");
     assert_eq!(app.admin_get(&format!("/admin/workspaces/{ws}/partners/nobody/rejections")).await.status(), 404);
 }

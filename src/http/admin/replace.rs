@@ -113,14 +113,7 @@ pub(super) async fn replace_members(
     resolve_chunk(&state, ws, &mut chunk, &mut wanted).await?;
 
     let key = CohortKey::new(ws, partner.as_str(), &cohort_id);
-    let import = Import {
-        kind: ImportKind::Replace,
-        request_id: request_id.as_str(),
-        name: None,
-        unreadable: 0,
-        message_id: None,
-        unmatched_retention: state.config.unmatched_retention(),
-    };
+    let import = Import::new(ImportKind::Replace, request_id.as_str(), state.config.unmatched_retention());
     let _turn = state.cohort_imports.enter(key).await?;
     let outcome = store::cohorts::replace(&state.db, key, &import, wanted).await?;
     metrics::record_import(partner.as_str(), ImportKind::Replace, outcome);

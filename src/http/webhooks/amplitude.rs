@@ -103,12 +103,10 @@ async fn apply(
     }
     let key = CohortKey::new(caller.workspace_id, &caller.partner, &cohort_id);
     let import = Import {
-        kind: ImportKind::Amplitude,
-        request_id: request_id.as_str(),
         name: Some(&name),
         unreadable,
         message_id: message_id.as_deref(),
-        unmatched_retention: state.config.unmatched_retention(),
+        ..Import::new(ImportKind::Amplitude, request_id.as_str(), state.config.unmatched_retention())
     };
     let _turn = state.cohort_imports.enter(key).await?;
     let applied = store::cohorts::import(&state.db, key, &import, &as_changes(members, !message.in_cohort)).await?;

@@ -165,12 +165,9 @@ async fn apply(
     let (refs, unreadable) = read_members(&rules, "parameters.members", &members)?;
     let key = CohortKey::new(caller.workspace_id, &caller.partner, &cohort_id);
     let import = Import {
-        kind,
-        request_id: request_id.as_str(),
         name: Some(&name),
         unreadable,
-        message_id: None,
-        unmatched_retention: state.config.unmatched_retention(),
+        ..Import::new(kind, request_id.as_str(), state.config.unmatched_retention())
     };
 
     if kind != ImportKind::MixpanelMembers {

@@ -55,6 +55,14 @@ pub struct Import<'a> {
     pub unmatched_retention: Duration,
 }
 
+impl<'a> Import<'a> {
+    /// A change of `kind` under `request_id` that names no cohort name, no unreadable
+    /// member and no message id.
+    pub fn new(kind: ImportKind, request_id: &'a str, unmatched_retention: Duration) -> Self {
+        Import { kind, request_id, name: None, unreadable: 0, message_id: None, unmatched_retention }
+    }
+}
+
 /// What an add/remove request did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
