@@ -4,44 +4,13 @@
 //! statement a representative workload runs, through every hot endpoint, and also refuses
 //! plans that pull rows through the coordinator.
 
-use std::sync::{Arc, Mutex};
-
 use serde_json::json;
-use tracing::field::{Field, Visit};
-use tracing_subscriber::{Layer, layer::SubscriberExt};
+use tracing_subscriber::layer::SubscriberExt;
 
-use crate::helpers::{TestApp, citus_workers, expect_json};
-
-/// Collects the plans PostgreSQL sends as NOTICEs (auto_explain), which sqlx reports as
-/// tracing events of target `sqlx::postgres::notice`.
-#[derive(Clone, Default)]
-struct Plans(Arc<Mutex<Vec<String>>>);
-
-impl<S: tracing::Subscriber> Layer<S> for Plans {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        if event.metadata().target() != "sqlx::postgres::notice" {
-            return;
-        }
-        struct Message(Option<String>);
-        impl Visit for Message {
-            fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-                if field.name() == "message" {
-                    self.0 = Some(format!("{value:?}"));
-                }
-            }
-            fn record_str(&mut self, field: &Field, value: &str) {
-                if field.name() == "message" {
-                    self.0 = Some(value.to_owned());
-                }
-            }
-        }
-        let mut message = Message(None);
-        event.record(&mut message);
-        if let Some(text) = message.0.filter(|text| text.contains("plan:")) {
-            self.0.lock().unwrap().push(text);
-        }
-    }
-}
+use crate::{
+    helpers::{TestApp, citus_workers, expect_json},
+    plans::Plans,
+};
 
 #[tokio::test]
 async fn every_statement_of_a_workload_is_a_single_task_router_plan() {

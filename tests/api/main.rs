@@ -13,6 +13,7 @@ mod commits;
 mod contract;
 mod hostile_input;
 mod operability;
+mod plans;
 mod segments;
 mod slow_clients;
 mod startup;

@@ -334,6 +334,17 @@ fn count(n: u64) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
+/// One primary-key probe per removed user, whatever the statistics say. Written as
+/// `user_id = ANY($3)` beside `cohort_ref = $2`, the statement was planned, on statistics
+/// taken before the cohort grew, as a scan of the whole cohort filtered by the array, in
+/// time proportional to both; here the cohort only joins the probes (`OFFSET 0` keeps it
+/// out of the restrictions) and the array's length is hidden from the planner, so a
+/// probe per user is always the cheapest plan.
+const DELETE_MEMBERSHIPS: &str = "
+DELETE FROM cohort_memberships m
+ USING (SELECT $2::int8 AS cohort_ref, user_id FROM unnest((SELECT $3::int8[])) AS r(user_id) OFFSET 0) AS r
+ WHERE m.workspace_id = $1 AND m.cohort_ref = r.cohort_ref AND m.user_id = r.user_id";
+
 /// Adds and removes memberships of one cohort, with their bits; the caller holds the
 /// cohort's row lock and has read that `added` are not members and `removed` are.
 async fn write_memberships(
@@ -354,12 +365,7 @@ async fn write_memberships(
         rows.copy(tx, copy).await?;
     }
     for removed in removed.chunks(ROWS_PER_STATEMENT) {
-        sqlx::query("DELETE FROM cohort_memberships WHERE workspace_id = $1 AND cohort_ref = $2 AND user_id = ANY($3)")
-            .bind(workspace_id)
-            .bind(cohort_ref)
-            .bind(removed)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(DELETE_MEMBERSHIPS).bind(workspace_id).bind(cohort_ref).bind(removed).execute(&mut *tx).await?;
     }
     bitmaps::apply(tx, workspace_id, Bitmap::Cohort(cohort_ref), added, removed).await
 }
