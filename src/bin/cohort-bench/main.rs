@@ -155,8 +155,9 @@ async fn run_steps(args: &Args, database: &BenchDatabase) -> anyhow::Result<Benc
         ingest::drive_changes(&api, &setup, &requests, args.concurrency as usize, args.latencies_csv.as_deref())
             .await?;
     let spent = before.spent_since(&service)?;
-    let wal_bytes_per_change =
-        (openloop::writes(&pool).await?.wal_bytes - written.wal_bytes) / ingest.changes.max(1) as f64;
+    let wrote = openloop::writes(&pool).await?;
+    progress(&format!("the ingest's WAL: {}..{}", written.wal_lsn, wrote.wal_lsn));
+    let wal_bytes_per_change = (wrote.wal_bytes - written.wal_bytes) / ingest.changes.max(1) as f64;
     (ingest.service_cpu, ingest.postgres_cpu) = (spent.service, spent.postgres);
 
     // The baseline's one statement (data-modifying CTEs) is plain PostgreSQL's: on Citus

@@ -45,22 +45,25 @@ pub struct StepReport {
 }
 
 /// PostgreSQL's cumulative write counters.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Writes {
     pub wal_bytes: f64,
     pub buffers: f64,
+    /// Where the WAL ends: two of them bound a step for `pg_waldump --stats`.
+    pub wal_lsn: String,
 }
 
 /// The counters now.
 pub async fn writes(pool: &PgPool) -> anyhow::Result<Writes> {
-    let (wal_bytes, buffers): (f64, f64) = sqlx::query_as(
+    let (wal_bytes, buffers, wal_lsn): (f64, f64, String) = sqlx::query_as(
         "SELECT (SELECT wal_bytes::float8 FROM pg_stat_wal),
-                (SELECT (buffers_checkpoint + buffers_clean + buffers_backend)::float8 FROM pg_stat_bgwriter)",
+                (SELECT (buffers_checkpoint + buffers_clean + buffers_backend)::float8 FROM pg_stat_bgwriter),
+                pg_current_wal_lsn()::text",
     )
     .fetch_one(pool)
     .await
     .context("reading pg_stat_wal and pg_stat_bgwriter")?;
-    Ok(Writes { wal_bytes, buffers })
+    Ok(Writes { wal_bytes, buffers, wal_lsn })
 }
 
 /// Runs one step per rate (requests/s), `step` long each, with fresh changes (a random
@@ -112,6 +115,7 @@ async fn run_step(api: &Api, pool: &PgPool, rate: f64, bodies: Vec<Bytes>) -> an
         refused += usize::from(was_refused);
     }
     let after = writes(pool).await?;
+    crate::progress(&format!("{rate} requests/s: WAL {}..{}", before.wal_lsn, after.wal_lsn));
     let _ = stop_sampling.send(true);
     let samples = sampler.await.context("the wait sampler panicked")??;
     latencies.sort_unstable();
