@@ -3,7 +3,9 @@
 # <!-- walkthrough:end -->, in order, as one `bash -euo pipefail` script, against a running
 # instance on a fresh database (the walkthrough creates partners whose names must be free).
 #
-#   API=http://127.0.0.1:8080 ADMIN_TOKEN=change-me scripts/walkthrough.sh
+#   API=http://127.0.0.1:8080 ADMIN_TOKEN=change-me scripts/walkthrough.sh [file.md]
+#
+# (README.md unless another Markdown file with the same markers is given.)
 #
 # API defaults to the service's default listen address; ADMIN_TOKEN must be the
 # instance's. The run fails on any failing command (the blocks use `curl -fsS` wherever
@@ -14,7 +16,11 @@
 # for anything.
 set -euo pipefail
 
-readme=$(cd "$(dirname "$0")/.." && pwd)/README.md
+if (($# > 0)); then
+    readme=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
+else
+    readme=$(cd "$(dirname "$0")/.." && pwd)/README.md
+fi
 export API=${API:-http://127.0.0.1:8080}
 : "${ADMIN_TOKEN:?set ADMIN_TOKEN to the admin token of the running instance}"
 export ADMIN_TOKEN
