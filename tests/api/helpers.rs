@@ -424,6 +424,27 @@ pub struct PartnerSetup {
     pub client_secret: String,
 }
 
+/// Waits until a backend of `pool`'s database (other than the asking one) matches
+/// `condition`, SQL over `pg_stat_activity` (e.g. `wait_event_type = 'Lock'`): how a
+/// test knows a concurrent request has reached a point inside PostgreSQL, such as being
+/// blocked on a lock the test holds. Fails the test, saying `what` was awaited, if none
+/// does within 30 s.
+pub async fn wait_for_backend(pool: &PgPool, condition: &str, what: &str) {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid() AND ({condition})"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let matching: i64 = sqlx::query_scalar(AssertSqlSafe(sql.clone())).fetch_one(pool).await.unwrap();
+        if matching > 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: no backend matched `{condition}` within 30 s");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Asserts the status (showing the body when it differs) and returns the JSON body.
 pub async fn expect_json(response: Response, status: u16) -> Value {
     let actual = response.status().as_u16();

@@ -1143,6 +1143,25 @@ fn slow_workspace_post(
     (finish, tokio::spawn(request.send()))
 }
 
+/// Waits until the instance at `address` (a process of its own: no other test's
+/// requests) counts a request in flight besides the scrape asking, e.g. one whose body
+/// is still coming; fails the test if none is within 10 s. Such a request has not
+/// reached its handler, so nothing of it shows in PostgreSQL. A scrape counts until its
+/// last frame is taken, before its response is sent: never in the next one's count.
+async fn wait_until_in_flight(address: &str) {
+    // No kept-alive connection: it would be one more for the drain to close.
+    let scraper = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = scraper.get(format!("{address}/metrics")).send().await.unwrap().text().await.unwrap();
+        if sample(&text, cohort_ingest::metrics::HTTP_IN_FLIGHT).is_some_and(|in_flight| in_flight >= 2.0) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no request in flight within 10 s; last scrape:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn send_sigterm(child: &std::process::Child) {
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
@@ -1180,12 +1199,15 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     assert!(healthcheck().success(), "the container health check fails on a healthy instance");
 
     let (finish, in_flight) = slow_workspace_post(&client, &address, "in flight at SIGTERM");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until_in_flight(&address).await;
     send_sigterm(&child);
-    tokio::time::sleep(Duration::from_millis(300)).await;
     // No new connections once draining…
     let host = address.trim_start_matches("http://");
-    assert!(TcpStream::connect(host).await.is_err(), "still accepting after SIGTERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(host).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting 10 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // …but the request in flight completes.
     finish.send(()).unwrap();
     let response = in_flight.await.unwrap().unwrap();
@@ -1203,7 +1225,7 @@ async fn the_drain_is_bounded_by_the_shutdown_timeout_and_applies_nothing_half_d
     let (mut child, address) = start_binary(&db, 1);
     let client = reqwest::Client::new();
     let (_never_finished, stuck) = slow_workspace_post(&client, &address, "never completed");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until_in_flight(&address).await;
     let started = Instant::now();
     send_sigterm(&child);
     let status = wait_for_exit(&mut child, Duration::from_secs(8)).await;
