@@ -445,6 +445,50 @@ pub async fn wait_for_backend(pool: &PgPool, condition: &str, what: &str) {
     }
 }
 
+/// Asserts that `actual` is the committed snapshot `tests/api/snapshots/<name>`; with
+/// `UPDATE_SNAPSHOTS=1` in the environment, writes it there instead. The failure shows
+/// the lines that differ and how to accept them.
+pub fn assert_matches_snapshot(name: &str, actual: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/api/snapshots").join(name);
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some_and(|v| v == "1") {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    // The test's thread is named after it.
+    let test = std::thread::current().name().unwrap_or_default().to_owned();
+    let update = format!(
+        "if the change is intended, run UPDATE_SNAPSHOTS=1 cargo test --test api -- --exact {test} and commit {}",
+        path.display()
+    );
+    let expected =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("no snapshot {} ({e}); {update}", path.display()));
+    if expected == actual {
+        return;
+    }
+    // The block between the common first and last lines: enough to see a change.
+    let (old, new): (Vec<&str>, Vec<&str>) = (expected.lines().collect(), actual.lines().collect());
+    let prefix = old.iter().zip(&new).take_while(|(a, b)| a == b).count();
+    let suffix = old[prefix..].iter().rev().zip(new[prefix..].iter().rev()).take_while(|(a, b)| a == b).count();
+    let shown = |lines: &[&str], sign: char| {
+        let mut text: String = lines.iter().take(40).map(|line| format!("{sign}{line}\n")).collect();
+        if lines.len() > 40 {
+            text.push_str(&format!("{sign}… {} more lines\n", lines.len() - 40));
+        }
+        text
+    };
+    if prefix == old.len() && prefix == new.len() {
+        panic!("{name} differs from the snapshot in its line endings; {update}");
+    }
+    panic!(
+        "{} differs from the snapshot at line {}:\n{}{}{update}",
+        name,
+        prefix + 1,
+        shown(&old[prefix..old.len() - suffix], '-'),
+        shown(&new[prefix..new.len() - suffix], '+'),
+    );
+}
+
 /// Asserts the status (showing the body when it differs) and returns the JSON body.
 pub async fn expect_json(response: Response, status: u16) -> Value {
     let actual = response.status().as_u16();
