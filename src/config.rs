@@ -2,7 +2,7 @@
 
 use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::{
     serve::ConnectionLimits,
@@ -12,7 +12,7 @@ use crate::{
 /// Where the service finds PostgreSQL when nothing else is said.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/cohort_ingest";
 
-/// The command line: `cohort-ingest [serve|migrate] [flags]`.
+/// The command line: `cohort-ingest [serve|migrate|healthcheck] [flags]`.
 #[derive(Debug, Parser)]
 #[command(name = "cohort-ingest", version, about = "Receives partner cohort imports and serves segment filters.")]
 pub struct Cli {
@@ -156,9 +156,13 @@ pub struct Config {
 }
 
 impl Config {
-    /// The configuration with every default, as a fresh `cohort-ingest` would run.
+    /// The configuration with every default, as a fresh `cohort-ingest` would run
+    /// with no flag and no setting in its environment. The environment is not read: a
+    /// `LOG_FORMAT` or `DATABASE_URL` of the caller's would otherwise leak in, or end the
+    /// process when invalid.
     pub fn defaults() -> Self {
-        Cli::parse_from(["cohort-ingest"]).config
+        let matches = defaults_command().try_get_matches_from(["cohort-ingest"]).expect("the defaults parse");
+        Cli::from_arg_matches(&matches).expect("the defaults make a Cli").config
     }
 
     /// `request_timeout_secs` as a duration.
@@ -230,6 +234,11 @@ impl Config {
     }
 }
 
+/// The command line without its environment variables, for [`Config::defaults`].
+fn defaults_command() -> clap::Command {
+    Cli::command().mut_args(|arg| arg.env(None::<&str>))
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -289,6 +298,46 @@ mod tests {
         assert_eq!(cli.command, None);
         assert_eq!(cli.config.listen_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(cli.config.db_max_connections, 16);
+    }
+
+    #[test]
+    fn the_defaults_read_no_environment_variable() {
+        let command = defaults_command();
+        let with_env: Vec<_> = command.get_arguments().filter(|arg| arg.get_env().is_some()).collect();
+        assert!(with_env.is_empty(), "{with_env:?}");
+        // The command line itself still reads them.
+        assert!(Cli::command().get_arguments().any(|arg| arg.get_env().is_some()));
+    }
+
+    /// Run by [`defaults_ignore_an_invalid_environment`] in a process of its own, whose
+    /// environment holds invalid settings.
+    #[test]
+    #[ignore = "run by defaults_ignore_an_invalid_environment, with invalid settings in its environment"]
+    fn defaults_in_an_invalid_environment() {
+        let config = Config::defaults();
+        assert_eq!(config.log_format, LogFormat::Pretty);
+        assert_eq!(config.listen_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.db_max_connections, 16);
+        assert_eq!(config.database_url, DEFAULT_DATABASE_URL);
+        assert!(config.admin_token.is_none());
+    }
+
+    #[test]
+    fn defaults_ignore_an_invalid_environment() {
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "config::tests::defaults_in_an_invalid_environment", "--ignored", "--nocapture"])
+            .env("LOG_FORMAT", "text")
+            .env("LISTEN_ADDR", "nowhere")
+            .env("DB_MAX_CONNECTIONS", "many")
+            .env("DATABASE_URL", "postgres://elsewhere/other")
+            .env("ADMIN_TOKEN", "from-the-environment")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stdout}\n{stderr}");
+        // The filter matched the test: a typo'd name would run nothing and pass.
+        assert!(stdout.contains("1 passed"), "{stdout}");
     }
 
     #[test]

@@ -6,7 +6,13 @@ use reqwest::Response;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{ADMIN_TOKEN, PartnerSetup, TestApp, assert_bitmaps_match_memberships, expect_error, expect_json};
+use crate::helpers::{
+    ADMIN_TOKEN, PartnerSetup, TestApp, assert_bitmaps_match_memberships, expect_error, expect_json, wait_for_backend,
+};
+
+/// A backend blocked on an advisory lock: where a user deletion holds the workspace lock,
+/// an import waiting for it (the service's only advisory locks are the workspace locks).
+const ADVISORY_LOCK_WAIT: &str = "wait_event_type = 'Lock' AND wait_event = 'advisory'";
 
 const SHAPE_MESSAGE: &str = "cohort_changes must be an array of objects each with key user_ids and/or device_ids mapping to an array of strings, or an aliases object";
 
@@ -885,7 +891,7 @@ async fn an_import_waits_for_a_user_deletion_and_then_finds_the_user_gone() {
         async move { client.post(url).json(&body).send().await.unwrap() }
     });
     // ...so the import waits before it resolves anyone...
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    wait_for_backend(&app.pool, ADVISORY_LOCK_WAIT, "the import never waited for the user deletion's lock").await;
     assert!(!import.is_finished(), "the import went ahead of an uncommitted user deletion");
     sqlx::query("DELETE FROM users WHERE id = $1").bind(users[1]).execute(&mut *deletion).await.unwrap();
     sqlx::query("UPDATE user_bitmaps SET bits = set_bit(bits, ($1 & 1023)::int, 0) WHERE block = $1 >> 10")
@@ -919,7 +925,7 @@ async fn imports_beyond_import_concurrency_wait_their_turn_then_get_503() {
         async move { client.post(url).json(&body).send().await.unwrap() }
     };
     let running = tokio::spawn(import("c1"));
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    wait_for_backend(&app.pool, ADVISORY_LOCK_WAIT, "the first import never waited for the user deletion's lock").await;
     // ...so an import of another cohort waits for the slot, not in PostgreSQL (the pool
     // has connections to spare), and gives up after DB_ACQUIRE_TIMEOUT_SECS, having
     // written nothing.

@@ -69,60 +69,78 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
-    /// Creates an empty database with a unique name and applies the migrations (in the
+    /// Creates a database with a unique name holding what the migrations make (in the
     /// Citus mode: on every node, with Citus, the workers added).
     pub async fn create() -> (TestDatabase, PgPool) {
         let server = database::connect_options(server_url()).expect("TEST_DATABASE_URL is valid");
         let name = format!("cohort_ingest_test_{}", Uuid::new_v4().simple());
-        let nodes = Self::nodes(&server);
+        let database = match citus_workers() {
+            Some(workers) => Self::create_on_citus(&server, &name, workers).await,
+            None => {
+                let template = template_database(&server).await;
+                let mut admin = PgConnection::connect_with(&server).await.expect("PostgreSQL is reachable for tests");
+                let create =
+                    format!("CREATE DATABASE {} TEMPLATE {}", quote_identifier(&name), quote_identifier(template));
+                sqlx::query(AssertSqlSafe(create)).execute(&mut admin).await.expect("can create a test database");
+                admin.close().await.ok();
+                TestDatabase { options: server.clone().database(&name), name }
+            }
+        };
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(database.options.clone())
+            .await
+            .expect("can connect to the test database");
+        // On a copy of the template this finds every migration applied (their checksums
+        // checked) and changes nothing; on Citus it builds the schema.
+        database::migrate(&Database::new(pool.clone())).await.expect("migrations apply");
+        (database, pool)
+    }
+
+    /// An empty database on every node with the `citus` extension and the workers added:
+    /// a template would not carry Citus's metadata, which spans the nodes.
+    async fn create_on_citus(server: &PgConnectOptions, name: &str, workers: &[(String, u16)]) -> TestDatabase {
+        let nodes = Self::nodes(server);
         for node in &nodes {
             let mut admin = PgConnection::connect_with(node).await.expect("PostgreSQL is reachable for tests");
-            sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {}", quote_identifier(&name))))
+            sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {}", quote_identifier(name))))
                 .execute(&mut admin)
                 .await
                 .expect("can create a test database");
             admin.close().await.ok();
         }
-        let options = server.clone().database(&name);
+        let options = server.clone().database(name);
         // From here on a failed step still drops the database (on every node).
-        let database = TestDatabase { name: name.clone(), options: options.clone() };
-        if let Some(workers) = citus_workers() {
-            for node in &nodes {
-                let mut conn = PgConnection::connect_with(&node.clone().database(&name)).await.unwrap();
-                sqlx::query("CREATE EXTENSION citus").execute(&mut conn).await.expect("the citus extension");
-                conn.close().await.ok();
-            }
-            let mut coordinator = PgConnection::connect_with(&options).await.unwrap();
-            sqlx::query("SELECT citus_set_coordinator_host($1, $2)")
-                .bind(server.get_host())
-                .bind(i32::from(server.get_port()))
+        let database = TestDatabase { name: name.to_owned(), options: options.clone() };
+        for node in &nodes {
+            let mut conn = PgConnection::connect_with(&node.clone().database(name)).await.unwrap();
+            sqlx::query("CREATE EXTENSION citus").execute(&mut conn).await.expect("the citus extension");
+            conn.close().await.ok();
+        }
+        let mut coordinator = PgConnection::connect_with(&options).await.unwrap();
+        sqlx::query("SELECT citus_set_coordinator_host($1, $2)")
+            .bind(server.get_host())
+            .bind(i32::from(server.get_port()))
+            .execute(&mut coordinator)
+            .await
+            .unwrap();
+        for (host, port) in workers {
+            // Adding a node creates the role on it, which concurrent test databases
+            // may do at the same moment ("tuple concurrently updated"): try again.
+            let mut attempt = 0;
+            while let Err(error) = sqlx::query("SELECT citus_add_node($1, $2)")
+                .bind(host)
+                .bind(i32::from(*port))
                 .execute(&mut coordinator)
                 .await
-                .unwrap();
-            for (host, port) in workers {
-                // Adding a node creates the role on it, which concurrent test databases
-                // may do at the same moment ("tuple concurrently updated"): try again.
-                let mut attempt = 0;
-                while let Err(error) = sqlx::query("SELECT citus_add_node($1, $2)")
-                    .bind(host)
-                    .bind(i32::from(*port))
-                    .execute(&mut coordinator)
-                    .await
-                {
-                    attempt += 1;
-                    assert!(attempt < 10, "cannot add the Citus worker {host}:{port}: {error}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
-                }
+            {
+                attempt += 1;
+                assert!(attempt < 10, "cannot add the Citus worker {host}:{port}: {error}");
+                tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
             }
-            coordinator.close().await.ok();
         }
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(8)
-            .connect_with(options.clone())
-            .await
-            .expect("can connect to the test database");
-        database::migrate(&Database::new(pool.clone())).await.expect("migrations apply");
-        (database, pool)
+        coordinator.close().await.ok();
+        database
     }
 
     /// The database's URL, for a service started as a process of its own.
@@ -182,6 +200,91 @@ impl Drop for TestDatabase {
         })
         .join();
     }
+}
+
+/// Prefix of the template databases: one per set of migrations, named by their hash.
+const TEMPLATE_PREFIX: &str = "cohort_ingest_template_";
+/// Prefix of a template being built: renamed once complete, so that a template found
+/// under its final name is whole (a process that dies while building leaves this name).
+const BUILDING_PREFIX: &str = "cohort_ingest_template_building_";
+
+/// The database every plain PostgreSQL test database is copied from: migrated once per
+/// test process, so that a test costs a `CREATE DATABASE … TEMPLATE` instead of every
+/// migration. Named by a hash of the migrations, so a changed migration gets a template
+/// of its own and processes at different commits can share the server. Templates of
+/// other migrations are left alone: another checkout's suite may be copying one.
+async fn template_database(server: &PgConnectOptions) -> &'static str {
+    static TEMPLATE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    TEMPLATE.get_or_init(|| build_template(server.clone())).await
+}
+
+/// `TEMPLATE_PREFIX` and the hash of the embedded migrations (versions, descriptions,
+/// checksums of their SQL).
+fn template_name() -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for migration in database::MIGRATOR.iter() {
+        hash.update(migration.version.to_le_bytes());
+        hash.update(migration.description.as_bytes());
+        hash.update(migration.checksum.as_ref());
+        hash.update([u8::from(migration.no_tx)]);
+    }
+    format!("{TEMPLATE_PREFIX}{}", &hex::encode(hash.finalize())[..16])
+}
+
+/// Creates the template unless it exists. Processes take turns through an advisory lock
+/// on the maintenance database; the one that finds no template builds it under a
+/// temporary name, migrates it as the service does, closes every connection to it
+/// (`CREATE DATABASE … TEMPLATE` refuses a template anyone is connected to), forbids
+/// connections to it, then renames it.
+async fn build_template(server: PgConnectOptions) -> String {
+    let name = template_name();
+    let mut admin = PgConnection::connect_with(&server).await.expect("PostgreSQL is reachable for tests");
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended('cohort-ingest test template', 0))")
+        .execute(&mut admin)
+        .await
+        .expect("can take the template lock");
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    if !exists {
+        // Under the lock nobody is building: any such database is a dead process's.
+        let abandoned: Vec<String> =
+            sqlx::query_scalar("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
+                .bind(BUILDING_PREFIX)
+                .fetch_all(&mut admin)
+                .await
+                .unwrap();
+        for abandoned in abandoned {
+            let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_identifier(&abandoned));
+            sqlx::query(AssertSqlSafe(drop)).execute(&mut admin).await.expect("can drop an abandoned template");
+        }
+        let building = format!("{BUILDING_PREFIX}{}", Uuid::new_v4().simple());
+        let create = format!("CREATE DATABASE {}", quote_identifier(&building));
+        sqlx::query(AssertSqlSafe(create)).execute(&mut admin).await.expect("can create the template database");
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(server.clone().database(&building))
+            .await
+            .expect("can connect to the template database");
+        database::migrate(&Database::new(pool.clone())).await.expect("migrations apply");
+        pool.close().await;
+        for statement in [
+            format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", quote_identifier(&building)),
+            // Waits for the closed connections' backends to end.
+            format!("ALTER DATABASE {} RENAME TO {}", quote_identifier(&building), quote_identifier(&name)),
+        ] {
+            sqlx::query(AssertSqlSafe(statement)).execute(&mut admin).await.expect("can finish the template");
+        }
+    }
+    sqlx::query("SELECT pg_advisory_unlock(hashtextextended('cohort-ingest test template', 0))")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    admin.close().await.ok();
+    name
 }
 
 /// The service running for one test.
@@ -319,6 +422,71 @@ pub struct PartnerSetup {
     pub partner_api_key: String,
     pub workspace: Uuid,
     pub client_secret: String,
+}
+
+/// Waits until a backend of `pool`'s database (other than the asking one) matches
+/// `condition`, SQL over `pg_stat_activity` (e.g. `wait_event_type = 'Lock'`): how a
+/// test knows a concurrent request has reached a point inside PostgreSQL, such as being
+/// blocked on a lock the test holds. Fails the test, saying `what` was awaited, if none
+/// does within 30 s.
+pub async fn wait_for_backend(pool: &PgPool, condition: &str, what: &str) {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid() AND ({condition})"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let matching: i64 = sqlx::query_scalar(AssertSqlSafe(sql.clone())).fetch_one(pool).await.unwrap();
+        if matching > 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: no backend matched `{condition}` within 30 s");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Asserts that `actual` is the committed snapshot `tests/api/snapshots/<name>`; with
+/// `UPDATE_SNAPSHOTS=1` in the environment, writes it there instead. The failure shows
+/// the lines that differ and how to accept them.
+pub fn assert_matches_snapshot(name: &str, actual: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/api/snapshots").join(name);
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some_and(|v| v == "1") {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    // The test's thread is named after it.
+    let test = std::thread::current().name().unwrap_or_default().to_owned();
+    let update = format!(
+        "if the change is intended, run UPDATE_SNAPSHOTS=1 cargo test --test api -- --exact {test} and commit {}",
+        path.display()
+    );
+    let expected =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("no snapshot {} ({e}); {update}", path.display()));
+    if expected == actual {
+        return;
+    }
+    // The block between the common first and last lines: enough to see a change.
+    let (old, new): (Vec<&str>, Vec<&str>) = (expected.lines().collect(), actual.lines().collect());
+    let prefix = old.iter().zip(&new).take_while(|(a, b)| a == b).count();
+    let suffix = old[prefix..].iter().rev().zip(new[prefix..].iter().rev()).take_while(|(a, b)| a == b).count();
+    let shown = |lines: &[&str], sign: char| {
+        let mut text: String = lines.iter().take(40).map(|line| format!("{sign}{line}\n")).collect();
+        if lines.len() > 40 {
+            text.push_str(&format!("{sign}… {} more lines\n", lines.len() - 40));
+        }
+        text
+    };
+    if prefix == old.len() && prefix == new.len() {
+        panic!("{name} differs from the snapshot in its line endings; {update}");
+    }
+    panic!(
+        "{} differs from the snapshot at line {}:\n{}{}{update}",
+        name,
+        prefix + 1,
+        shown(&old[prefix..old.len() - suffix], '-'),
+        shown(&new[prefix..new.len() - suffix], '+'),
+    );
 }
 
 /// Asserts the status (showing the body when it differs) and returns the JSON body.

@@ -1,8 +1,8 @@
 //! Black-box tests: each starts the real service on a random port against its own fresh
-//! PostgreSQL database and talks HTTP to it. One test binary, so it links once.
+//! PostgreSQL database (on plain PostgreSQL a copy of a template migrated once per test
+//! process, see `helpers`) and talks HTTP to it. One test binary, so it links once; an
+//! unused helper is dead code in it, and warned about.
 
-// Helpers serve every test module, each using some.
-#[allow(dead_code)]
 mod helpers;
 
 mod admin;

@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, change_members, expect_error, expect_json, insert_cohort, insert_users};
+use crate::helpers::{
+    TestApp, change_members, expect_error, expect_json, insert_cohort, insert_users, wait_for_backend,
+};
 
 // ---- fixture ----------------------------------------------------------------------
 
@@ -397,20 +399,7 @@ async fn exports_past_the_cap_are_refused_until_one_ends() {
     sqlx::query("LOCK TABLE cohort_bitmaps IN ACCESS EXCLUSIVE MODE").execute(&mut *blocker).await.unwrap();
     let first =
         tokio::spawn(s.app.client.post(s.app.url("/v1/segments/export")).bearer_auth(&s.key).json(&body).send());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&s.app.pool)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the first export never reached its query");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_for_backend(&s.app.pool, "wait_event_type = 'Lock'", "the first export never reached its query").await;
 
     let refused = tokio::time::timeout(std::time::Duration::from_secs(10), s.post("/v1/segments/export", &body))
         .await
