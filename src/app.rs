@@ -28,13 +28,12 @@ use crate::{
     auth::KeyUsage,
     config::Config,
     error::{ApiError, ErrorBody},
-    http::{
-        self,
+    http, metrics,
+    middleware::{
         import_gate::ImportGate,
         limits::{self, Limits},
         rate_limit::RateLimiter,
     },
-    metrics,
     store::database::Database,
     telemetry,
 };

@@ -14,6 +14,7 @@ pub mod error;
 pub mod http;
 pub mod keys;
 pub mod metrics;
+pub mod middleware;
 pub mod serve;
 pub mod startup;
 pub mod store;

@@ -4,12 +4,9 @@
 pub mod admin;
 pub mod extract;
 pub mod health;
-pub mod import_gate;
-pub mod limits;
 pub mod ndjson;
 pub mod paging;
 pub mod partners;
-pub mod rate_limit;
 pub mod rejections;
 pub mod segments;
 pub mod webhooks;

@@ -260,7 +260,7 @@ async fn list_segment_users(
 /// The rows come from a connection of its own (one streamed query, or a few bitmap blocks'
 /// users at a time: see [`store::segments::export`]) and go out in 64 KiB chunks through a
 /// channel of two, so the service holds a few chunks whatever the segment's size. The
-/// route is exempt from the request timeout (see [`crate::http::limits::UNBOUNDED_ROUTES`]);
+/// route is exempt from the request timeout (see [`crate::middleware::limits::UNBOUNDED_ROUTES`]);
 /// instead, a client that stops reading for a minute ends it. A failure after the first
 /// chunk (the query's, a stalled client, a panic of the task producing the rows) aborts the
 /// response: the client sees a truncated transfer, never a clean end.

@@ -15,7 +15,7 @@ use std::{
 use cohort_ingest::{
     app::{self, AppState},
     config::{Cli, Config, LogFormat},
-    http::limits,
+    middleware::limits,
     store::database::Database,
     telemetry,
 };
