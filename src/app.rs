@@ -1,7 +1,5 @@
-//! The one place that wires things: shared state, routes, the OpenAPI document, the
+//! The one place that wires things: routes, the OpenAPI document, the
 //! operational endpoints and the tower layers.
-
-use std::sync::Arc;
 
 use axum::{
     Extension, Router,
@@ -11,7 +9,6 @@ use axum::{
     middleware,
     response::IntoResponse,
 };
-use tokio::sync::Semaphore;
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::{
     Modify, OpenApi as DeriveOpenApi,
@@ -25,53 +22,13 @@ use utoipa::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    auth::KeyUsage,
     config::Config,
     error::{ApiError, ErrorBody},
     http, metrics,
-    middleware::{
-        import_gate::ImportGate,
-        limits::{self, Limits},
-        rate_limit::RateLimiter,
-    },
-    store::database::Database,
+    middleware::limits::{self, Limits},
+    state::AppState,
     telemetry,
 };
-
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct AppState {
-    /// The PostgreSQL pool: every connection is acquired through it.
-    pub db: Database,
-    /// The settings the service was started with.
-    pub config: Arc<Config>,
-    /// When keys' `last_used_at` was last written.
-    pub key_usage: Arc<KeyUsage>,
-    /// `PARTNER_RATE_LIMIT`, per data import key: checked where partner credentials
-    /// are resolved.
-    pub partner_rate_limit: Arc<RateLimiter>,
-    /// `MAX_CONCURRENT_EXPORTS`: a permit per segment export streaming now.
-    pub exports: Arc<Semaphore>,
-    /// `IMPORT_CONCURRENCY`: partner cohort imports wait here for their turn.
-    pub cohort_imports: Arc<ImportGate>,
-}
-
-impl AppState {
-    /// State for a pool and configuration.
-    pub fn new(db: Database, config: Config) -> Self {
-        let partner_rate_limit = Arc::new(RateLimiter::new(config.partner_rate_limit));
-        let exports = Arc::new(Semaphore::new(config.max_concurrent_exports as usize));
-        let cohort_imports = Arc::new(ImportGate::new(config.import_concurrency as usize, config.db_acquire_timeout()));
-        AppState {
-            db,
-            config: Arc::new(config),
-            key_usage: Arc::default(),
-            partner_rate_limit,
-            exports,
-            cohort_imports,
-        }
-    }
-}
 
 /// Name of the admin bearer token's security scheme (`security(("admin_token" = []))`).
 pub const ADMIN_TOKEN_SCHEME: &str = "admin_token";
@@ -296,7 +253,7 @@ fn error_response(description: &str, retry_after: bool) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::{sync::Arc, time::Duration};
 
     use axum::{
         body::Body,

@@ -17,5 +17,6 @@ pub mod metrics;
 pub mod middleware;
 pub mod serve;
 pub mod startup;
+pub mod state;
 pub mod store;
 pub mod telemetry;

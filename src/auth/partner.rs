@@ -25,7 +25,6 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::{
-    app::AppState,
     domain::PartnerName,
     error::ApiError,
     http::{
@@ -33,6 +32,7 @@ use crate::{
         rejections,
     },
     keys::{KeyHash, mask},
+    state::AppState,
     store::{self, keys::UsedKey},
 };
 

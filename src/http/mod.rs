@@ -13,7 +13,7 @@ pub mod webhooks;
 
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// Every route of the service, with its OpenAPI description.
 pub fn routes() -> OpenApiRouter<AppState> {

@@ -9,7 +9,6 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    app::AppState,
     auth::partner::{BodyFields, FromPartnerBody, PartnerRequest},
     domain::{
         CohortChanges, CohortId, CohortName, ImportKind, ImportOutcome,
@@ -18,6 +17,7 @@ use crate::{
     error::{ApiError, ApiResult, ErrorBody},
     http::extract::{Json, RequestId},
     metrics,
+    state::AppState,
     store::{
         self,
         cohorts::{CohortKey, Import},

@@ -5,10 +5,10 @@
 use chrono::Utc;
 
 use crate::{
-    app::AppState,
     auth::partner::PartnerCaller,
     error::ApiError,
     http::extract::RequestId,
+    state::AppState,
     store::{self, rejections::Rejection},
 };
 

@@ -21,7 +21,6 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
-    app::AppState,
     auth::ApiKeyAuth,
     domain::{PartnerName, Scope, UserRef, filter::Filter},
     error::{ApiError, ApiResult, ErrorBody},
@@ -29,6 +28,7 @@ use crate::{
         extract::{Json, Query},
         paging::{cursor, invalid_cursor, next_page, page_limit},
     },
+    state::AppState,
     store::{
         self,
         database::Database,

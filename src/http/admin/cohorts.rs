@@ -16,7 +16,6 @@ use uuid::Uuid;
 
 use super::require_workspace;
 use crate::{
-    app::AppState,
     auth::AdminAuth,
     domain::{CohortId, PartnerName},
     error::{ApiError, ApiResult, ErrorBody},
@@ -24,6 +23,7 @@ use crate::{
         extract::{Json, Path, Query},
         paging::{cursor, invalid_cursor, next_page, page_limit},
     },
+    state::AppState,
     store::{
         self,
         cohorts::{

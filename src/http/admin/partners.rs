@@ -8,7 +8,6 @@ use uuid::Uuid;
 
 use super::require_partner;
 use crate::{
-    app::AppState,
     auth::AdminAuth,
     domain::PartnerName,
     error::{ApiError, ApiResult, ErrorBody},
@@ -17,6 +16,7 @@ use crate::{
         extract::{Json, Path},
     },
     keys::{KeyKind, NewKey},
+    state::AppState,
     store::{self, partners::PartnerWithKeys},
 };
 

@@ -11,7 +11,6 @@ use uuid::Uuid;
 
 use super::require_workspace;
 use crate::{
-    app::AppState,
     auth::AdminAuth,
     domain::{CohortId, ImportKind, ImportOutcome, MemberRefs, PartnerName, UserRef},
     error::{ApiError, ApiResult, ErrorBody},
@@ -20,6 +19,7 @@ use crate::{
         ndjson::{Line, LineSplitter, MAX_LINE_BYTES, NdjsonBody},
     },
     metrics,
+    state::AppState,
     store::{
         self,
         cohorts::{CohortKey, Import, Wanted},

@@ -18,7 +18,6 @@ use uuid::Uuid;
 
 use super::require_workspace;
 use crate::{
-    app::AppState,
     auth::AdminAuth,
     domain::{
         Alias, DeviceId, ExternalId, IdentifierError,
@@ -29,6 +28,7 @@ use crate::{
         extract::{Json, Path, Query, RequestId},
         ndjson::{Line, LineSplitter, MAX_LINE_BYTES, NdjsonBody},
     },
+    state::AppState,
     store::{
         self,
         users::{IdentifyOutcome, StoreLookups, UpsertPlan, UserLookup, UserProfile},

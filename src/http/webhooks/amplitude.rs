@@ -15,7 +15,6 @@ use uuid::Uuid;
 
 use super::{as_changes, body_bytes, cohort_id_of, matching_rules, read_members};
 use crate::{
-    app::AppState,
     auth::{
         partner::PartnerCaller,
         webhook::{KeyIn, authenticate},
@@ -28,6 +27,7 @@ use crate::{
         rejections,
     },
     metrics,
+    state::AppState,
     store::{
         self,
         cohorts::{CohortKey, Import},

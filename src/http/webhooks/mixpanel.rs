@@ -18,7 +18,6 @@ use uuid::Uuid;
 
 use super::{as_changes, cohort_id_of, matching_rules, read_members};
 use crate::{
-    app::AppState,
     auth::{
         partner::PartnerCaller,
         webhook::{KeyIn, authenticate},
@@ -30,6 +29,7 @@ use crate::{
         rejections,
     },
     metrics,
+    state::AppState,
     store::{
         self,
         cohorts::{CohortKey, Import},
