@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod extract;
 pub mod http;
 pub mod keys;
 pub mod metrics;

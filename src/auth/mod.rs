@@ -2,6 +2,7 @@
 //! and the partner endpoints' body-carried credentials ([`partner`]).
 
 pub mod partner;
+pub mod rejections;
 pub mod webhook;
 
 use axum::{extract::FromRequestParts, http::HeaderMap, http::request::Parts};

@@ -24,13 +24,11 @@ use serde::{
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use super::rejections;
 use crate::{
     domain::PartnerName,
     error::ApiError,
-    http::{
-        extract::{KeyName, Path, RequestId},
-        rejections,
-    },
+    extract::{KeyName, Path, RequestId},
     keys::{KeyHash, mask},
     state::AppState,
     store::{self, keys::UsedKey},

@@ -2,12 +2,10 @@
 //! them into one [`OpenApiRouter`], so every route is documented where it is defined.
 
 pub mod admin;
-pub mod extract;
 pub mod health;
 pub mod ndjson;
 pub mod paging;
 pub mod partners;
-pub mod rejections;
 pub mod segments;
 pub mod webhooks;
 

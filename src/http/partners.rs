@@ -15,7 +15,7 @@ use crate::{
         cohort::{INVALID_COHORT_CHANGES, INVALID_COHORT_ID, INVALID_CREATED_AT, INVALID_NAME, parse_created_at},
     },
     error::{ApiError, ApiResult, ErrorBody},
-    http::extract::{Json, RequestId},
+    extract::{Json, RequestId},
     metrics,
     state::AppState,
     store::{

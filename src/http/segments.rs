@@ -24,10 +24,8 @@ use crate::{
     auth::ApiKeyAuth,
     domain::{PartnerName, Scope, UserRef, filter::Filter},
     error::{ApiError, ApiResult, ErrorBody},
-    http::{
-        extract::{Json, Query},
-        paging::{cursor, invalid_cursor, next_page, page_limit},
-    },
+    extract::{Json, Query},
+    http::paging::{cursor, invalid_cursor, next_page, page_limit},
     state::AppState,
     store::{
         self,

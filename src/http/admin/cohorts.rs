@@ -19,10 +19,8 @@ use crate::{
     auth::AdminAuth,
     domain::{CohortId, PartnerName},
     error::{ApiError, ApiResult, ErrorBody},
-    http::{
-        extract::{Json, Path, Query},
-        paging::{cursor, invalid_cursor, next_page, page_limit},
-    },
+    extract::{Json, Path, Query},
+    http::paging::{cursor, invalid_cursor, next_page, page_limit},
     state::AppState,
     store::{
         self,

@@ -12,7 +12,7 @@ use crate::{
     auth::AdminAuth,
     domain::{DisplayName, PartnerName, Scope},
     error::{ApiError, ApiResult, ErrorBody},
-    http::extract::{Json, Path},
+    extract::{Json, Path},
     keys::{KeyKind, NewKey},
     state::AppState,
     store::{

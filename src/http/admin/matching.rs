@@ -12,7 +12,7 @@ use crate::{
     auth::AdminAuth,
     domain::{MatchingRules, PartnerName, matching::RuleSpec},
     error::{ApiError, ApiResult, ErrorBody},
-    http::extract::{Json, Path},
+    extract::{Json, Path},
     state::AppState,
     store,
 };

@@ -11,10 +11,8 @@ use crate::{
     auth::AdminAuth,
     domain::PartnerName,
     error::{ApiError, ApiResult, ErrorBody},
-    http::{
-        admin::keys::CreatedKey,
-        extract::{Json, Path},
-    },
+    extract::{Json, Path},
+    http::admin::keys::CreatedKey,
     keys::{KeyKind, NewKey},
     state::AppState,
     store::{self, partners::PartnerWithKeys},

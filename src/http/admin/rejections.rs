@@ -12,7 +12,7 @@ use crate::{
     auth::AdminAuth,
     domain::PartnerName,
     error::{ApiResult, ErrorBody},
-    http::extract::{Json, Path},
+    extract::{Json, Path},
     state::AppState,
     store::{self, rejections::Rejection},
 };

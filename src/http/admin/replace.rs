@@ -14,10 +14,8 @@ use crate::{
     auth::AdminAuth,
     domain::{CohortId, ImportKind, ImportOutcome, MemberRefs, PartnerName, UserRef},
     error::{ApiError, ApiResult, ErrorBody},
-    http::{
-        extract::{Json, Path, RequestId},
-        ndjson::{Line, LineSplitter, MAX_LINE_BYTES, NdjsonBody},
-    },
+    extract::{Json, Path, RequestId},
+    http::ndjson::{Line, LineSplitter, MAX_LINE_BYTES, NdjsonBody},
     metrics,
     state::AppState,
     store::{

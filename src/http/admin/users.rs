@@ -24,10 +24,8 @@ use crate::{
         profile::{Profile, ProfileFields, UpsertOutcome},
     },
     error::{ApiError, ApiResult, ErrorBody},
-    http::{
-        extract::{Json, Path, Query, RequestId},
-        ndjson::{Line, LineSplitter, MAX_LINE_BYTES, NdjsonBody},
-    },
+    extract::{Json, Path, Query, RequestId},
+    http::ndjson::{Line, LineSplitter, MAX_LINE_BYTES, NdjsonBody},
     state::AppState,
     store::{
         self,

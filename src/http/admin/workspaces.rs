@@ -11,7 +11,7 @@ use crate::{
     auth::AdminAuth,
     domain::DisplayName,
     error::{ApiError, ApiResult, ErrorBody},
-    http::extract::{Json, Path},
+    extract::{Json, Path},
     state::AppState,
     store::{self, workspaces::Workspace},
 };

@@ -20,14 +20,12 @@ use super::{as_changes, cohort_id_of, matching_rules, read_members};
 use crate::{
     auth::{
         partner::PartnerCaller,
+        rejections,
         webhook::{KeyIn, authenticate},
     },
     domain::{CohortName, ImportKind, MatchingRules},
     error::{ApiError, ApiResult},
-    http::{
-        extract::{Json, Path, RequestId},
-        rejections,
-    },
+    extract::{Json, Path, RequestId},
     metrics,
     state::AppState,
     store::{
