@@ -27,6 +27,7 @@ use crate::{
     http, metrics,
     middleware::limits::{self, Limits},
     state::AppState,
+    store::database::Database,
     telemetry,
 };
 
@@ -166,7 +167,13 @@ async fn openapi_json(Extension(document): Extension<OpenApiJson>) -> impl IntoR
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Metrics in the Prometheus text format", content_type = "text/plain")))]
 async fn prometheus_metrics(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics::render(&state.db))
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics::render(pool_sample(&state.db)))
+}
+
+/// The pool's numbers now, for the metrics' pool gauges.
+fn pool_sample(db: &Database) -> metrics::PoolSample {
+    let pool = db.stats();
+    metrics::PoolSample { size: pool.size, idle: pool.idle, max: pool.max, waiting: pool.waiting }
 }
 
 /// Adds to every operation the error responses the layers and extractors can give, when
