@@ -16,6 +16,7 @@ pub mod http;
 pub mod keys;
 pub mod metrics;
 pub mod middleware;
+pub mod openapi;
 pub mod serve;
 pub mod startup;
 pub mod state;
