@@ -13,7 +13,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 pub use keys::{IdentifierKey, IdentifierKeys, WrittenIdentifiers};
-pub use upsert::{NewUser, StoredIdentifier, StoredUser, UpsertOutcome, Upserter, UserRef, UserStoreChanges};
+pub use upsert::{NewUser, StoredIdentifier, StoredUser, TargetUser, UpsertOutcome, Upserter, UserStoreChanges};
 
 use super::{Alias, DeviceId, ExternalId, IdentifierError};
 

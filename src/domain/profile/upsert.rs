@@ -40,10 +40,11 @@ pub enum UpsertOutcome {
     Failed(String),
 }
 
-/// A user of the changes: stored before, or created by them (index into
-/// [`UserStoreChanges::new_users`]).
+/// The user a change applies to: stored before, or created by the changes (index into
+/// [`UserStoreChanges::new_users`]). Not [`crate::domain::UserRef`], which is a
+/// reference a client sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum UserRef {
+pub enum TargetUser {
     /// `users.id` of a stored user.
     Stored(i64),
     /// Index of a user to create.
@@ -67,9 +68,9 @@ pub struct UserStoreChanges {
     /// Stored users whose identifiers changed, with the external id they gain, if any.
     pub changed_users: Vec<(i64, Option<ExternalId>)>,
     /// Aliases to add, each new to the store.
-    pub new_aliases: Vec<(UserRef, Alias)>,
+    pub new_aliases: Vec<(TargetUser, Alias)>,
     /// Device ids to add, each new to the store.
-    pub new_device_ids: Vec<(UserRef, DeviceId)>,
+    pub new_device_ids: Vec<(TargetUser, DeviceId)>,
 }
 
 impl UserStoreChanges {
@@ -246,10 +247,10 @@ impl Upserter {
                     if user.changed {
                         changes.changed_users.push((id, user.external_id.filter(|_| user.gained_external_id)));
                     }
-                    refs.push(UserRef::Stored(id));
+                    refs.push(TargetUser::Stored(id));
                 }
                 None => {
-                    refs.push(UserRef::New(changes.new_users.len()));
+                    refs.push(TargetUser::New(changes.new_users.len()));
                     changes.new_users.push(NewUser { braze_id: user.braze_id, external_id: user.external_id });
                 }
             }
@@ -337,7 +338,7 @@ mod tests {
         let changes = upserter.into_changes();
         assert!(changes.new_users.is_empty());
         assert_eq!(changes.changed_users, vec![(2, None)]);
-        assert_eq!(changes.new_device_ids, vec![(UserRef::Stored(2), DeviceId::parse("d3".into()).unwrap())]);
+        assert_eq!(changes.new_device_ids, vec![(TargetUser::Stored(2), DeviceId::parse("d3".into()).unwrap())]);
     }
 
     #[test]

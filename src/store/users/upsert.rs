@@ -8,8 +8,8 @@ use crate::{
     domain::{
         Alias, DeviceId, ExternalId, IdentifierError,
         profile::{
-            IdentifierKeys, Profile, StoredIdentifier, StoredUser, UpsertOutcome, Upserter, UserRef, UserStoreChanges,
-            WrittenIdentifiers,
+            IdentifierKeys, Profile, StoredIdentifier, StoredUser, TargetUser, UpsertOutcome, Upserter,
+            UserStoreChanges, WrittenIdentifiers,
         },
     },
     store::{
@@ -206,9 +206,9 @@ async fn apply_changes(conn: &mut PgConnection, workspace_id: Uuid, changes: &Us
         .await?;
         (first..first + count).collect()
     };
-    let id_of = |user: UserRef| match user {
-        UserRef::Stored(id) => id,
-        UserRef::New(index) => new_ids[index],
+    let id_of = |user: TargetUser| match user {
+        TargetUser::Stored(id) => id,
+        TargetUser::New(index) => new_ids[index],
     };
 
     if !changes.new_users.is_empty() {
