@@ -5,6 +5,11 @@
 //! Data flows one way: [`http`] handlers parse requests into [`domain`] types, the
 //! [`store`] runs every SQL statement, and [`error::ApiError`] turns failures into
 //! JSON responses.
+//!
+//! Modules depend on each other one way, without cycles: [`app`] wires the [`http`]
+//! handlers, which use [`auth`]; both take [`state::AppState`], which holds the
+//! [`middleware`] and the [`store`]; the store works in [`domain`] types and records
+//! [`metrics`], which need nothing below them but `domain`.
 
 pub mod app;
 pub mod auth;
