@@ -11,10 +11,7 @@ use std::{sync::OnceLock, time::Duration};
 use axum::http::{Method, StatusCode};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::{
-    domain::{ImportKind, ImportOutcome},
-    store::database::Database,
-};
+use crate::domain::{ImportKind, ImportOutcome};
 
 /// Requests served, by method, route template and status.
 pub const HTTP_REQUESTS: &str = "cohort_ingest_http_requests_total";
@@ -95,11 +92,24 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
-/// Renders every metric in the Prometheus text format, sampling the pool first so its
-/// gauges are as of the scrape.
-pub fn render(db: &Database) -> String {
+/// The database pool as sampled at a scrape. Plain numbers, so that this module needs
+/// nothing of the store (which records its own metrics here).
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSample {
+    /// Connections open (in use plus idle).
+    pub size: u32,
+    /// Connections open and not checked out.
+    pub idle: u32,
+    /// The configured maximum.
+    pub max: u32,
+    /// Callers waiting for a connection.
+    pub waiting: u32,
+}
+
+/// Renders every metric in the Prometheus text format, the pool's gauges set from `pool`
+/// first (sampled by the caller just before) so they are as of the scrape.
+pub fn render(pool: PoolSample) -> String {
     let handle = prometheus();
-    let pool = db.stats();
     metrics::gauge!(POOL_SIZE).set(pool.size);
     metrics::gauge!(POOL_IDLE).set(pool.idle);
     metrics::gauge!(POOL_IN_USE).set(pool.size.saturating_sub(pool.idle));

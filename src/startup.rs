@@ -14,9 +14,10 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    app::{self, AppState},
+    app,
     config::Config,
     serve,
+    state::AppState,
     store::database::{self, Database},
 };
 

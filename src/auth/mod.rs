@@ -2,7 +2,7 @@
 //! and the partner endpoints' body-carried credentials ([`partner`]).
 
 pub mod partner;
-mod usage;
+pub mod rejections;
 pub mod webhook;
 
 use axum::{extract::FromRequestParts, http::HeaderMap, http::request::Parts};
@@ -10,13 +10,11 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-pub use usage::KeyUsage;
-
 use crate::{
-    app::AppState,
     domain::Scope,
     error::ApiError,
     keys::KeyHash,
+    state::AppState,
     store::{self, keys::UsedKey},
 };
 

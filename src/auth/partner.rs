@@ -24,15 +24,13 @@ use serde::{
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use super::rejections;
 use crate::{
-    app::AppState,
     domain::PartnerName,
     error::ApiError,
-    http::{
-        extract::{KeyName, Path, RequestId},
-        rejections,
-    },
+    extract::{KeyName, Path, RequestId},
     keys::{KeyHash, mask},
+    state::AppState,
     store::{self, keys::UsedKey},
 };
 

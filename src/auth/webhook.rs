@@ -9,10 +9,10 @@ use uuid::Uuid;
 
 use super::{bearer_token, partner::PartnerCaller};
 use crate::{
-    app::AppState,
     domain::PartnerName,
     error::ApiError,
     keys::KeyHash,
+    state::AppState,
     store::{self, keys::UsedKey},
 };
 

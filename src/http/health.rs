@@ -6,8 +6,8 @@ use axum::{extract::State, http::StatusCode};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    app::AppState,
     error::{ApiError, ErrorBody},
+    state::AppState,
     store::database,
 };
 

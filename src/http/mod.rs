@@ -2,21 +2,16 @@
 //! them into one [`OpenApiRouter`], so every route is documented where it is defined.
 
 pub mod admin;
-pub mod extract;
 pub mod health;
-pub mod import_gate;
-pub mod limits;
 pub mod ndjson;
 pub mod paging;
 pub mod partners;
-pub mod rate_limit;
-pub mod rejections;
 pub mod segments;
 pub mod webhooks;
 
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// Every route of the service, with its OpenAPI description.
 pub fn routes() -> OpenApiRouter<AppState> {

@@ -9,15 +9,15 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    app::AppState,
     auth::partner::{BodyFields, FromPartnerBody, PartnerRequest},
     domain::{
         CohortChanges, CohortId, CohortName, ImportKind, ImportOutcome,
         cohort::{INVALID_COHORT_CHANGES, INVALID_COHORT_ID, INVALID_CREATED_AT, INVALID_NAME, parse_created_at},
     },
     error::{ApiError, ApiResult, ErrorBody},
-    http::extract::{Json, RequestId},
+    extract::{Json, RequestId},
     metrics,
+    state::AppState,
     store::{
         self,
         cohorts::{CohortKey, Import},

@@ -5,9 +5,10 @@ use std::sync::{Arc, OnceLock};
 use axum::middleware;
 
 use cohort_ingest::{
-    app::{self, AppState},
+    app,
     config::Config,
     serve,
+    state::AppState,
     store::database::{self, Database, quote_identifier},
 };
 use reqwest::{Method, RequestBuilder, Response};

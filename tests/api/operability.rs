@@ -13,9 +13,10 @@ use std::{
 };
 
 use cohort_ingest::{
-    app::{self, AppState},
+    app,
     config::{Cli, Config, LogFormat},
-    http::limits,
+    middleware::limits,
+    state::AppState,
     store::database::Database,
     telemetry,
 };

@@ -7,9 +7,10 @@ use std::{
 };
 
 use cohort_ingest::{
-    app::{self, AppState},
+    app,
     config::Config,
     serve,
+    state::AppState,
     store::database::{self, Database},
 };
 use serde_json::Value;

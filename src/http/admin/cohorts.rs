@@ -16,14 +16,12 @@ use uuid::Uuid;
 
 use super::require_workspace;
 use crate::{
-    app::AppState,
     auth::AdminAuth,
     domain::{CohortId, PartnerName},
     error::{ApiError, ApiResult, ErrorBody},
-    http::{
-        extract::{Json, Path, Query},
-        paging::{cursor, invalid_cursor, next_page, page_limit},
-    },
+    extract::{Json, Path, Query},
+    http::paging::{cursor, invalid_cursor, next_page, page_limit},
+    state::AppState,
     store::{
         self,
         cohorts::{

@@ -9,12 +9,12 @@ use uuid::Uuid;
 
 use super::{require_partner, require_workspace};
 use crate::{
-    app::AppState,
     auth::AdminAuth,
     domain::{DisplayName, PartnerName, Scope},
     error::{ApiError, ApiResult, ErrorBody},
-    http::extract::{Json, Path},
+    extract::{Json, Path},
     keys::{KeyKind, NewKey},
+    state::AppState,
     store::{
         self,
         keys::{ApiKeyInfo, KeyInfo},

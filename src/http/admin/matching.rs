@@ -9,11 +9,11 @@ use uuid::Uuid;
 
 use super::{require_partner, require_workspace};
 use crate::{
-    app::AppState,
     auth::AdminAuth,
     domain::{MatchingRules, PartnerName, matching::RuleSpec},
     error::{ApiError, ApiResult, ErrorBody},
-    http::extract::{Json, Path},
+    extract::{Json, Path},
+    state::AppState,
     store,
 };
 

@@ -15,8 +15,8 @@ use utoipa_axum::router::OpenApiRouter;
 use uuid::Uuid;
 
 use crate::{
-    app::AppState,
     error::{ApiError, ApiResult},
+    state::AppState,
     store::{self, workspaces::Workspace},
 };
 

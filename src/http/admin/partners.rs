@@ -8,15 +8,13 @@ use uuid::Uuid;
 
 use super::require_partner;
 use crate::{
-    app::AppState,
     auth::AdminAuth,
     domain::PartnerName,
     error::{ApiError, ApiResult, ErrorBody},
-    http::{
-        admin::keys::CreatedKey,
-        extract::{Json, Path},
-    },
+    extract::{Json, Path},
+    http::admin::keys::CreatedKey,
     keys::{KeyKind, NewKey},
+    state::AppState,
     store::{self, partners::PartnerWithKeys},
 };
 

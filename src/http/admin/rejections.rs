@@ -9,11 +9,11 @@ use uuid::Uuid;
 
 use super::{require_partner, require_workspace};
 use crate::{
-    app::AppState,
     auth::AdminAuth,
     domain::PartnerName,
     error::{ApiResult, ErrorBody},
-    http::extract::{Json, Path},
+    extract::{Json, Path},
+    state::AppState,
     store::{self, rejections::Rejection},
 };
 

@@ -11,15 +11,13 @@ use uuid::Uuid;
 
 use super::require_workspace;
 use crate::{
-    app::AppState,
     auth::AdminAuth,
     domain::{CohortId, ImportKind, ImportOutcome, MemberRefs, PartnerName, UserRef},
     error::{ApiError, ApiResult, ErrorBody},
-    http::{
-        extract::{Json, Path, RequestId},
-        ndjson::{Line, LineSplitter, MAX_LINE_BYTES, NdjsonBody},
-    },
+    extract::{Json, Path, RequestId},
+    http::ndjson::{Line, LineSplitter, MAX_LINE_BYTES, NdjsonBody},
     metrics,
+    state::AppState,
     store::{
         self,
         cohorts::{CohortKey, Import, Wanted},

@@ -8,11 +8,11 @@ use uuid::Uuid;
 
 use super::require_workspace;
 use crate::{
-    app::AppState,
     auth::AdminAuth,
     domain::DisplayName,
     error::{ApiError, ApiResult, ErrorBody},
-    http::extract::{Json, Path},
+    extract::{Json, Path},
+    state::AppState,
     store::{self, workspaces::Workspace},
 };
 

@@ -15,19 +15,17 @@ use uuid::Uuid;
 
 use super::{as_changes, body_bytes, cohort_id_of, matching_rules, read_members};
 use crate::{
-    app::AppState,
     auth::{
         partner::PartnerCaller,
+        rejections,
         webhook::{KeyIn, authenticate},
     },
     domain::{CohortName, ImportKind, ImportOutcome},
     error::{ApiError, ApiResult, ErrorBody},
-    http::{
-        extract::{Json, Path, RequestId},
-        partners::ImportResult,
-        rejections,
-    },
+    extract::{Json, Path, RequestId},
+    http::partners::ImportResult,
     metrics,
+    state::AppState,
     store::{
         self,
         cohorts::{CohortKey, Import},

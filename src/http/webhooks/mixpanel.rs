@@ -18,18 +18,16 @@ use uuid::Uuid;
 
 use super::{as_changes, cohort_id_of, matching_rules, read_members};
 use crate::{
-    app::AppState,
     auth::{
         partner::PartnerCaller,
+        rejections,
         webhook::{KeyIn, authenticate},
     },
     domain::{CohortName, ImportKind, MatchingRules},
     error::{ApiError, ApiResult},
-    http::{
-        extract::{Json, Path, RequestId},
-        rejections,
-    },
+    extract::{Json, Path, RequestId},
     metrics,
+    state::AppState,
     store::{
         self,
         cohorts::{CohortKey, Import},

@@ -11,10 +11,10 @@ use serde_json::{Map, Value};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    app::AppState,
     auth::partner::PartnerCaller,
     domain::{CohortId, MatchingRules, MemberChange, MemberRefs},
     error::{ApiError, ApiResult},
+    state::AppState,
     store,
 };
 

@@ -1,4 +1,6 @@
 //! axum's extractors, with rejections that answer our JSON errors instead of plain text.
+//! Outside `http` because authentication, which the handlers depend on, extracts with
+//! them too.
 
 use std::{borrow::Cow, collections::HashSet};
 

@@ -1,14 +1,16 @@
 //! Remembering what a partner was refused: a 4xx answered after the partner's key was
 //! accepted is written, in the background, to the workspace's rejections, which the
 //! operator API lists (`/admin/workspaces/{ws}/partners/{partner}/rejections`).
+//! Here, beside the partner credentials, because resolving them is where most refusals
+//! happen; the webhooks note theirs through the same call.
 
 use chrono::Utc;
 
 use crate::{
-    app::AppState,
     auth::partner::PartnerCaller,
     error::ApiError,
-    http::extract::RequestId,
+    extract::RequestId,
+    state::AppState,
     store::{self, rejections::Rejection},
 };
 

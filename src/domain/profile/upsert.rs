@@ -1,190 +1,11 @@
-//! User profiles as the batch upsert and the NDJSON import receive them, and the rules
-//! that upsert a sequence of them into the user store.
-//!
-//! The rules run in memory ([`Upserter`]) over what the store already knows about the
-//! identifiers at hand, one profile after the other, so a later profile sees the effects
-//! of the earlier ones; the store then writes the outcome ([`UserStoreChanges`]) with a
-//! constant number of set-based statements.
+//! The upsert rules: profiles applied one after the other, in memory, to what the store
+//! knows of their identifiers, and the changes that carry the result out.
 
-use foldhash::{HashMap, HashSet, HashSetExt};
-
-use fastbloom::BloomFilter;
-use serde::Deserialize;
-use utoipa::ToSchema;
+use foldhash::HashMap;
 use uuid::Uuid;
 
-use super::{Alias, DeviceId, ExternalId, IdentifierError};
-
-/// A profile as sent: one batch item or one NDJSON line.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ProfileFields {
-    /// The customer's id for the user; unique per workspace.
-    #[serde(default)]
-    #[schema(min_length = 1, max_length = 512)]
-    pub external_id: Option<String>,
-    /// Aliases (label + name), each unique per workspace.
-    #[serde(default)]
-    pub aliases: Option<Vec<AliasFields>>,
-    /// Device ids, each unique per workspace.
-    #[serde(default)]
-    pub device_ids: Option<Vec<String>>,
-}
-
-/// An alias as sent.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AliasFields {
-    /// The name within the label.
-    #[schema(min_length = 1, max_length = 512)]
-    pub alias_name: String,
-    /// The label (namespace).
-    #[schema(min_length = 1, max_length = 512)]
-    pub alias_label: String,
-}
-
-/// A valid profile: at least one identifier, each valid, none repeated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Profile {
-    /// The external id, if any.
-    pub external_id: Option<ExternalId>,
-    /// Distinct aliases, in the order sent.
-    pub aliases: Vec<Alias>,
-    /// Distinct device ids, in the order sent.
-    pub device_ids: Vec<DeviceId>,
-}
-
-/// Why a profile is invalid, with the field at fault relative to the profile.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProfileError {
-    /// An identifier is invalid; `field` is e.g. `aliases[0].alias_name`.
-    Identifier {
-        /// Path of the field within the profile.
-        field: String,
-        /// What is wrong with it.
-        error: IdentifierError,
-    },
-    /// The profile has no identifier at all: it could never be found again.
-    NoIdentifier,
-}
-
-impl ProfileError {
-    /// The client message, with the fields named under `prefix` (e.g. `users[3]`) or, with
-    /// an empty prefix, relative to the profile itself.
-    pub fn message(&self, prefix: &str) -> String {
-        match (self, prefix.is_empty()) {
-            (ProfileError::Identifier { field, error }, true) => error.for_field(field),
-            (ProfileError::Identifier { field, error }, false) => error.for_field(format_args!("{prefix}.{field}")),
-            (ProfileError::NoIdentifier, true) => "profile must have an external_id, an alias or a device_id".into(),
-            (ProfileError::NoIdentifier, false) => {
-                format!("{prefix} must have an external_id, an alias or a device_id")
-            }
-        }
-    }
-}
-
-impl Profile {
-    /// Parses every identifier of `fields`; drops repeats within the profile.
-    pub fn parse(fields: ProfileFields) -> Result<Profile, ProfileError> {
-        let invalid = |field: String| move |error| ProfileError::Identifier { field, error };
-        let external_id =
-            fields.external_id.map(ExternalId::parse).transpose().map_err(invalid("external_id".into()))?;
-        let mut aliases = Vec::new();
-        for (i, alias) in fields.aliases.unwrap_or_default().into_iter().enumerate() {
-            let alias = Alias::parse(alias.alias_label, alias.alias_name)
-                .map_err(|(half, error)| ProfileError::Identifier { field: format!("aliases[{i}].{half}"), error })?;
-            if !aliases.contains(&alias) {
-                aliases.push(alias);
-            }
-        }
-        let mut device_ids = Vec::new();
-        for (i, device_id) in fields.device_ids.unwrap_or_default().into_iter().enumerate() {
-            let device_id = DeviceId::parse(device_id).map_err(invalid(format!("device_ids[{i}]")))?;
-            if !device_ids.contains(&device_id) {
-                device_ids.push(device_id);
-            }
-        }
-        if external_id.is_none() && aliases.is_empty() && device_ids.is_empty() {
-            return Err(ProfileError::NoIdentifier);
-        }
-        Ok(Profile { external_id, aliases, device_ids })
-    }
-}
-
-/// Every distinct identifier of a set of profiles: what the store must look up before
-/// [`Upserter`] can decide.
-#[derive(Debug, Default)]
-pub struct IdentifierKeys<'a> {
-    /// Distinct external ids.
-    pub external_ids: Vec<&'a str>,
-    /// Labels of the distinct aliases (parallel to `alias_names`).
-    pub alias_labels: Vec<&'a str>,
-    /// Names of the distinct aliases (parallel to `alias_labels`).
-    pub alias_names: Vec<&'a str>,
-    /// Distinct device ids.
-    pub device_ids: Vec<&'a str>,
-}
-
-/// One identifier, borrowed: the key of [`WrittenIdentifiers`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum IdentifierKey<'a> {
-    /// An external id.
-    ExternalId(&'a str),
-    /// An alias.
-    Alias {
-        /// Its label.
-        label: &'a str,
-        /// Its name within the label.
-        name: &'a str,
-    },
-    /// A device id.
-    DeviceId(&'a str),
-}
-
-impl<'a> IdentifierKeys<'a> {
-    /// Keeps only the identifiers `keep` says yes to.
-    pub fn retain(&mut self, mut keep: impl FnMut(IdentifierKey<'_>) -> bool) {
-        self.external_ids.retain(|&id| keep(IdentifierKey::ExternalId(id)));
-        let (labels, names) = self
-            .alias_labels
-            .iter()
-            .zip(&self.alias_names)
-            .filter(|&(&label, &name)| keep(IdentifierKey::Alias { label, name }))
-            .unzip();
-        (self.alias_labels, self.alias_names) = (labels, names);
-        self.device_ids.retain(|&id| keep(IdentifierKey::DeviceId(id)));
-    }
-
-    /// No identifier at all.
-    pub fn is_empty(&self) -> bool {
-        self.external_ids.is_empty() && self.alias_labels.is_empty() && self.device_ids.is_empty()
-    }
-
-    /// The identifiers of `profiles`, each once.
-    pub fn of(profiles: impl IntoIterator<Item = &'a Profile>) -> Self {
-        let mut keys = IdentifierKeys::default();
-        let (mut externals, mut aliases, mut devices) = (HashSet::new(), HashSet::new(), HashSet::new());
-        for profile in profiles {
-            if let Some(external_id) = &profile.external_id
-                && externals.insert(external_id)
-            {
-                keys.external_ids.push(external_id.as_str());
-            }
-            for alias in &profile.aliases {
-                if aliases.insert(alias) {
-                    keys.alias_labels.push(alias.alias_label.as_str());
-                    keys.alias_names.push(alias.alias_name.as_str());
-                }
-            }
-            for device_id in &profile.device_ids {
-                if devices.insert(device_id) {
-                    keys.device_ids.push(device_id.as_str());
-                }
-            }
-        }
-        keys
-    }
-}
+use super::{IdentifierKey, Profile};
+use crate::domain::{Alias, DeviceId, ExternalId};
 
 /// A user already stored, as the upsert rules need to know it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,10 +40,11 @@ pub enum UpsertOutcome {
     Failed(String),
 }
 
-/// A user of the changes: stored before, or created by them (index into
-/// [`UserStoreChanges::new_users`]).
+/// The user a change applies to: stored before, or created by the changes (index into
+/// [`UserStoreChanges::new_users`]). Not [`crate::domain::UserRef`], which is a
+/// reference a client sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum UserRef {
+pub enum TargetUser {
     /// `users.id` of a stored user.
     Stored(i64),
     /// Index of a user to create.
@@ -246,9 +68,9 @@ pub struct UserStoreChanges {
     /// Stored users whose identifiers changed, with the external id they gain, if any.
     pub changed_users: Vec<(i64, Option<ExternalId>)>,
     /// Aliases to add, each new to the store.
-    pub new_aliases: Vec<(UserRef, Alias)>,
+    pub new_aliases: Vec<(TargetUser, Alias)>,
     /// Device ids to add, each new to the store.
-    pub new_device_ids: Vec<(UserRef, DeviceId)>,
+    pub new_device_ids: Vec<(TargetUser, DeviceId)>,
 }
 
 impl UserStoreChanges {
@@ -263,56 +85,6 @@ impl UserStoreChanges {
         });
         let device_ids = self.new_device_ids.iter().map(|(_, id)| IdentifierKey::DeviceId(id.as_str()));
         external_ids.chain(aliases).chain(device_ids)
-    }
-}
-
-/// The identifiers a long transaction has written, approximately: a set that may answer
-/// "yes" for an identifier it was never given (about 1% of the time) but never "no" for
-/// one it was. Bloom filters of 4 MiB, one more for each 3 million identifiers, so the
-/// false-positive rate stays put however large the import; about 1.4 bytes an identifier.
-#[derive(Debug)]
-pub struct WrittenIdentifiers {
-    /// Full filters, then the one being filled.
-    filters: Vec<BloomFilter<foldhash::fast::RandomState>>,
-    /// Identifiers put into the last filter.
-    in_last: usize,
-    /// Bits of one filter.
-    filter_bits: usize,
-    /// Identifiers one filter takes before the next is started.
-    filter_items: usize,
-}
-
-impl Default for WrittenIdentifiers {
-    /// 4 MiB filters of 3 million identifiers: ~11 bits each, under 1% false positives.
-    fn default() -> Self {
-        WrittenIdentifiers::sized(32 * 1024 * 1024, 3_000_000)
-    }
-}
-
-impl WrittenIdentifiers {
-    /// Filters of `filter_bits` bits, each taking `filter_items` identifiers.
-    fn sized(filter_bits: usize, filter_items: usize) -> Self {
-        WrittenIdentifiers { filters: Vec::new(), in_last: 0, filter_bits, filter_items }
-    }
-
-    /// Remembers `key`.
-    pub fn insert(&mut self, key: IdentifierKey<'_>) {
-        if self.filters.is_empty() || self.in_last == self.filter_items {
-            let filter = BloomFilter::with_num_bits(self.filter_bits)
-                .hasher(foldhash::fast::RandomState::default())
-                .expected_items(self.filter_items);
-            self.filters.push(filter);
-            self.in_last = 0;
-        }
-        if let Some(last) = self.filters.last_mut() {
-            last.insert(&key);
-            self.in_last += 1;
-        }
-    }
-
-    /// False if `key` was certainly never inserted.
-    pub fn may_contain(&self, key: IdentifierKey<'_>) -> bool {
-        self.filters.iter().any(|filter| filter.contains(&key))
     }
 }
 
@@ -475,10 +247,10 @@ impl Upserter {
                     if user.changed {
                         changes.changed_users.push((id, user.external_id.filter(|_| user.gained_external_id)));
                     }
-                    refs.push(UserRef::Stored(id));
+                    refs.push(TargetUser::Stored(id));
                 }
                 None => {
-                    refs.push(UserRef::New(changes.new_users.len()));
+                    refs.push(TargetUser::New(changes.new_users.len()));
                     changes.new_users.push(NewUser { braze_id: user.braze_id, external_id: user.external_id });
                 }
             }
@@ -493,6 +265,7 @@ impl Upserter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::profile::{AliasFields, IdentifierKeys, ProfileError, ProfileFields};
 
     fn profile(external_id: Option<&str>, aliases: &[(&str, &str)], device_ids: &[&str]) -> Profile {
         Profile::parse(ProfileFields {
@@ -565,7 +338,7 @@ mod tests {
         let changes = upserter.into_changes();
         assert!(changes.new_users.is_empty());
         assert_eq!(changes.changed_users, vec![(2, None)]);
-        assert_eq!(changes.new_device_ids, vec![(UserRef::Stored(2), DeviceId::parse("d3".into()).unwrap())]);
+        assert_eq!(changes.new_device_ids, vec![(TargetUser::Stored(2), DeviceId::parse("d3".into()).unwrap())]);
     }
 
     #[test]
@@ -585,25 +358,6 @@ mod tests {
                 .collect();
         expected.sort();
         assert_eq!(keys, expected);
-    }
-
-    #[test]
-    fn written_identifiers_never_forget_and_rarely_invent() {
-        let mut written = WrittenIdentifiers::sized(1024, 100);
-        let names: Vec<String> = (0..250).map(|i| format!("id-{i}")).collect();
-        let key = |i: usize| match i % 3 {
-            0 => IdentifierKey::ExternalId(&names[i]),
-            1 => IdentifierKey::Alias { label: "l", name: &names[i] },
-            _ => IdentifierKey::DeviceId(&names[i]),
-        };
-        (0..names.len()).for_each(|i| written.insert(key(i)));
-        // Past 100 identifiers a filter is full and the next one starts.
-        assert_eq!(written.filters.len(), 3);
-        assert!((0..names.len()).all(|i| written.may_contain(key(i))));
-        // ~10 bits an identifier: a few percent of false positives over three filters.
-        let others: Vec<String> = (0..1000).map(|i| format!("other-{i}")).collect();
-        let invented = others.iter().filter(|other| written.may_contain(IdentifierKey::ExternalId(other))).count();
-        assert!(invented < 150, "{invented} of 1000 unknown identifiers reported written");
     }
 
     #[test]

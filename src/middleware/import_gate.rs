@@ -29,8 +29,9 @@ use crate::{
     store::cohorts::CohortKey,
 };
 
-/// A cohort's key, owned: workspace, partner, the partner's cohort id.
-type CohortName = (Uuid, String, String);
+/// A cohort's key, owned ([`CohortKey`] borrows): workspace, partner, the partner's
+/// cohort id. Not a name: [`crate::domain::CohortName`] is the cohort's display name.
+type OwnedCohortKey = (Uuid, String, String);
 
 /// Holds imports back until PostgreSQL can run them; see the module documentation.
 #[derive(Debug)]
@@ -41,7 +42,7 @@ pub struct ImportGate {
     /// not a fixed set of locks the cohorts hash into: two hot cohorts sharing one would
     /// wait for each other for the life of the process (seen in the benchmark: two of its
     /// ten cohorts at twice the others' latency).
-    cohorts: std::sync::Mutex<HashMap<CohortName, Arc<Mutex<()>>>>,
+    cohorts: std::sync::Mutex<HashMap<OwnedCohortKey, Arc<Mutex<()>>>>,
     /// `IMPORT_CONCURRENCY` permits; tokio's semaphore hands them out first come, first
     /// served.
     running: Semaphore,
@@ -63,7 +64,7 @@ pub struct ImportTurn<'a> {
 #[derive(Debug)]
 struct CohortInterest<'a> {
     gate: &'a ImportGate,
-    name: CohortName,
+    key: OwnedCohortKey,
     lock: Arc<Mutex<()>>,
 }
 
@@ -73,7 +74,7 @@ impl Drop for CohortInterest<'_> {
         // The map's reference and this one: nobody else runs or waits for this cohort.
         // References are only taken with the map locked, so none can appear meanwhile.
         if Arc::strong_count(&self.lock) == 2 {
-            cohorts.remove(&self.name);
+            cohorts.remove(&self.key);
         }
     }
 }
@@ -115,14 +116,14 @@ impl ImportGate {
     /// Registers an import's interest in its cohort's lock, creating the entry if it is
     /// the only one.
     fn interest(&self, cohort: CohortKey<'_>) -> CohortInterest<'_> {
-        let name = (cohort.workspace_id, cohort.partner.to_owned(), cohort.cohort_id.to_owned());
-        let lock = Arc::clone(self.cohorts().entry(name.clone()).or_default());
-        CohortInterest { gate: self, name, lock }
+        let key = (cohort.workspace_id, cohort.partner.to_owned(), cohort.cohort_id.to_owned());
+        let lock = Arc::clone(self.cohorts().entry(key.clone()).or_default());
+        CohortInterest { gate: self, key, lock }
     }
 
     /// The map of cohorts. Its critical sections cannot panic, but a poisoned lock would
     /// still hold a consistent map.
-    fn cohorts(&self) -> std::sync::MutexGuard<'_, HashMap<CohortName, Arc<Mutex<()>>>> {
+    fn cohorts(&self) -> std::sync::MutexGuard<'_, HashMap<OwnedCohortKey, Arc<Mutex<()>>>> {
         self.cohorts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

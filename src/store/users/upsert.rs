@@ -1,148 +1,24 @@
-//! The user store: `users`, `user_aliases`, `user_device_ids`.
-//!
-//! Every write to a workspace's users runs in a transaction that holds the workspace
-//! lock for user-store writes ([`begin_writes`]): the upsert rules decide in memory from
-//! what they read, so nothing may change those identifiers between the read and the
-//! write. Reads (lookups, cohort imports) take no lock. New users get the next internal
-//! ids of their workspace's counter row, and their bits in `user_bitmaps`.
+//! Upserting profiles: what the store knows of their identifiers is read, the upsert
+//! rules ([`Upserter`]) decide in memory, and the decisions are written with COPY.
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use sqlx::{PgConnection, PgExecutor, Postgres, Transaction};
-use utoipa::ToSchema;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{
-    bitmaps::{self, Bitmap},
-    cohorts,
-    copy::CopyRows,
-    locks::{WorkspaceLock, lock_workspace},
-};
-use crate::domain::{
-    Alias, DeviceId, ExternalId, IdentifierError,
-    profile::{
-        IdentifierKeys, Profile, StoredIdentifier, StoredUser, UpsertOutcome, Upserter, UserRef, UserStoreChanges,
-        WrittenIdentifiers,
+use crate::{
+    domain::{
+        Alias, DeviceId, ExternalId, IdentifierError,
+        profile::{
+            IdentifierKeys, Profile, StoredIdentifier, StoredUser, TargetUser, UpsertOutcome, Upserter,
+            UserStoreChanges, WrittenIdentifiers,
+        },
+    },
+    store::{
+        bitmaps::{self, Bitmap},
+        copy::CopyRows,
     },
 };
-use crate::store::database::Database;
 
-/// A user as the admin API shows it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
-pub struct UserProfile {
-    /// The public id.
-    pub braze_id: Uuid,
-    /// The customer's id; null for an anonymous user.
-    pub external_id: Option<String>,
-    /// Its aliases, by label then name.
-    #[sqlx(json)]
-    pub aliases: Vec<ProfileAlias>,
-    /// Its device ids, sorted.
-    pub device_ids: Vec<String>,
-    /// When it was created.
-    pub created_at: DateTime<Utc>,
-    /// The cohorts it belongs to, by partner then cohort id.
-    #[sqlx(json)]
-    pub cohorts: Vec<ProfileCohort>,
-}
-
-/// One alias of a [`UserProfile`].
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ProfileAlias {
-    /// The label.
-    pub alias_label: String,
-    /// The name within the label.
-    pub alias_name: String,
-}
-
-/// One cohort membership of a [`UserProfile`].
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ProfileCohort {
-    /// The partner that imports the cohort.
-    pub partner: String,
-    /// The partner's id of the cohort.
-    pub cohort_id: String,
-    /// The cohort's name.
-    pub name: String,
-    /// When the user joined it.
-    pub added_at: DateTime<Utc>,
-}
-
-/// How a user is looked up.
-#[derive(Debug, Clone)]
-pub enum UserLookup {
-    /// By public id.
-    BrazeId(Uuid),
-    /// By external id.
-    ExternalId(ExternalId),
-    /// By device id.
-    DeviceId(DeviceId),
-    /// By alias.
-    Alias(Alias),
-}
-
-/// The profile query, with the filter that picks the user appended; `$1` is the workspace.
-macro_rules! profile_query {
-    ($filter:literal) => {
-        concat!(
-            "SELECT u.braze_id, u.external_id, u.created_at,
-                coalesce((SELECT jsonb_agg(jsonb_build_object('alias_label', a.alias_label, 'alias_name', a.alias_name)
-                                           ORDER BY a.alias_label, a.alias_name)
-                          FROM user_aliases a WHERE a.workspace_id = $1 AND a.user_id = u.id),
-                         '[]') AS aliases,
-                ARRAY(SELECT d.device_id FROM user_device_ids d
-                      WHERE d.workspace_id = $1 AND d.user_id = u.id ORDER BY d.device_id) AS device_ids,
-                coalesce((SELECT jsonb_agg(jsonb_build_object('partner', c.partner, 'cohort_id', c.cohort_id,
-                                                              'name', c.name, 'added_at', m.added_at)
-                                           ORDER BY c.partner, c.cohort_id)
-                          FROM cohort_memberships m
-                          JOIN cohorts c ON c.workspace_id = $1 AND c.id = m.cohort_ref
-                          WHERE m.workspace_id = $1 AND m.user_id = u.id),
-                         '[]') AS cohorts
-             FROM users u WHERE u.workspace_id = $1 AND ",
-            $filter
-        )
-    };
-}
-
-/// The profile of the user `lookup` names, if there is one.
-pub async fn find_profile(
-    executor: impl PgExecutor<'_>,
-    workspace_id: Uuid,
-    lookup: &UserLookup,
-) -> sqlx::Result<Option<UserProfile>> {
-    let query = match lookup {
-        UserLookup::BrazeId(braze_id) => {
-            sqlx::query_as(profile_query!("u.braze_id = $2")).bind(workspace_id).bind(*braze_id)
-        }
-        UserLookup::ExternalId(external_id) => {
-            sqlx::query_as(profile_query!("u.external_id = $2")).bind(workspace_id).bind(external_id.as_str())
-        }
-        UserLookup::DeviceId(device_id) => sqlx::query_as(profile_query!(
-            "u.id = (SELECT user_id FROM user_device_ids WHERE workspace_id = $1 AND device_id = $2)"
-        ))
-        .bind(workspace_id)
-        .bind(device_id.as_str()),
-        UserLookup::Alias(alias) => sqlx::query_as(profile_query!(
-            "u.id = (SELECT user_id FROM user_aliases
-                     WHERE workspace_id = $1 AND alias_label = $2 AND alias_name = $3)"
-        ))
-        .bind(workspace_id)
-        .bind(alias.alias_label.as_str())
-        .bind(alias.alias_name.as_str()),
-    };
-    query.fetch_optional(executor).await
-}
-
-/// Begins a transaction that holds the workspace lock for user-store writes until it
-/// ends, so user-store writes of one workspace happen one at a time.
-pub async fn begin_writes(db: &Database, workspace_id: Uuid) -> sqlx::Result<Transaction<'static, Postgres>> {
-    let mut tx = db.begin().await?;
-    lock_workspace(&mut tx, workspace_id, WorkspaceLock::UserStore).await?;
-    Ok(tx)
-}
-
-/// Which identifiers the upserts of one transaction from [`begin_writes`] look up in the
+/// Which identifiers the upserts of one transaction from [`begin_writes`](super::begin_writes) look up in the
 /// store.
 ///
 /// In a workspace that had no users when the transaction took the user-store lock, the
@@ -160,7 +36,7 @@ pub enum StoreLookups {
 }
 
 impl StoreLookups {
-    /// What `conn`, in a transaction from [`begin_writes`], has to look up.
+    /// What `conn`, in a transaction from [`begin_writes`](super::begin_writes), has to look up.
     pub async fn for_workspace(conn: &mut PgConnection, workspace_id: Uuid) -> sqlx::Result<Self> {
         let has_users: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE workspace_id = $1)")
             .bind(workspace_id)
@@ -210,7 +86,7 @@ pub struct UpsertPlan {
 }
 
 /// Upserts `profiles` in order (see [`Upserter`] for the rules) inside a transaction from
-/// [`begin_writes`]: one read of what the store knows of their identifiers (those
+/// [`begin_writes`](super::begin_writes): one read of what the store knows of their identifiers (those
 /// `lookups` cannot rule out), then a few set-based writes. Returns one outcome per profile.
 pub async fn upsert_profiles(
     conn: &mut PgConnection,
@@ -330,9 +206,9 @@ async fn apply_changes(conn: &mut PgConnection, workspace_id: Uuid, changes: &Us
         .await?;
         (first..first + count).collect()
     };
-    let id_of = |user: UserRef| match user {
-        UserRef::Stored(id) => id,
-        UserRef::New(index) => new_ids[index],
+    let id_of = |user: TargetUser| match user {
+        TargetUser::Stored(id) => id,
+        TargetUser::New(index) => new_ids[index],
     };
 
     if !changes.new_users.is_empty() {
@@ -391,87 +267,6 @@ async fn apply_changes(conn: &mut PgConnection, workspace_id: Uuid, changes: &Us
         rows.copy(conn, "COPY user_device_ids (workspace_id, device_id, user_id) FROM STDIN (FORMAT binary)").await?;
     }
     Ok(())
-}
-
-/// What [`identify`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IdentifyOutcome {
-    /// The anonymous user now has the external id (or already had this one).
-    Identified,
-    /// No such user.
-    NotFound,
-    /// The user already has another external id.
-    HasOtherExternalId,
-    /// The external id belongs to another user (its braze_id).
-    TakenBy(Uuid),
-}
-
-/// Gives the anonymous user `braze_id` the external id `external_id`.
-pub async fn identify(
-    db: &Database,
-    workspace_id: Uuid,
-    braze_id: Uuid,
-    external_id: &ExternalId,
-) -> sqlx::Result<IdentifyOutcome> {
-    let mut tx = begin_writes(db, workspace_id).await?;
-    let user: Option<(i64, Option<String>)> =
-        sqlx::query_as("SELECT id, external_id FROM users WHERE workspace_id = $1 AND braze_id = $2")
-            .bind(workspace_id)
-            .bind(braze_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some((id, current)) = user else { return Ok(IdentifyOutcome::NotFound) };
-    match current {
-        Some(current) if current == external_id.as_str() => return Ok(IdentifyOutcome::Identified),
-        Some(_) => return Ok(IdentifyOutcome::HasOtherExternalId),
-        None => {}
-    }
-    let owner: Option<Uuid> =
-        sqlx::query_scalar("SELECT braze_id FROM users WHERE workspace_id = $1 AND external_id = $2")
-            .bind(workspace_id)
-            .bind(external_id.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-    if let Some(owner) = owner {
-        return Ok(IdentifyOutcome::TakenBy(owner));
-    }
-    sqlx::query("UPDATE users SET external_id = $3, updated_at = $4 WHERE workspace_id = $1 AND id = $2")
-        .bind(workspace_id)
-        .bind(id)
-        .bind(external_id.as_str())
-        .bind(chrono::Utc::now())
-        .execute(&mut *tx)
-        .await?;
-    db.commit(tx).await?;
-    Ok(IdentifyOutcome::Identified)
-}
-
-/// Deletes the user `braze_id` with its identifiers, memberships and bits, takes it off
-/// the `member_count` of every cohort it was in and logs that in each cohort's import
-/// log under `request_id`, in one transaction. False if no such user.
-pub async fn delete(db: &Database, workspace_id: Uuid, braze_id: Uuid, request_id: &str) -> sqlx::Result<bool> {
-    let mut tx = db.begin().await?;
-    // Exclusive: waits for the imports and user-store writes in flight and keeps new ones
-    // from starting until this user is gone, so no membership or identifier of it is
-    // written meanwhile, and the memberships deleted here are exactly the counts to fix.
-    lock_workspace(&mut tx, workspace_id, WorkspaceLock::UserDeletion).await?;
-    let id: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE workspace_id = $1 AND braze_id = $2")
-        .bind(workspace_id)
-        .bind(braze_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let Some(id) = id else { return Ok(false) };
-    cohorts::remove_user_everywhere(&mut tx, workspace_id, id, request_id).await?;
-    for statement in [
-        "DELETE FROM user_aliases WHERE workspace_id = $1 AND user_id = $2",
-        "DELETE FROM user_device_ids WHERE workspace_id = $1 AND user_id = $2",
-        "DELETE FROM users WHERE workspace_id = $1 AND id = $2",
-    ] {
-        sqlx::query(statement).bind(workspace_id).bind(id).execute(&mut *tx).await?;
-    }
-    bitmaps::apply(&mut tx, workspace_id, Bitmap::Users, &[], &[id]).await?;
-    db.commit(tx).await?;
-    Ok(true)
 }
 
 #[cfg(test)]

@@ -1,8 +1,4 @@
-//! The segment filter API (`/v1/...`), for the segment builder: the workspace's partner
-//! cohorts, and segment counts, pages, exports and per-user checks.
-//!
-//! Every route takes a REST API key (`Authorization: Bearer rak_…`) with the
-//! `segments.read` scope; the key decides the workspace, the only one the caller sees.
+//! `POST /v1/segments/export`: every user of a filter, streamed as NDJSON.
 
 use std::{panic::AssertUnwindSafe, time::Duration};
 
@@ -13,246 +9,23 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use futures::{FutureExt, SinkExt, StreamExt, channel::mpsc};
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, value::RawValue};
 use tracing::Instrument;
-use utoipa::{IntoParams, ToSchema};
-use utoipa_axum::{router::OpenApiRouter, routes};
-use uuid::Uuid;
 
+use super::{SegmentMember, SegmentRequest, parse_filter, prepare};
 use crate::{
-    app::AppState,
     auth::ApiKeyAuth,
-    domain::{PartnerName, Scope, UserRef, filter::Filter},
+    domain::Scope,
     error::{ApiError, ApiResult, ErrorBody},
-    http::{
-        extract::{Json, Query},
-        paging::{cursor, invalid_cursor, next_page, page_limit},
-    },
-    store::{
-        self,
-        database::Database,
-        segments::{CheckResult, CohortPosition, CohortSummary, SegmentQuery, SegmentUser},
-    },
+    extract::Json,
+    state::AppState,
+    store::{self, database::Database, segments::SegmentQuery},
 };
 
-/// Cohorts per page of `GET /v1/cohorts` unless `limit` says otherwise, and the most.
-const DEFAULT_COHORT_PAGE: i64 = 100;
-const MAX_COHORT_PAGE: i64 = 1_000;
-/// Users per page of `POST /v1/segments/users` unless `limit` says otherwise, and the most.
-const DEFAULT_USER_PAGE: i64 = 1_000;
-const MAX_USER_PAGE: i64 = 10_000;
-/// Most references one check may hold.
-const MAX_CHECK_REFERENCES: usize = 1_000;
-/// Longest cohort name search text, in bytes.
-const MAX_NAME_SEARCH_BYTES: usize = 255;
 /// Export bytes gathered before they are handed to the client as one chunk.
 const EXPORT_CHUNK_BYTES: usize = 64 * 1024;
 /// How long an export waits for a client that stopped reading before it gives up and
 /// frees its database connection.
 const EXPORT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The segment filter routes.
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(list_cohorts))
-        .routes(routes!(count_segment))
-        .routes(routes!(list_segment_users))
-        .routes(routes!(export_segment))
-        .routes(routes!(check_segment))
-}
-
-// ---- GET /v1/cohorts --------------------------------------------------------------
-
-/// Query of `GET /v1/cohorts`.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct CohortListParams {
-    /// Only this partner's cohorts.
-    #[param(pattern = "^[a-z0-9_-]{1,64}$")]
-    pub partner: Option<String>,
-    /// Only cohorts whose name contains this text (case-insensitive): at most 255 bytes.
-    #[param(max_length = 255)]
-    pub q: Option<String>,
-    /// Cohorts per page: 1 to 1,000, default 100.
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<i64>,
-    /// `next_cursor` of the previous page.
-    #[param(min_length = 1)]
-    pub cursor: Option<String>,
-}
-
-/// A page of the cohort dropdown.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CohortPage {
-    /// Ordered by name, then partner and cohort id.
-    pub cohorts: Vec<CohortSummary>,
-    /// Pass as `cursor` for the next page; null on the last page.
-    pub next_cursor: Option<String>,
-}
-
-/// Lists the workspace's partner cohorts, for the segment builder's dropdown.
-#[utoipa::path(get, path = "/v1/cohorts", tag = "segments", security(("api_key" = [])),
-    params(CohortListParams),
-    responses((status = 200, body = CohortPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody)))]
-async fn list_cohorts(
-    auth: ApiKeyAuth,
-    State(state): State<AppState>,
-    Query(params): Query<CohortListParams>,
-) -> ApiResult<Json<CohortPage>> {
-    auth.require(Scope::SegmentsRead)?;
-    let partner = params
-        .partner
-        .as_deref()
-        .map(|p| PartnerName::parse(p).map_err(|e| ApiError::bad_request(format!("partner: {e}"))))
-        .transpose()?;
-    let search = params.q.as_deref().filter(|q| !q.is_empty());
-    if search.is_some_and(|q| q.len() > MAX_NAME_SEARCH_BYTES || q.contains('\0')) {
-        return Err(ApiError::bad_request("q: must be at most 255 bytes without NUL"));
-    }
-    let limit = page_limit(params.limit, DEFAULT_COHORT_PAGE, MAX_COHORT_PAGE)?;
-    // A cursor belongs to one workspace and one search.
-    let context = [
-        b"cohorts".as_slice(),
-        auth.workspace_id.as_bytes(),
-        partner.as_ref().map_or("", |p| p.as_str()).as_bytes(),
-        b"\0",
-        search.unwrap_or("").as_bytes(),
-    ]
-    .concat();
-    let after = match &params.cursor {
-        Some(text) => Some(
-            cursor::open(&context, text)
-                .and_then(|position| serde_json::from_slice::<CohortPosition>(&position).ok())
-                .ok_or_else(invalid_cursor)?,
-        ),
-        None => None,
-    };
-    let mut cohorts = store::segments::list_cohorts(
-        &state.db,
-        auth.workspace_id,
-        partner.as_ref().map(PartnerName::as_str),
-        search,
-        after.as_ref(),
-        limit + 1,
-    )
-    .await?;
-    let next_cursor = next_page(&mut cohorts, limit).map(|last| {
-        let position = CohortPosition {
-            name: last.name.clone(),
-            partner: last.partner.clone(),
-            cohort_id: last.cohort_id.clone(),
-        };
-        cursor::seal(&context, &serde_json::to_vec(&position).unwrap_or_default())
-    });
-    Ok(Json(CohortPage { cohorts, next_cursor }))
-}
-
-// ---- POST /v1/segments/count ------------------------------------------------------
-
-/// Body of `POST /v1/segments/count` and `POST /v1/segments/export`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SegmentRequest {
-    /// The filter expression: a cohort leaf, `and`, `or` or `not`.
-    #[schema(value_type = Object)]
-    pub filter: Value,
-}
-
-/// `{"count": n}`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SegmentCount {
-    /// Users of the workspace matching the filter, exact.
-    pub count: i64,
-}
-
-/// Counts the workspace's users matching a filter.
-#[utoipa::path(post, path = "/v1/segments/count", tag = "segments", security(("api_key" = [])),
-    request_body = SegmentRequest,
-    responses((status = 200, body = SegmentCount), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody)))]
-async fn count_segment(
-    auth: ApiKeyAuth,
-    State(state): State<AppState>,
-    Json(body): Json<SegmentRequest>,
-) -> ApiResult<Json<SegmentCount>> {
-    auth.require(Scope::SegmentsRead)?;
-    let filter = parse_filter(&body.filter)?;
-    let query = prepare(&state, &auth, &filter).await?;
-    Ok(Json(SegmentCount { count: store::segments::count(&state.db, &query).await? }))
-}
-
-// ---- POST /v1/segments/users ------------------------------------------------------
-
-/// Body of `POST /v1/segments/users`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SegmentPageRequest {
-    /// The filter expression.
-    #[schema(value_type = Object)]
-    pub filter: Value,
-    /// Users per page: 1 to 10,000, default 1,000.
-    #[schema(minimum = 1, maximum = 10000)]
-    pub limit: Option<i64>,
-    /// `next_cursor` of the previous page, with the same filter.
-    #[schema(min_length = 1)]
-    pub cursor: Option<String>,
-}
-
-/// A user of a segment.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SegmentMember {
-    /// The user's public id.
-    pub braze_id: Uuid,
-    /// The user's external id; null for an anonymous user.
-    pub external_id: Option<String>,
-}
-
-impl From<SegmentUser> for SegmentMember {
-    fn from(user: SegmentUser) -> Self {
-        SegmentMember { braze_id: user.braze_id, external_id: user.external_id }
-    }
-}
-
-/// A page of a segment's users.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SegmentPage {
-    /// In a stable order (the users' creation order).
-    pub users: Vec<SegmentMember>,
-    /// Pass as `cursor`, with the same filter, for the next page; null on the last page.
-    pub next_cursor: Option<String>,
-}
-
-/// Pages through the users matching a filter (keyset pagination: each matching user
-/// appears once, however the pages are spaced).
-#[utoipa::path(post, path = "/v1/segments/users", tag = "segments", security(("api_key" = [])),
-    request_body = SegmentPageRequest,
-    responses((status = 200, body = SegmentPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody)))]
-async fn list_segment_users(
-    auth: ApiKeyAuth,
-    State(state): State<AppState>,
-    Json(body): Json<SegmentPageRequest>,
-) -> ApiResult<Json<SegmentPage>> {
-    auth.require(Scope::SegmentsRead)?;
-    let filter = parse_filter(&body.filter)?;
-    let limit = page_limit(body.limit, DEFAULT_USER_PAGE, MAX_USER_PAGE)?;
-    // A cursor belongs to one workspace and one filter (in canonical form).
-    let context = [b"users".as_slice(), auth.workspace_id.as_bytes(), &filter.fingerprint()].concat();
-    let after = match &body.cursor {
-        Some(text) => cursor::open(&context, text)
-            .and_then(|position| Some(i64::from_be_bytes(position.try_into().ok()?)))
-            .ok_or_else(invalid_cursor)?,
-        None => 0,
-    };
-    let query = prepare(&state, &auth, &filter).await?;
-    let mut users = store::segments::page(&state.db, &query, after, limit + 1).await?;
-    let next_cursor = next_page(&mut users, limit).map(|last| cursor::seal(&context, &last.id.to_be_bytes()));
-    Ok(Json(SegmentPage { users: users.into_iter().map(SegmentMember::from).collect(), next_cursor }))
-}
-
-// ---- POST /v1/segments/export -----------------------------------------------------
 
 /// Streams every user matching a filter as NDJSON, one `{"braze_id","external_id"}` a
 /// line, in the order of `/v1/segments/users`.
@@ -260,7 +33,7 @@ async fn list_segment_users(
 /// The rows come from a connection of its own (one streamed query, or a few bitmap blocks'
 /// users at a time: see [`store::segments::export`]) and go out in 64 KiB chunks through a
 /// channel of two, so the service holds a few chunks whatever the segment's size. The
-/// route is exempt from the request timeout (see [`crate::http::limits::UNBOUNDED_ROUTES`]);
+/// route is exempt from the request timeout (see [`crate::middleware::limits::UNBOUNDED_ROUTES`]);
 /// instead, a client that stops reading for a minute ends it. A failure after the first
 /// chunk (the query's, a stalled client, a panic of the task producing the rows) aborts the
 /// response: the client sees a truncated transfer, never a clean end.
@@ -270,7 +43,7 @@ async fn list_segment_users(
             description = "One user a line"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 503, body = ErrorBody, description = "`MAX_CONCURRENT_EXPORTS` exports are running; retry after `Retry-After`")))]
-async fn export_segment(
+pub(super) async fn export_segment(
     auth: ApiKeyAuth,
     State(state): State<AppState>,
     Json(body): Json<SegmentRequest>,
@@ -425,88 +198,6 @@ async fn send(sender: &mut ExportSender, chunk: Bytes) -> Result<(), ExportFailu
         Ok(Err(_)) => Err(ExportFailure::ClientGone),
         Err(_) => Err(ExportFailure::Stalled),
     }
-}
-
-// ---- POST /v1/segments/check ------------------------------------------------------
-
-/// Body of `POST /v1/segments/check`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SegmentCheckRequest {
-    /// The filter expression.
-    #[schema(value_type = Object)]
-    pub filter: Value,
-    /// Up to 1,000 references, each `{"external_id"}`, `{"braze_id"}`, `{"device_id"}`
-    /// or `{"alias": {"alias_name", "alias_label"}}`. Kept as their JSON text: each is
-    /// echoed back as given.
-    #[schema(value_type = Vec<Object>, max_items = 1000)]
-    pub users: Vec<Box<RawValue>>,
-}
-
-/// The outcome for one reference.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SegmentCheckResult {
-    /// The reference, as given.
-    #[schema(value_type = Object)]
-    pub user: Box<RawValue>,
-    /// The user it resolved to; null when it matches no user.
-    pub braze_id: Option<Uuid>,
-    /// Whether that user is in the segment; false for an unknown reference.
-    pub matches: bool,
-}
-
-/// `{"results": [...]}`, in the order of the request's `users`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SegmentCheck {
-    /// One result per reference, in the order given.
-    pub results: Vec<SegmentCheckResult>,
-}
-
-/// Tells, for each given user, whether the user is in the segment.
-#[utoipa::path(post, path = "/v1/segments/check", tag = "segments", security(("api_key" = [])),
-    request_body = SegmentCheckRequest,
-    responses((status = 200, body = SegmentCheck), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody)))]
-async fn check_segment(
-    auth: ApiKeyAuth,
-    State(state): State<AppState>,
-    Json(body): Json<SegmentCheckRequest>,
-) -> ApiResult<Json<SegmentCheck>> {
-    auth.require(Scope::SegmentsRead)?;
-    let filter = parse_filter(&body.filter)?;
-    if body.users.len() > MAX_CHECK_REFERENCES {
-        return Err(ApiError::bad_request(format!("users: at most {MAX_CHECK_REFERENCES} references per check")));
-    }
-    let refs = body.users.iter().enumerate().map(|(i, user)| parse_user_ref(user, i)).collect::<ApiResult<Vec<_>>>()?;
-    let query = prepare(&state, &auth, &filter).await?;
-    let outcomes = if refs.is_empty() { Vec::new() } else { store::segments::check(&state.db, &query, &refs).await? };
-    let results = body
-        .users
-        .into_iter()
-        .zip(outcomes)
-        .map(|(user, CheckResult { braze_id, matches })| SegmentCheckResult { user, braze_id, matches })
-        .collect();
-    Ok(Json(SegmentCheck { results }))
-}
-
-/// Parses the reference at `users[index]`.
-fn parse_user_ref(raw: &RawValue, index: usize) -> ApiResult<UserRef> {
-    UserRef::parse_json(raw.get(), &format!("users[{index}]")).map_err(ApiError::BadRequest)
-}
-
-// ---- shared -----------------------------------------------------------------------
-
-fn parse_filter(value: &Value) -> ApiResult<Filter> {
-    Filter::parse(value).map_err(|e| ApiError::bad_request(e.to_string()))
-}
-
-/// Resolves the filter's cohorts in the key's workspace; 400 listing unknown ones.
-async fn prepare(state: &AppState, auth: &ApiKeyAuth, filter: &Filter) -> ApiResult<SegmentQuery> {
-    store::segments::prepare(&state.db, auth.workspace_id, filter).await?.map_err(|unknown| {
-        let listed: Vec<String> =
-            unknown.iter().map(|c| format!("{} {}", c.partner, Value::String(c.cohort_id.clone()))).collect();
-        ApiError::bad_request(format!("filter: cohorts unknown in this workspace: {}", listed.join(", ")))
-    })
 }
 
 #[cfg(test)]

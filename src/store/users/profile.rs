@@ -1,0 +1,116 @@
+//! Reading one user's profile, as the admin API shows it.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgExecutor;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::domain::{Alias, DeviceId, ExternalId};
+
+/// A user as the admin API shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+pub struct UserProfile {
+    /// The public id.
+    pub braze_id: Uuid,
+    /// The customer's id; null for an anonymous user.
+    pub external_id: Option<String>,
+    /// Its aliases, by label then name.
+    #[sqlx(json)]
+    pub aliases: Vec<ProfileAlias>,
+    /// Its device ids, sorted.
+    pub device_ids: Vec<String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// The cohorts it belongs to, by partner then cohort id.
+    #[sqlx(json)]
+    pub cohorts: Vec<ProfileCohort>,
+}
+
+/// One alias of a [`UserProfile`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProfileAlias {
+    /// The label.
+    pub alias_label: String,
+    /// The name within the label.
+    pub alias_name: String,
+}
+
+/// One cohort membership of a [`UserProfile`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProfileCohort {
+    /// The partner that imports the cohort.
+    pub partner: String,
+    /// The partner's id of the cohort.
+    pub cohort_id: String,
+    /// The cohort's name.
+    pub name: String,
+    /// When the user joined it.
+    pub added_at: DateTime<Utc>,
+}
+
+/// How a user is looked up.
+#[derive(Debug, Clone)]
+pub enum UserLookup {
+    /// By public id.
+    BrazeId(Uuid),
+    /// By external id.
+    ExternalId(ExternalId),
+    /// By device id.
+    DeviceId(DeviceId),
+    /// By alias.
+    Alias(Alias),
+}
+
+/// The profile query, with the filter that picks the user appended; `$1` is the workspace.
+macro_rules! profile_query {
+    ($filter:literal) => {
+        concat!(
+            "SELECT u.braze_id, u.external_id, u.created_at,
+                coalesce((SELECT jsonb_agg(jsonb_build_object('alias_label', a.alias_label, 'alias_name', a.alias_name)
+                                           ORDER BY a.alias_label, a.alias_name)
+                          FROM user_aliases a WHERE a.workspace_id = $1 AND a.user_id = u.id),
+                         '[]') AS aliases,
+                ARRAY(SELECT d.device_id FROM user_device_ids d
+                      WHERE d.workspace_id = $1 AND d.user_id = u.id ORDER BY d.device_id) AS device_ids,
+                coalesce((SELECT jsonb_agg(jsonb_build_object('partner', c.partner, 'cohort_id', c.cohort_id,
+                                                              'name', c.name, 'added_at', m.added_at)
+                                           ORDER BY c.partner, c.cohort_id)
+                          FROM cohort_memberships m
+                          JOIN cohorts c ON c.workspace_id = $1 AND c.id = m.cohort_ref
+                          WHERE m.workspace_id = $1 AND m.user_id = u.id),
+                         '[]') AS cohorts
+             FROM users u WHERE u.workspace_id = $1 AND ",
+            $filter
+        )
+    };
+}
+
+/// The profile of the user `lookup` names, if there is one.
+pub async fn find_profile(
+    executor: impl PgExecutor<'_>,
+    workspace_id: Uuid,
+    lookup: &UserLookup,
+) -> sqlx::Result<Option<UserProfile>> {
+    let query = match lookup {
+        UserLookup::BrazeId(braze_id) => {
+            sqlx::query_as(profile_query!("u.braze_id = $2")).bind(workspace_id).bind(*braze_id)
+        }
+        UserLookup::ExternalId(external_id) => {
+            sqlx::query_as(profile_query!("u.external_id = $2")).bind(workspace_id).bind(external_id.as_str())
+        }
+        UserLookup::DeviceId(device_id) => sqlx::query_as(profile_query!(
+            "u.id = (SELECT user_id FROM user_device_ids WHERE workspace_id = $1 AND device_id = $2)"
+        ))
+        .bind(workspace_id)
+        .bind(device_id.as_str()),
+        UserLookup::Alias(alias) => sqlx::query_as(profile_query!(
+            "u.id = (SELECT user_id FROM user_aliases
+                     WHERE workspace_id = $1 AND alias_label = $2 AND alias_name = $3)"
+        ))
+        .bind(workspace_id)
+        .bind(alias.alias_label.as_str())
+        .bind(alias.alias_name.as_str()),
+    };
+    query.fetch_optional(executor).await
+}
