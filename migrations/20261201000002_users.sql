@@ -54,13 +54,13 @@ CREATE TABLE user_device_ids (
 );
 CREATE INDEX user_device_ids_user_idx ON user_device_ids (workspace_id, user_id);
 
--- Every user of the workspace as a bitmap over internal ids, in blocks of 1,024 bits
--- (128 bytes, inline in its row): user `id` is bit `id & 1023` of block `id >> 10`. The
+-- Every user of the workspace as a bitmap over internal ids, in blocks of 8,192 bits
+-- (1 KiB, inline in its row): user `id` is bit `id & 8191` of block `id >> 13`. The
 -- universe every `not` of a segment filter is taken within, so that every filter is
 -- bitmap algebra. Kept by the statements that create and delete users.
 CREATE TABLE user_bitmaps (
     workspace_id uuid      NOT NULL,
     block        bigint    NOT NULL,
-    bits         bit(1024) NOT NULL,
+    bits         bit(8192) NOT NULL,
     PRIMARY KEY (workspace_id, block)
 ) WITH (fillfactor = 50);

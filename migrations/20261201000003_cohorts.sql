@@ -46,7 +46,7 @@ CREATE TABLE cohort_memberships (
 
 -- Each cohort's members also as a bitmap over internal user ids, in the blocks of
 -- `user_bitmaps`, written by the same statements as the memberships: a filter combining
--- cohorts is a few bitwise operations per 1,024 users instead of a join over rows.
+-- cohorts is a few bitwise operations per 8,192 users instead of a join over rows.
 -- Blocks exist only where a cohort has had a member. Half of each page is left free, so
 -- rewriting a block (every import rewrites those its users fall in) stays on its page: a
 -- HOT update, with no new index entry.
@@ -54,7 +54,7 @@ CREATE TABLE cohort_bitmaps (
     workspace_id uuid      NOT NULL,
     cohort_ref   bigint    NOT NULL,
     block        bigint    NOT NULL,
-    bits         bit(1024) NOT NULL,
+    bits         bit(8192) NOT NULL,
     PRIMARY KEY (workspace_id, cohort_ref, block),
     FOREIGN KEY (workspace_id, cohort_ref) REFERENCES cohorts (workspace_id, id) ON DELETE CASCADE
 ) WITH (fillfactor = 50);

@@ -1,12 +1,9 @@
 //! `user_bitmaps` and `cohort_bitmaps`: a workspace's users and each cohort's members as
 //! bitmaps over internal user ids, written by the service in the same transaction as the
 //! rows they mirror (there are no triggers), so that every segment filter is bitmap
-//! algebra that reads a few hundred bytes per 1,024 users.
+//! algebra that reads a few KiB per 8,192 users.
 //!
-//! User `id` is bit `id & 1023` of block `id >> 10`; a block is 128 bytes, stored inline.
-//! Small blocks because an import rewrites every block its users fall in: the bytes
-//! written per change grow with the block, and so with the workspace's users once a
-//! request's users fall in different blocks.
+//! User `id` is bit `id & 8191` of block `id >> 13`; a block is 1 KiB, stored inline.
 
 use std::collections::BTreeMap;
 
@@ -20,16 +17,14 @@ use uuid::Uuid;
 
 use super::copy::CopyRows;
 
-/// log2 of the bits per block (the SQL spells it `>> 10`, `& 1023`, `bit(1024)`).
-const BLOCK_SHIFT: u32 = 10;
 /// Bits per block.
-pub const BLOCK_BITS: i64 = 1 << BLOCK_SHIFT;
+pub const BLOCK_BITS: i64 = 8192;
 /// Bytes per block.
 const BLOCK_BYTES: usize = BLOCK_BITS as usize / 8;
 
 /// The block holding user `id`, and its bit there.
 pub fn position(id: i64) -> (i64, usize) {
-    (id >> BLOCK_SHIFT, (id & (BLOCK_BITS - 1)) as usize)
+    (id >> 13, (id & (BLOCK_BITS - 1)) as usize)
 }
 
 /// The user ids the bits of block `block` stand for, in order, from the block's bytes in
@@ -43,7 +38,7 @@ pub fn ids_in(block: i64, bytes: &[u8]) -> impl Iterator<Item = i64> + '_ {
     })
 }
 
-/// One block of a bitmap, built in memory and sent as a `varbit` of [`BLOCK_BITS`] bits.
+/// One block of a bitmap, built in memory and sent as a `varbit` of 8,192 bits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Block(Box<[u8; BLOCK_BYTES]>);
 
@@ -53,7 +48,7 @@ impl Block {
         Block(Box::new([0; BLOCK_BYTES]))
     }
 
-    /// Sets bit `bit` (`0..BLOCK_BITS`).
+    /// Sets bit `bit` (`0..8192`).
     pub fn set(&mut self, bit: usize) {
         self.0[bit / 8] |= 0x80 >> (bit % 8);
     }
@@ -168,7 +163,7 @@ pub async fn apply(
     let existing: Vec<i64> = update.fetch_all(&mut *conn).await?;
 
     // A block that did not exist has no bit to clear: only `set` creates blocks.
-    let mut rows = CopyRows::with_capacity(set.0.len(), BLOCK_BYTES + 50);
+    let mut rows = CopyRows::with_capacity(set.0.len(), 1060);
     for (block, bits) in set.0.iter().filter(|(block, _)| !existing.contains(block)) {
         rows.uuid(workspace_id);
         if let Bitmap::Cohort(cohort_ref) = bitmap {
@@ -190,7 +185,7 @@ pub async fn read_ids(
     bitmap: Bitmap,
     blocks: Option<&[i64]>,
 ) -> sqlx::Result<Vec<i64>> {
-    // `varbit_send`: the length in bits, then the bytes, instead of 1,024 characters.
+    // `varbit_send`: the length in bits, then the bytes, instead of 8,192 characters.
     let rows: Vec<(i64, Vec<u8>)> = match bitmap {
         Bitmap::Users => sqlx::query_as(
             "SELECT block, varbit_send(bits) FROM user_bitmaps
@@ -241,15 +236,15 @@ mod tests {
     #[test]
     fn ids_map_to_blocks_and_back() {
         assert_eq!(position(0), (0, 0));
-        assert_eq!(position(1023), (0, 1023));
-        assert_eq!(position(1024), (1, 0));
-        let masks = Masks::of(&[1, 1023, 1024, 20_000]);
+        assert_eq!(position(8191), (0, 8191));
+        assert_eq!(position(8192), (1, 0));
+        let masks = Masks::of(&[1, 8191, 8192, 20_000]);
         let blocks: Vec<i64> = masks.0.keys().copied().collect();
-        assert_eq!(blocks, [0, 1, 19]);
+        assert_eq!(blocks, [0, 1, 2]);
         let ids: Vec<i64> = masks.0.iter().flat_map(|(block, bits)| ids_in(*block, bits.bytes())).collect();
-        assert_eq!(ids, [1, 1023, 1024, 20_000]);
+        assert_eq!(ids, [1, 8191, 8192, 20_000]);
         // PostgreSQL's order: bit 0 is the high bit of the first byte, as `B'1' >> n` sets bit n.
         assert_eq!(masks.0[&0].bytes()[0], 0b0100_0000);
-        assert_eq!(masks.0[&0].bytes()[127], 0b0000_0001);
+        assert_eq!(masks.0[&0].bytes()[1023], 0b0000_0001);
     }
 }

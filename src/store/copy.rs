@@ -82,7 +82,7 @@ impl CopyRows {
         self.field(Some(&micros.to_be_bytes()))
     }
 
-    /// Appends a bitmap block's field: its length in bits, then the bits.
+    /// Appends a `bit(8192)` field: its length in bits, then the bits.
     pub fn bits(&mut self, value: &Block) -> &mut Self {
         let mut field = Vec::with_capacity(4 + value.bytes().len());
         field.extend_from_slice(&(value.bytes().len() as i32 * 8).to_be_bytes());
@@ -151,9 +151,9 @@ mod tests {
         let noon = DateTime::parse_from_rfc3339("2000-01-02T00:00:00Z").unwrap().with_timezone(&Utc);
         rows.bits(&bits).timestamp(noon).end_row();
         let fields = &rows.bytes[COPY_BINARY_HEADER.len() + 2..];
-        // bits: field length 4 + 128, bit length 1024, then 1000_0000 0100_0000 0….
-        assert_eq!(&fields[..10], &[0, 0, 0, 132, 0, 0, 4, 0, 0x80, 0x40]);
-        let fields = &fields[8 + 128..];
+        // bits: field length 4 + 1024, bit length 8192, then 1000_0000 0100_0000 0….
+        assert_eq!(&fields[..10], &[0, 0, 4, 4, 0, 0, 32, 0, 0x80, 0x40]);
+        let fields = &fields[8 + 1024..];
         // One day after PostgreSQL's epoch, in microseconds.
         assert_eq!(&fields[..4], &[0, 0, 0, 8]);
         assert_eq!(&fields[4..12], &86_400_000_000i64.to_be_bytes());

@@ -894,7 +894,7 @@ async fn an_import_waits_for_a_user_deletion_and_then_finds_the_user_gone() {
     wait_for_backend(&app.pool, ADVISORY_LOCK_WAIT, "the import never waited for the user deletion's lock").await;
     assert!(!import.is_finished(), "the import went ahead of an uncommitted user deletion");
     sqlx::query("DELETE FROM users WHERE id = $1").bind(users[1]).execute(&mut *deletion).await.unwrap();
-    sqlx::query("UPDATE user_bitmaps SET bits = set_bit(bits, ($1 & 1023)::int, 0) WHERE block = $1 >> 10")
+    sqlx::query("UPDATE user_bitmaps SET bits = set_bit(bits, ($1 & 8191)::int, 0) WHERE block = $1 >> 13")
         .bind(users[1])
         .execute(&mut *deletion)
         .await

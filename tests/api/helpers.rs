@@ -505,13 +505,13 @@ pub async fn expect_error(response: Response, status: u16, message: &str) {
 }
 
 /// Asserts that `cohort_bitmaps` holds exactly the memberships and `user_bitmaps` exactly
-/// the users: one bit per row, at bit `id & 1023` of block `id >> 10` (blocks with no bit
+/// the users: one bit per row, at bit `id & 8191` of block `id >> 13` (blocks with no bit
 /// left are ignored).
 pub async fn assert_bitmaps_match_memberships(pool: &PgPool) {
     let differing: Vec<(Uuid, i64, i64)> = sqlx::query_as(
         "WITH expected AS (
-             SELECT workspace_id, cohort_ref, user_id >> 10 AS block,
-                    bit_or(B'1'::bit(1024) >> (user_id & 1023)::int) AS bits
+             SELECT workspace_id, cohort_ref, user_id >> 13 AS block,
+                    bit_or(B'1'::bit(8192) >> (user_id & 8191)::int) AS bits
                FROM cohort_memberships GROUP BY 1, 2, 3),
          stored AS (SELECT workspace_id, cohort_ref, block, bits FROM cohort_bitmaps WHERE bit_count(bits) > 0)
          SELECT workspace_id, cohort_ref, block FROM (
@@ -525,7 +525,7 @@ pub async fn assert_bitmaps_match_memberships(pool: &PgPool) {
     assert!(differing.is_empty(), "bitmap blocks that differ from the memberships: {differing:?}");
     let differing: Vec<(Uuid, i64)> = sqlx::query_as(
         "WITH expected AS (
-             SELECT workspace_id, id >> 10 AS block, bit_or(B'1'::bit(1024) >> (id & 1023)::int) AS bits
+             SELECT workspace_id, id >> 13 AS block, bit_or(B'1'::bit(8192) >> (id & 8191)::int) AS bits
                FROM users GROUP BY 1, 2),
          stored AS (SELECT workspace_id, block, bits FROM user_bitmaps WHERE bit_count(bits) > 0)
          SELECT workspace_id, block FROM (
@@ -644,15 +644,15 @@ async fn set_bits(tx: &mut PgConnection, table: &str, workspace: Uuid, cohort_re
     let sql = if on {
         format!(
             "INSERT INTO {table} AS b (workspace_id, {cohort_column}block, bits)
-             SELECT $1, {cohort_value}id >> 10, bit_or(B'1'::bit(1024) >> (id & 1023)::int)
-               FROM unnest($2::int8[]) AS id GROUP BY id >> 10
+             SELECT $1, {cohort_value}id >> 13, bit_or(B'1'::bit(8192) >> (id & 8191)::int)
+               FROM unnest($2::int8[]) AS id GROUP BY id >> 13
              ON CONFLICT (workspace_id, {cohort_column}block) DO UPDATE SET bits = b.bits | excluded.bits"
         )
     } else {
         let cohort = cohort_ref.map(|c| format!(" AND b.cohort_ref = {c}")).unwrap_or_default();
         format!(
             "UPDATE {table} b SET bits = b.bits & ~g.bits
-               FROM (SELECT id >> 10 AS block, bit_or(B'1'::bit(1024) >> (id & 1023)::int) AS bits
+               FROM (SELECT id >> 13 AS block, bit_or(B'1'::bit(8192) >> (id & 8191)::int) AS bits
                        FROM unnest($2::int8[]) AS id GROUP BY 1) AS g
               WHERE b.workspace_id = $1{cohort} AND b.block = g.block"
         )

@@ -58,9 +58,9 @@ WITH input AS (
     RETURNING m.cohort_ref, m.user_id
 ), flipped AS (
     INSERT INTO cohort_bitmaps AS b (workspace_id, cohort_ref, block, bits)
-    SELECT $1, cohort_ref, user_id >> 10, bit_or(B'1'::bit(1024) >> (user_id & 1023)::int)
+    SELECT $1, cohort_ref, user_id >> 13, bit_or(B'1'::bit(8192) >> (user_id & 8191)::int)
       FROM (SELECT * FROM added UNION ALL SELECT * FROM removed) AS changed
-     GROUP BY cohort_ref, user_id >> 10
+     GROUP BY cohort_ref, user_id >> 13
     ON CONFLICT (workspace_id, cohort_ref, block) DO UPDATE SET bits = b.bits # excluded.bits
 )
 SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM removed)";

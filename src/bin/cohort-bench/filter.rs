@@ -180,8 +180,8 @@ async fn create_filter_cohorts(pool: &PgPool, workspace: Uuid) -> anyhow::Result
                  SELECT $1, $2, id, now() FROM users WHERE workspace_id = $1 AND {condition}"
             ),
             "INSERT INTO cohort_bitmaps (workspace_id, cohort_ref, block, bits)
-             SELECT $1, $2, user_id >> 10, bit_or(B'1'::bit(1024) >> (user_id & 1023)::int)
-               FROM cohort_memberships WHERE workspace_id = $1 AND cohort_ref = $2 GROUP BY user_id >> 10"
+             SELECT $1, $2, user_id >> 13, bit_or(B'1'::bit(8192) >> (user_id & 8191)::int)
+               FROM cohort_memberships WHERE workspace_id = $1 AND cohort_ref = $2 GROUP BY user_id >> 13"
                 .to_owned(),
             "UPDATE cohorts SET member_count =
                  (SELECT count(*) FROM cohort_memberships WHERE workspace_id = $1 AND cohort_ref = $2)

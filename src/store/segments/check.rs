@@ -36,8 +36,8 @@ pub async fn check(db: &Database, query: &SegmentQuery, refs: &[UserRef]) -> sql
     }
     // Each row has exactly one kind of identifier set, so exactly one branch of the
     // lateral UNION ALL can find a user; every branch is a unique-index probe. The filter
-    // is then evaluated on the bitmaps of just the blocks those users fall in (128 bytes
-    // per cohort of the filter and such block) instead of probing memberships per user.
+    // is then evaluated on the bitmaps of just the blocks those users fall in (1 KiB per
+    // cohort of the filter and such block) instead of probing memberships per user.
     let sql = format!(
         "WITH resolved AS MATERIALIZED (
             SELECT r.ord, u.id, u.braze_id
@@ -63,10 +63,10 @@ pub async fn check(db: &Database, query: &SegmentQuery, refs: &[UserRef]) -> sql
          ),
          blocks AS ({})
          SELECT r.braze_id,
-                r.id IS NOT NULL AND COALESCE(get_bit(b.bits, (r.id & 1023)::int) = 1, false) AS matches
-           FROM resolved r LEFT JOIN blocks b ON b.block = r.id >> 10
+                r.id IS NOT NULL AND COALESCE(get_bit(b.bits, (r.id & 8191)::int) = 1, false) AS matches
+           FROM resolved r LEFT JOIN blocks b ON b.block = r.id >> 13
           ORDER BY r.ord",
-        query.filter_blocks_sql(8, "block = ANY(ARRAY(SELECT DISTINCT id >> 10 FROM resolved WHERE id IS NOT NULL))")
+        query.filter_blocks_sql(8, "block = ANY(ARRAY(SELECT DISTINCT id >> 13 FROM resolved WHERE id IS NOT NULL))")
     );
     let statement = sqlx::query_as(AssertSqlSafe(sql))
         .bind(query.workspace_id)

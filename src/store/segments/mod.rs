@@ -2,7 +2,7 @@
 //! bitmaps of `user_bitmaps` and `cohort_bitmaps` (memberships never come into the
 //! service's memory, and no plan depends on the planner's statistics).
 //!
-//! [`query`] compiles a filter to bitmap algebra per block of 1,024 user ids; [`read`]
+//! [`query`] compiles a filter to bitmap algebra per block of 8,192 user ids; [`read`]
 //! counts, pages and exports its users; [`check`] tests given users against it.
 
 pub mod check;

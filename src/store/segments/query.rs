@@ -1,4 +1,4 @@
-//! A filter compiled to SQL over the bitmaps: for each block of 1,024 user ids, leaf `k`
+//! A filter compiled to SQL over the bitmaps: for each block of 8,192 user ids, leaf `k`
 //! is the union of its cohorts' bits in that block, `and`/`or`/`not` are `&`/`|`/`~`, and
 //! a filter that can match users in none of its cohorts (`not A`, `A or not B`) is taken
 //! within the block's users (`user_bitmaps`).
@@ -15,7 +15,7 @@ use crate::domain::filter::{CohortOp, Expr, Filter};
 use crate::store::database::Database;
 
 /// An empty block of `cohort_bitmaps.bits` (casting to `bit(n)` pads with zeros).
-const NO_BITS: &str = "B'0'::bit(1024)";
+const NO_BITS: &str = "B'0'::bit(8192)";
 
 /// A filter resolved against one workspace's cohorts, ready to be run as SQL.
 #[derive(Debug, Clone)]
@@ -256,7 +256,7 @@ impl SegmentQuery {
     /// from `$5`.
     pub(super) fn page_blocks_sql(&self) -> String {
         let blocks = self.filter_blocks_sql(5, "block >= $3");
-        // varbit_send: the bits as bytes, not 1,024 characters of text.
+        // varbit_send: the bits as bytes, not 8,192 characters of text.
         format!(
             "SELECT block, varbit_send(bits) FROM ({blocks}) AS blocks WHERE bit_count(bits) > 0 ORDER BY block LIMIT $4"
         )
@@ -347,10 +347,10 @@ mod tests {
         assert!(sql.starts_with("SELECT coalesce(sum(bit_count(bits)), 0)::int8"), "{sql}");
         assert!(sql.contains("SELECT block, (l0 & (~l1) & (~l2)) AS bits"), "{sql}");
         assert!(
-            sql.contains("bit_or(bits) FILTER (WHERE cohort_ref = ANY($4::bigint[])), B'0'::bit(1024)) AS l1"),
+            sql.contains("bit_or(bits) FILTER (WHERE cohort_ref = ANY($4::bigint[])), B'0'::bit(8192)) AS l1"),
             "{sql}"
         );
-        assert!(sql.contains("bit_or(bits) FILTER (WHERE cohort_ref = $5), B'0'::bit(1024)) AS l2"), "{sql}");
+        assert!(sql.contains("bit_or(bits) FILTER (WHERE cohort_ref = $5), B'0'::bit(8192)) AS l2"), "{sql}");
         assert!(!sql.contains("user_bitmaps"), "{sql}");
 
         // A or not B: matches users in no cohort at all, taken within every user.
@@ -363,7 +363,7 @@ mod tests {
         let sql = q.count_sql();
         assert!(sql.contains("SELECT block, ((l0 | (~l1)) & everyone) AS bits"), "{sql}");
         assert!(sql.contains("SELECT block, NULL, bits FROM user_bitmaps WHERE workspace_id = $1 AND true"), "{sql}");
-        assert!(sql.contains("FILTER (WHERE cohort_ref IS NULL), B'0'::bit(1024)) AS everyone"), "{sql}");
+        assert!(sql.contains("FILTER (WHERE cohort_ref IS NULL), B'0'::bit(8192)) AS everyone"), "{sql}");
 
         // (A and not B) or C: bounded; a page reads from `$3`, at most `$4` blocks.
         let q = query(

@@ -10,9 +10,9 @@ use super::query::SegmentQuery;
 use crate::store::{bitmaps, database::Database};
 
 /// Bitmap blocks read per round trip while a page is collected from them.
-const PAGE_BLOCKS_PER_READ: i64 = 128;
-/// Bitmap blocks per batch of an export: at most 32 × 1,024 users in memory at once.
-const EXPORT_BLOCKS_PER_READ: i64 = 32;
+const PAGE_BLOCKS_PER_READ: i64 = 16;
+/// Bitmap blocks per batch of an export: at most 4 × 8,192 users in memory at once.
+const EXPORT_BLOCKS_PER_READ: i64 = 4;
 
 /// Number of users of the workspace matching the filter, exact.
 pub async fn count(db: &Database, query: &SegmentQuery) -> sqlx::Result<i64> {
@@ -55,7 +55,7 @@ pub async fn page(db: &Database, query: &SegmentQuery, after: i64, limit: i64) -
     let blocks_sql = query.page_blocks_sql();
     let mut ids: Vec<i64> = Vec::with_capacity(wanted.min(10_000));
     let mut tx = begin_snapshot(db).await?;
-    let mut next_block = Some(bitmaps::position(after.max(0)).0);
+    let mut next_block = Some(after.max(0) >> 13);
     while let Some(from) = next_block
         && ids.len() < wanted
     {
