@@ -232,8 +232,8 @@ async fn each_operator_and_their_nesting_select_the_right_users() {
 #[tokio::test]
 async fn combined_counts_agree_with_the_memberships_across_bitmap_blocks() {
     let s = Segments::new().await;
-    // Internal ids 8,001..=28,000: three 8,192-bit blocks, both block edges inside.
-    sqlx::query("SELECT setval(pg_get_serial_sequence('users', 'id'), 8000)").execute(&s.app.pool).await.unwrap();
+    // Internal ids 1..=20,000 (user `p<n>` is id n): three 8,192-bit blocks, both block
+    // edges inside.
     s.numbered_users(s.workspace, "p", 20_000).await;
     // Which of A, B and C user `p<n>` is in.
     let memberships = |n: u32| (n.is_multiple_of(2), n.is_multiple_of(3), n.is_multiple_of(7) || n <= 200);
@@ -504,9 +504,8 @@ async fn check_resolves_each_kind_of_reference_in_the_order_given() {
 #[tokio::test]
 async fn check_agrees_with_the_memberships_across_bitmap_blocks() {
     let s = Segments::new().await;
-    // Internal ids 8,001..=28,000: four 8,192-bit blocks. A and B hold members only below
-    // id 16,001 (n <= 8,000), so the last two blocks have no bitmap row in any cohort.
-    sqlx::query("SELECT setval(pg_get_serial_sequence('users', 'id'), 8000)").execute(&s.app.pool).await.unwrap();
+    // Internal ids 1..=20,000 (user `p<n>` is id n): three 8,192-bit blocks. A and B hold
+    // members only up to id 8,000, so the blocks above have no bitmap row in any cohort.
     s.numbered_users(s.workspace, "p", 20_000).await;
     let memberships = |n: u32| (n <= 8_000 && n.is_multiple_of(2), n <= 8_000 && n.is_multiple_of(3));
     for (position, cohort) in ["A", "B"].into_iter().enumerate() {
@@ -521,8 +520,9 @@ async fn check_agrees_with_the_memberships_across_bitmap_blocks() {
         s.cohort(s.workspace, "kubit", cohort, cohort, &ids).await;
     }
     // 1,000 references: users spread over every block, both sides of each block edge
-    // (ids 8,191 | 8,192, 16,383 | 16,384, 24,575 | 24,576), and one unknown at [500].
-    let edges = [191, 192, 8_383, 8_384, 16_575, 16_576];
+    // (ids 8,191 | 8,192, 16,383 | 16,384), both sides of the last id A and B reach
+    // (8,000 | 8,001), and one unknown at [500].
+    let edges = [8_191, 8_192, 16_383, 16_384, 8_000, 8_001];
     let checked: Vec<u32> = (0..994).map(|i| 1 + i * 20 + i % 7).chain(edges).collect();
     let mut users: Vec<Value> = checked.iter().map(|n| json!({"external_id": format!("p{n}")})).collect();
     users[500] = json!({"external_id": "nobody"});
