@@ -8,16 +8,17 @@
 FROM rust:1.94-bookworm AS build
 WORKDIR /src
 
-# Dependencies first, in their own layer: rebuilt only when Cargo.toml, Cargo.lock or a
-# vendored crate (vendor/README.md) change. Stub sources at the paths Cargo.toml declares
-# let cargo compile every dependency.
+# Dependencies first, in their own layer: rebuilt only when a manifest, Cargo.lock or a
+# vendored crate (vendor/README.md) change. Stub sources at the paths the manifests
+# declare let cargo compile the service's dependencies (the benchmark's are not built).
 COPY Cargo.toml Cargo.lock ./
+COPY bench/Cargo.toml ./bench/
 COPY vendor ./vendor
-RUN mkdir -p src/bin/cohort-bench \
+RUN mkdir -p src bench/src \
     && echo 'fn main() {}' > src/main.rs \
-    && echo 'fn main() {}' > src/bin/cohort-bench/main.rs \
+    && echo 'fn main() {}' > bench/src/main.rs \
     && touch src/lib.rs \
-    && cargo build --release --locked --bin cohort-ingest \
+    && cargo build --release --locked --package cohort-ingest --bin cohort-ingest \
     && rm -rf src
 
 # The crate itself. Migrations are embedded at compile time (sqlx::migrate!); queries
@@ -28,7 +29,7 @@ COPY build.rs ./
 COPY src ./src
 COPY migrations ./migrations
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked --bin cohort-ingest
+    && cargo build --release --locked --package cohort-ingest --bin cohort-ingest
 
 # ---- runtime ----------------------------------------------------------------------------
 # glibc and libgcc, no shell, no package manager; user 65532 ("nonroot"), by number so

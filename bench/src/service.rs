@@ -111,7 +111,7 @@ fn build_with_cargo(target_directory: &Path) -> anyhow::Result<()> {
         return Ok(());
     };
     let mut build = std::process::Command::new(cargo);
-    build.arg("build").arg("--quiet").arg("--bin").arg("cohort-ingest");
+    build.arg("build").arg("--quiet").arg("--package").arg("cohort-ingest").arg("--bin").arg("cohort-ingest");
     build.arg("--manifest-path").arg(Path::new(&manifest_dir).join("Cargo.toml"));
     if target_directory.file_name().is_some_and(|name| name == "release") {
         build.arg("--release");
