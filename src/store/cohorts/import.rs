@@ -1,5 +1,6 @@
-//! Changing a cohort's membership: an add/remove request ([`import`]) or a full replace
-//! ([`replace`]), whichever protocol asked, with the bitmaps, the count and the log.
+//! Changing a cohort's membership: an add/remove request ([`import`]), whichever protocol
+//! asked, with the bitmaps, the count and the log; the statements it shares with a full
+//! replace (`super::replace`).
 //!
 //! Each is one transaction of a fixed number of statements whatever its size, each on
 //! one workspace's rows (on Citus, one node): it takes the workspace lock in shared mode
@@ -16,11 +17,13 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::{CohortKey, create_or_lock, resolve::resolve, unmatched};
-use crate::domain::{
-    CohortName, ImportKind, ImportOutcome, MemberChange, MemberRefs, MembershipChanges, Unmatched, UnmatchedReason,
-    membership::users_of_members,
+use super::{
+    CohortKey, create_or_lock,
+    deliveries::{delivered_before, record_delivery},
+    resolve::resolve,
+    unmatched,
 };
+use crate::domain::{CohortName, ImportKind, ImportOutcome, MemberChange, MembershipChanges};
 use crate::store::{
     bitmaps::{self, Bitmap},
     copy::CopyRows,
@@ -119,117 +122,6 @@ async fn try_import(
     Ok(Applied { outcome, repeated: false })
 }
 
-/// The users a full replace wants, gathered while its members are resolved, chunk by
-/// chunk: at most 8 bytes per distinct user, however many members name them.
-#[derive(Debug, Default)]
-pub struct Wanted {
-    users: Vec<i64>,
-    /// How many `users` were distinct when last made so.
-    distinct: usize,
-    unmatched: Unmatched,
-    /// The first of the members that matched nobody, as many as a cohort lists.
-    unmatched_members: Vec<(MemberRefs, UnmatchedReason)>,
-}
-
-impl Wanted {
-    /// Resolves a chunk of members (a request's worth) and keeps their users.
-    pub async fn resolve(
-        &mut self,
-        conn: &mut PgConnection,
-        workspace_id: Uuid,
-        members: &[MemberRefs],
-    ) -> sqlx::Result<()> {
-        let resolved = resolve(conn, workspace_id, None, members).await?;
-        for (member, user) in members.iter().zip(users_of_members(members.len(), resolved)) {
-            match user {
-                Ok(user) => self.users.push(user.id),
-                Err(reason) => {
-                    self.unmatched.count(reason);
-                    if (self.unmatched_members.len() as i64) < unmatched::MAX_PER_COHORT {
-                        self.unmatched_members.push((member.clone(), reason));
-                    }
-                }
-            }
-        }
-        // Made distinct whenever it doubles, so memory follows the distinct users and
-        // the sorting stays linear in the members overall.
-        if self.users.len() > (2 * self.distinct).max(1 << 16) {
-            self.users.sort_unstable();
-            self.users.dedup();
-            self.distinct = self.users.len();
-        }
-        Ok(())
-    }
-
-    /// Members that no rule could read, counted as unknown.
-    pub fn count_unreadable(&mut self, n: u64) {
-        self.unmatched.unknown += n;
-    }
-}
-
-/// Replaces a cohort's membership (the cohort is created if unknown) with the users of
-/// `wanted`, in one transaction, and logs it.
-pub async fn replace(
-    db: &Database,
-    key: CohortKey<'_>,
-    import: &Import<'_>,
-    wanted: Wanted,
-) -> sqlx::Result<ImportOutcome> {
-    let mut tx = db.begin().await?;
-    let now = Utc::now();
-    lock_workspace(&mut tx, key.workspace_id, WorkspaceLock::OneCohort).await?;
-    let cohort_ref = lock_cohort(&mut tx, key, import, now).await?;
-    let outcome = apply_replace(&mut tx, key, cohort_ref, import, wanted, now).await?;
-    db.commit(tx).await?;
-    Ok(outcome)
-}
-
-/// [`replace`] within a transaction that holds the workspace lock (shared) and the row
-/// lock of cohort `cohort_ref`.
-pub(crate) async fn apply_replace(
-    tx: &mut PgConnection,
-    key: CohortKey<'_>,
-    cohort_ref: i64,
-    import: &Import<'_>,
-    wanted: Wanted,
-    now: DateTime<Utc>,
-) -> sqlx::Result<ImportOutcome> {
-    let Wanted { mut users, mut unmatched, unmatched_members, .. } = wanted;
-    users.sort_unstable();
-    users.dedup();
-    unmatched.unknown += import.unreadable;
-    // Resolved before this transaction's lock, perhaps: keep only users that still exist.
-    let blocks: Vec<i64> = {
-        let mut blocks: Vec<i64> = users.iter().map(|&id| bitmaps::position(id).0).collect();
-        blocks.dedup();
-        blocks
-    };
-    let existing = bitmaps::read_ids(tx, key.workspace_id, Bitmap::Users, Some(&blocks)).await?;
-    let users = intersect(&users, &existing);
-    let current = bitmaps::read_ids(tx, key.workspace_id, Bitmap::Cohort(cohort_ref), None).await?;
-    let decided = MembershipChanges::replace(&users, &current, unmatched);
-    write_memberships(tx, key.workspace_id, cohort_ref, &decided.added, &decided.removed, now).await?;
-    let listed: Vec<_> = unmatched_members.iter().map(|(member, reason)| (member, *reason)).collect();
-    let listed = unmatched::record(tx, key.workspace_id, cohort_ref, &listed, now, import.unmatched_retention).await?;
-    let outcome = decided.outcome();
-    log_import(tx, key, cohort_ref, import, now, &outcome, listed).await?;
-    Ok(outcome)
-}
-
-/// The ids in both ascending lists.
-fn intersect(a: &[i64], b: &[i64]) -> Vec<i64> {
-    let mut both = Vec::with_capacity(a.len().min(b.len()));
-    let (mut i, mut j) = (0, 0);
-    while let (Some(&x), Some(&y)) = (a.get(i), b.get(j)) {
-        if x == y {
-            both.push(x);
-        }
-        i += usize::from(x <= y);
-        j += usize::from(y <= x);
-    }
-    both
-}
-
 /// Runs `attempt` again on a transient conflict, up to [`IMPORT_ATTEMPTS`] times.
 async fn retrying<T, F: Future<Output = sqlx::Result<T>>>(mut attempt: impl FnMut() -> F) -> sqlx::Result<T> {
     let mut attempts = 1;
@@ -254,7 +146,7 @@ fn is_transient_conflict(error: &sqlx::Error) -> bool {
 
 /// The cohort's internal id, created if unknown (named as the change says, else by its
 /// id), with its row lock held until the transaction ends.
-async fn lock_cohort(
+pub(super) async fn lock_cohort(
     tx: &mut PgConnection,
     key: CohortKey<'_>,
     import: &Import<'_>,
@@ -264,73 +156,8 @@ async fn lock_cohort(
     create_or_lock(tx, key, name, now, Some(now)).await
 }
 
-/// The outcome of the change's message if it was applied before.
-async fn delivered_before(
-    conn: &mut PgConnection,
-    key: CohortKey<'_>,
-    import: &Import<'_>,
-) -> sqlx::Result<Option<ImportOutcome>> {
-    let Some(message_id) = import.message_id else { return Ok(None) };
-    let row: Option<(i32, i32, i32, i32, i32)> = sqlx::query_as(
-        "SELECT added, removed, unchanged, unmatched_unknown, unmatched_identified_device FROM delivered_messages
-          WHERE workspace_id = $1 AND partner = $2 AND message_id = $3",
-    )
-    .bind(key.workspace_id)
-    .bind(key.partner)
-    .bind(message_id)
-    .fetch_optional(conn)
-    .await?;
-    let count = |n: i32| u64::try_from(n).unwrap_or(0);
-    Ok(row.map(|(added, removed, unchanged, unknown, identified_device)| ImportOutcome {
-        added: count(added),
-        removed: count(removed),
-        unchanged: count(unchanged),
-        unmatched: Unmatched { unknown: count(unknown), device_id_of_identified_user: count(identified_device) },
-    }))
-}
-
-/// How long delivered message ids are kept: Amplitude retries for far less.
-const DELIVERY_RETENTION: chrono::TimeDelta = chrono::TimeDelta::days(7);
-
-/// Records the change's message as applied, with its outcome, and forgets those of the
-/// workspace and partner older than [`DELIVERY_RETENTION`]; `false` if a concurrent
-/// transaction recorded the same message first.
-async fn record_delivery(
-    tx: &mut PgConnection,
-    key: CohortKey<'_>,
-    import: &Import<'_>,
-    now: DateTime<Utc>,
-    outcome: &ImportOutcome,
-) -> sqlx::Result<bool> {
-    let Some(message_id) = import.message_id else { return Ok(true) };
-    sqlx::query("DELETE FROM delivered_messages WHERE workspace_id = $1 AND partner = $2 AND received_at < $3")
-        .bind(key.workspace_id)
-        .bind(key.partner)
-        .bind(now - DELIVERY_RETENTION)
-        .execute(&mut *tx)
-        .await?;
-    let inserted = sqlx::query(
-        "INSERT INTO delivered_messages (workspace_id, partner, message_id, received_at,
-                                         added, removed, unchanged, unmatched_unknown, unmatched_identified_device)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(key.workspace_id)
-    .bind(key.partner)
-    .bind(message_id)
-    .bind(now)
-    .bind(count(outcome.added))
-    .bind(count(outcome.removed))
-    .bind(count(outcome.unchanged))
-    .bind(count(outcome.unmatched.unknown))
-    .bind(count(outcome.unmatched.device_id_of_identified_user))
-    .execute(&mut *tx)
-    .await?;
-    Ok(inserted.rows_affected() == 1)
-}
-
 /// A count as stored (`integer`): a replace of over 2^31 members saturates.
-fn count(n: u64) -> i32 {
+pub(super) fn count(n: u64) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
@@ -347,7 +174,7 @@ DELETE FROM cohort_memberships m
 
 /// Adds and removes memberships of one cohort, with their bits; the caller holds the
 /// cohort's row lock and has read that `added` are not members and `removed` are.
-async fn write_memberships(
+pub(super) async fn write_memberships(
     tx: &mut PgConnection,
     workspace_id: Uuid,
     cohort_ref: i64,
@@ -373,7 +200,7 @@ async fn write_memberships(
 /// Moves the cohort's count by the change's added and removed (and its count of listed
 /// unmatched identifiers by `listed`), renames it if the change names it otherwise, and
 /// appends the change to its log.
-async fn log_import(
+pub(super) async fn log_import(
     tx: &mut PgConnection,
     key: CohortKey<'_>,
     cohort_ref: i64,

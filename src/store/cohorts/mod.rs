@@ -3,7 +3,9 @@
 //! views are here; resolving members is in [`resolve`], changing memberships in
 //! [`import`].
 
+mod deliveries;
 mod import;
+mod replace;
 mod resolve;
 pub mod unmatched;
 
@@ -13,8 +15,10 @@ use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-pub use import::{Applied, Import, Wanted, import, replace};
-pub(crate) use import::{apply_replace, remove_user_everywhere};
+pub(crate) use import::remove_user_everywhere;
+pub use import::{Applied, Import, import};
+pub(crate) use replace::apply_replace;
+pub use replace::{Wanted, replace};
 
 use super::locks::{WorkspaceLock, lock_workspace};
 use crate::domain::{CohortId, CohortName};
