@@ -5,10 +5,9 @@
 //! plans that pull rows through the coordinator.
 
 use serde_json::json;
-use tracing_subscriber::layer::SubscriberExt;
 
 use crate::{
-    helpers::{TestApp, citus_workers, expect_json},
+    helpers::{citus_workers, expect_json},
     plans::Plans,
 };
 
@@ -18,10 +17,7 @@ async fn every_statement_of_a_workload_is_a_single_task_router_plan() {
         eprintln!("skipped: set CITUS_TEST_COORDINATOR and CITUS_TEST_WORKERS to run it on Citus");
         return;
     }
-    // #[tokio::test] runs everything, the service included, on this thread.
-    let plans = Plans::default();
-    let _collecting = tracing::subscriber::set_default(tracing_subscriber::registry().with(plans.clone()));
-    let app = TestApp::spawn_logging_plans().await;
+    let (app, plans, _collecting) = Plans::of_an_app().await;
     let setup = app.partner_setup("kubit").await;
     let ws = setup.workspace;
     let admin = |path: &str| format!("/admin/workspaces/{ws}{path}");

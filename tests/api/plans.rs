@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 use tracing::field::{Field, Visit};
+use tracing::subscriber::DefaultGuard;
 use tracing_subscriber::{Layer, layer::SubscriberExt};
 
 use crate::helpers::{TestApp, change_members, expect_json, insert_cohort, insert_users, skipped_on_citus};
@@ -43,6 +44,15 @@ impl<S: tracing::Subscriber> Layer<S> for Plans {
 }
 
 impl Plans {
+    /// The service, its every statement's plan collected here while the guard lives.
+    /// `#[tokio::test]` runs everything, the service included, on the test's thread,
+    /// which the guard's collector covers.
+    pub async fn of_an_app() -> (TestApp, Plans, DefaultGuard) {
+        let plans = Plans::default();
+        let collecting = tracing::subscriber::set_default(tracing_subscriber::registry().with(plans.clone()));
+        (TestApp::spawn_logging_plans().await, plans, collecting)
+    }
+
     /// The plans collected so far of the statements whose text contains `statement`.
     pub fn of(&self, statement: &str) -> Vec<String> {
         self.0.lock().unwrap().iter().filter(|plan| plan.contains(statement)).cloned().collect()
@@ -54,10 +64,7 @@ async fn removing_members_probes_each_one_on_statistics_of_an_empty_table() {
     if skipped_on_citus("the plans checked are a plain PostgreSQL's; the Citus test reads the workers'") {
         return;
     }
-    // #[tokio::test] runs everything, the service included, on this thread.
-    let plans = Plans::default();
-    let _collecting = tracing::subscriber::set_default(tracing_subscriber::registry().with(plans.clone()));
-    let app = TestApp::spawn_logging_plans().await;
+    let (app, plans, _collecting) = Plans::of_an_app().await;
     let setup = app.partner_setup("kubit").await;
     let ws = setup.workspace;
     // Statistics of the empty table, then a cohort of 20,000 members they know nothing of.
