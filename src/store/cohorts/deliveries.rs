@@ -7,7 +7,7 @@ use sqlx::PgConnection;
 
 use super::{
     CohortKey,
-    import::{Import, count},
+    import::{Import, bind_outcome},
 };
 use crate::domain::{ImportOutcome, Unmatched};
 
@@ -56,21 +56,19 @@ pub(super) async fn record_delivery(
         .bind(now - DELIVERY_RETENTION)
         .execute(&mut *tx)
         .await?;
-    let inserted = sqlx::query(
-        "INSERT INTO delivered_messages (workspace_id, partner, message_id, received_at,
+    let inserted = bind_outcome(
+        sqlx::query(
+            "INSERT INTO delivered_messages (workspace_id, partner, message_id, received_at,
                                          added, removed, unchanged, unmatched_unknown, unmatched_identified_device)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          ON CONFLICT DO NOTHING",
+        )
+        .bind(key.workspace_id)
+        .bind(key.partner)
+        .bind(message_id)
+        .bind(now),
+        outcome,
     )
-    .bind(key.workspace_id)
-    .bind(key.partner)
-    .bind(message_id)
-    .bind(now)
-    .bind(count(outcome.added))
-    .bind(count(outcome.removed))
-    .bind(count(outcome.unchanged))
-    .bind(count(outcome.unmatched.unknown))
-    .bind(count(outcome.unmatched.device_id_of_identified_user))
     .execute(&mut *tx)
     .await?;
     Ok(inserted.rows_affected() == 1)

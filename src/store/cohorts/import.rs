@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, Postgres, Transaction};
+use sqlx::{PgConnection, Postgres, Transaction, postgres::PgArguments, query::Query};
 use uuid::Uuid;
 
 use super::{
@@ -161,6 +161,21 @@ pub(super) fn count(n: u64) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
+/// Binds an outcome's counts next, in the order both the import log and the delivered
+/// messages store them: added, removed, unchanged, unmatched_unknown,
+/// unmatched_identified_device.
+pub(super) fn bind_outcome<'q>(
+    query: Query<'q, Postgres, PgArguments>,
+    outcome: &ImportOutcome,
+) -> Query<'q, Postgres, PgArguments> {
+    query
+        .bind(count(outcome.added))
+        .bind(count(outcome.removed))
+        .bind(count(outcome.unchanged))
+        .bind(count(outcome.unmatched.unknown))
+        .bind(count(outcome.unmatched.device_id_of_identified_user))
+}
+
 /// One primary-key probe per removed user, whatever the statistics say. Written as
 /// `user_id = ANY($3)` beside `cohort_ref = $2`, the statement was planned, on statistics
 /// taken before the cohort grew, as a scan of the whole cohort filtered by the array, in
@@ -227,22 +242,20 @@ pub(super) async fn log_import(
     .bind(listed)
     .fetch_one(&mut *tx)
     .await?;
-    sqlx::query(
-        "INSERT INTO cohort_imports (workspace_id, cohort_ref, id, kind, request_id, received_at, added, removed,
+    bind_outcome(
+        sqlx::query(
+            "INSERT INTO cohort_imports (workspace_id, cohort_ref, id, kind, request_id, received_at, added, removed,
                                      unchanged, unmatched_unknown, unmatched_identified_device, member_count_after)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(key.workspace_id)
+        .bind(cohort_ref)
+        .bind(id)
+        .bind(import.kind.as_str())
+        .bind(import.request_id)
+        .bind(now),
+        outcome,
     )
-    .bind(key.workspace_id)
-    .bind(cohort_ref)
-    .bind(id)
-    .bind(import.kind.as_str())
-    .bind(import.request_id)
-    .bind(now)
-    .bind(count(outcome.added))
-    .bind(count(outcome.removed))
-    .bind(count(outcome.unchanged))
-    .bind(count(outcome.unmatched.unknown))
-    .bind(count(outcome.unmatched.device_id_of_identified_user))
     .bind(member_count)
     .execute(&mut *tx)
     .await
