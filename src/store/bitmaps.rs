@@ -117,16 +117,24 @@ impl Masks {
 }
 
 /// Existing blocks: set the bits of `set_bits`, then clear those of `clear_bits`;
-/// returns the blocks that exist.
+/// returns the blocks that exist. A mask a block does not need is NULL, so the
+/// request's 1 KiB masks are sent, and combined, only where they change something (an
+/// import is nearly always all adds or all removals).
 const UPDATE_USER_BLOCKS: &str = "
-UPDATE user_bitmaps b SET bits = (b.bits | d.set_bits) & ~d.clear_bits
+UPDATE user_bitmaps b SET bits = CASE
+         WHEN d.clear_bits IS NULL THEN b.bits | d.set_bits
+         WHEN d.set_bits IS NULL THEN b.bits & ~d.clear_bits
+         ELSE (b.bits | d.set_bits) & ~d.clear_bits END
   FROM unnest($2::int8[], $3::varbit[], $4::varbit[]) AS d(block, set_bits, clear_bits)
  WHERE b.workspace_id = $1 AND b.block = d.block
 RETURNING b.block";
 
 /// [`UPDATE_USER_BLOCKS`] for one cohort's bitmap, `$5`.
 const UPDATE_COHORT_BLOCKS: &str = "
-UPDATE cohort_bitmaps b SET bits = (b.bits | d.set_bits) & ~d.clear_bits
+UPDATE cohort_bitmaps b SET bits = CASE
+         WHEN d.clear_bits IS NULL THEN b.bits | d.set_bits
+         WHEN d.set_bits IS NULL THEN b.bits & ~d.clear_bits
+         ELSE (b.bits | d.set_bits) & ~d.clear_bits END
   FROM unnest($2::int8[], $3::varbit[], $4::varbit[]) AS d(block, set_bits, clear_bits)
  WHERE b.workspace_id = $1 AND b.cohort_ref = $5 AND b.block = d.block
 RETURNING b.block";
@@ -146,12 +154,11 @@ pub async fn apply(
         return Ok(());
     }
     let (set, clear) = (Masks::of(set), Masks::of(clear));
-    let empty = Block::empty();
     let mut blocks: Vec<i64> = set.0.keys().chain(clear.0.keys()).copied().collect();
     blocks.sort_unstable();
     blocks.dedup();
-    let set_bits: Vec<&Block> = blocks.iter().map(|&b| set.get(b).unwrap_or(&empty)).collect();
-    let clear_bits: Vec<&Block> = blocks.iter().map(|&b| clear.get(b).unwrap_or(&empty)).collect();
+    let set_bits: Vec<Option<&Block>> = blocks.iter().map(|&b| set.get(b)).collect();
+    let clear_bits: Vec<Option<&Block>> = blocks.iter().map(|&b| clear.get(b)).collect();
     let update = match bitmap {
         Bitmap::Users => sqlx::query_scalar(UPDATE_USER_BLOCKS),
         Bitmap::Cohort(_) => sqlx::query_scalar(UPDATE_COHORT_BLOCKS),
