@@ -428,13 +428,16 @@ pub struct PartnerSetup {
 /// Waits until a backend of `pool`'s database (other than the asking one) matches
 /// `condition`, SQL over `pg_stat_activity` (e.g. `wait_event_type = 'Lock'`): how a
 /// test knows a concurrent request has reached a point inside PostgreSQL, such as being
-/// blocked on a lock the test holds. Fails the test, saying `what` was awaited, if none
-/// does within 30 s.
+/// blocked on a lock the test holds. In the Citus mode it looks at every node's backends
+/// (`citus_stat_activity`): a statement routed to a worker waits there, not on the
+/// coordinator. Fails the test, saying `what` was awaited, if none does within 30 s.
 pub async fn wait_for_backend(pool: &PgPool, condition: &str, what: &str) {
-    let sql = format!(
-        "SELECT count(*) FROM pg_stat_activity
-          WHERE datname = current_database() AND pid <> pg_backend_pid() AND ({condition})"
-    );
+    let (activity, not_me) = match citus_workers() {
+        Some(_) => ("citus_stat_activity", "global_pid <> citus_backend_gpid()"),
+        None => ("pg_stat_activity", "pid <> pg_backend_pid()"),
+    };
+    let sql =
+        format!("SELECT count(*) FROM {activity} WHERE datname = current_database() AND {not_me} AND ({condition})");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let matching: i64 = sqlx::query_scalar(AssertSqlSafe(sql.clone())).fetch_one(pool).await.unwrap();
