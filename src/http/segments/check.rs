@@ -8,8 +8,8 @@ use uuid::Uuid;
 
 use super::{parse_filter, prepare};
 use crate::{
-    auth::ApiKeyAuth,
-    domain::{Scope, UserRef},
+    auth::SegmentsReader,
+    domain::UserRef,
     error::{ApiError, ApiResult, ErrorBody},
     extract::Json,
     state::AppState,
@@ -58,11 +58,10 @@ pub struct SegmentCheck {
     responses((status = 200, body = SegmentCheck), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody)))]
 pub(super) async fn check_segment(
-    auth: ApiKeyAuth,
+    auth: SegmentsReader,
     State(state): State<AppState>,
     Json(body): Json<SegmentCheckRequest>,
 ) -> ApiResult<Json<SegmentCheck>> {
-    auth.require(Scope::SegmentsRead)?;
     let filter = parse_filter(&body.filter)?;
     if body.users.len() > MAX_CHECK_REFERENCES {
         return Err(ApiError::bad_request(format!("users: at most {MAX_CHECK_REFERENCES} references per check")));

@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::{
-    auth::ApiKeyAuth,
-    domain::{PartnerName, Scope},
+    auth::SegmentsReader,
+    domain::PartnerName,
     error::{ApiError, ApiResult, ErrorBody},
     extract::{Json, Query},
     http::paging::{cursor, invalid_cursor, next_page, page_limit},
@@ -56,11 +56,10 @@ pub struct CohortPage {
     responses((status = 200, body = CohortPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody)))]
 pub(super) async fn list_cohorts(
-    auth: ApiKeyAuth,
+    auth: SegmentsReader,
     State(state): State<AppState>,
     Query(params): Query<CohortListParams>,
 ) -> ApiResult<Json<CohortPage>> {
-    auth.require(Scope::SegmentsRead)?;
     let partner = params
         .partner
         .as_deref()

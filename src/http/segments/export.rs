@@ -13,8 +13,7 @@ use tracing::Instrument;
 
 use super::{SegmentMember, SegmentRequest, parse_filter, prepare};
 use crate::{
-    auth::ApiKeyAuth,
-    domain::Scope,
+    auth::SegmentsReader,
     error::{ApiError, ApiResult, ErrorBody},
     extract::Json,
     state::AppState,
@@ -44,11 +43,10 @@ const EXPORT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 503, body = ErrorBody, description = "`MAX_CONCURRENT_EXPORTS` exports are running; retry after `Retry-After`")))]
 pub(super) async fn export_segment(
-    auth: ApiKeyAuth,
+    auth: SegmentsReader,
     State(state): State<AppState>,
     Json(body): Json<SegmentRequest>,
 ) -> ApiResult<Response> {
-    auth.require(Scope::SegmentsRead)?;
     let filter = parse_filter(&body.filter)?;
     let query = prepare(&state, &auth, &filter).await?;
     // Each export holds a pooled connection for as long as its client reads: past the cap,
