@@ -80,7 +80,7 @@ impl FromRequestParts<AppState> for ApiKeyAuth {
         Ok(ApiKeyAuth {
             workspace_id: record.workspace_id,
             key_id: record.id,
-            scopes: record.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+            scopes: record.scopes.iter().filter_map(|s| Scope::parse(s).ok()).collect(),
         })
     }
 }

@@ -6,7 +6,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::{
     auth::SegmentsReader,
-    domain::PartnerName,
+    domain::{Invalid, PartnerName},
     error::{ApiError, ApiResult, ErrorBody},
     extract::{Json, Query},
     http::paging::{cursor, invalid_cursor, next_page, page_limit},
@@ -63,7 +63,8 @@ pub(super) async fn list_cohorts(
     let partner = params
         .partner
         .as_deref()
-        .map(|p| PartnerName::parse(p).map_err(|e| ApiError::bad_request(format!("partner: {e}"))))
+        // The name's own message, after the parameter's: `partner: name must be …`.
+        .map(|p| PartnerName::parse(p).map_err(|e| Invalid::new(e.to_string()).at("partner")))
         .transpose()?;
     let search = params.q.as_deref().filter(|q| !q.is_empty());
     if search.is_some_and(|q| q.len() > MAX_NAME_SEARCH_BYTES || q.contains('\0')) {

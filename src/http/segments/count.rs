@@ -4,9 +4,10 @@ use axum::extract::State;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{SegmentRequest, parse_filter, prepare};
+use super::{SegmentRequest, prepare};
 use crate::{
     auth::SegmentsReader,
+    domain::filter::Filter,
     error::{ApiResult, ErrorBody},
     extract::Json,
     state::AppState,
@@ -30,7 +31,7 @@ pub(super) async fn count_segment(
     State(state): State<AppState>,
     Json(body): Json<SegmentRequest>,
 ) -> ApiResult<Json<SegmentCount>> {
-    let filter = parse_filter(&body.filter)?;
+    let filter = Filter::parse(&body.filter)?;
     let query = prepare(&state, &auth, &filter).await?;
     Ok(Json(SegmentCount { count: store::segments::count(&state.db, &query).await? }))
 }

@@ -11,9 +11,10 @@ use axum::{
 use futures::{FutureExt, SinkExt, StreamExt, channel::mpsc};
 use tracing::Instrument;
 
-use super::{SegmentMember, SegmentRequest, parse_filter, prepare};
+use super::{SegmentMember, SegmentRequest, prepare};
 use crate::{
     auth::SegmentsReader,
+    domain::filter::Filter,
     error::{ApiError, ApiResult, ErrorBody},
     extract::Json,
     state::AppState,
@@ -47,7 +48,7 @@ pub(super) async fn export_segment(
     State(state): State<AppState>,
     Json(body): Json<SegmentRequest>,
 ) -> ApiResult<Response> {
-    let filter = parse_filter(&body.filter)?;
+    let filter = Filter::parse(&body.filter)?;
     let query = prepare(&state, &auth, &filter).await?;
     // Each export holds a pooled connection for as long as its client reads: past the cap,
     // refuse at once rather than let exports take every connection from the other requests.

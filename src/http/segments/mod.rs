@@ -47,10 +47,6 @@ pub struct SegmentRequest {
     pub filter: Value,
 }
 
-pub(super) fn parse_filter(value: &Value) -> ApiResult<Filter> {
-    Filter::parse(value).map_err(|e| ApiError::bad_request(e.to_string()))
-}
-
 /// Resolves the filter's cohorts in the key's workspace; 400 listing unknown ones.
 pub(super) async fn prepare(state: &AppState, auth: &SegmentsReader, filter: &Filter) -> ApiResult<SegmentQuery> {
     store::segments::prepare(&state.db, auth.workspace_id, filter).await?.map_err(|unknown| {

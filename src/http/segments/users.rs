@@ -6,9 +6,10 @@ use serde_json::Value;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{parse_filter, prepare};
+use super::prepare;
 use crate::{
     auth::SegmentsReader,
+    domain::filter::Filter,
     error::{ApiResult, ErrorBody},
     extract::Json,
     http::paging::{cursor, invalid_cursor, next_page, page_limit},
@@ -70,7 +71,7 @@ pub(super) async fn list_segment_users(
     State(state): State<AppState>,
     Json(body): Json<SegmentPageRequest>,
 ) -> ApiResult<Json<SegmentPage>> {
-    let filter = parse_filter(&body.filter)?;
+    let filter = Filter::parse(&body.filter)?;
     let limit = page_limit(body.limit, DEFAULT_USER_PAGE, MAX_USER_PAGE)?;
     // A cursor belongs to one workspace and one filter (in canonical form).
     let context = [b"users".as_slice(), auth.workspace_id.as_bytes(), &filter.fingerprint()].concat();
