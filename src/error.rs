@@ -13,7 +13,7 @@ use axum::{
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::store::database::CommitOutcomeUnknown;
+use crate::{domain::Invalid, store::database::CommitOutcomeUnknown};
 
 /// Seconds a client is asked to wait before retrying a 503 or 429.
 pub const RETRY_AFTER_SECS: u64 = 1;
@@ -116,6 +116,13 @@ impl From<sqlx::Error> for ApiError {
             return ApiError::CommitOutcomeUnknown;
         }
         if is_unavailable(&error) { ApiError::Unavailable(Some(error)) } else { ApiError::Internal(error.into()) }
+    }
+}
+
+/// Input the domain refused: a 400 saying where and why.
+impl From<Invalid> for ApiError {
+    fn from(invalid: Invalid) -> Self {
+        ApiError::BadRequest(invalid.to_string())
     }
 }
 

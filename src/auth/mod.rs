@@ -44,7 +44,8 @@ impl FromRequestParts<AppState> for AdminAuth {
 }
 
 /// A valid REST API key (`rak_…`) from `Authorization: Bearer`: the workspace it may
-/// read and what it may do. Handlers check the scope they need with [`ApiKeyAuth::require`].
+/// read and what it may do. Handlers take the extractor of the scope they need
+/// ([`SegmentsReader`]), not this one, so no route can forget its scope.
 #[derive(Debug, Clone)]
 pub struct ApiKeyAuth {
     /// The key's workspace: the only one this caller sees.
@@ -56,7 +57,7 @@ pub struct ApiKeyAuth {
 
 impl ApiKeyAuth {
     /// 403 unless the key has `scope`.
-    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+    fn require(&self, scope: Scope) -> Result<(), ApiError> {
         if self.scopes.contains(&scope) {
             Ok(())
         } else {
@@ -79,8 +80,26 @@ impl FromRequestParts<AppState> for ApiKeyAuth {
         Ok(ApiKeyAuth {
             workspace_id: record.workspace_id,
             key_id: record.id,
-            scopes: record.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+            scopes: record.scopes.iter().filter_map(|s| Scope::parse(s).ok()).collect(),
         })
+    }
+}
+
+/// A REST API key with the `segments.read` scope: what every route of the segment filter
+/// API takes. 401 as for [`ApiKeyAuth`], 403 for a key without the scope.
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentsReader {
+    /// The key's workspace: the only one this caller sees.
+    pub workspace_id: Uuid,
+}
+
+impl FromRequestParts<AppState> for SegmentsReader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let key = ApiKeyAuth::from_request_parts(parts, state).await?;
+        key.require(Scope::SegmentsRead)?;
+        Ok(SegmentsReader { workspace_id: key.workspace_id })
     }
 }
 

@@ -71,8 +71,14 @@ impl<'a> BodyFields<'a> {
     }
 
     /// A field that must be a string: `None` if absent, null or of another type.
-    pub fn string(&self, name: &str) -> Option<Cow<'a, str>> {
+    fn string(&self, name: &str) -> Option<Cow<'a, str>> {
         serde_json::from_str(self.raw(name)?).ok()
+    }
+
+    /// A field that must be a string, empty if absent, null or of another type: the
+    /// contract answers those as it answers an empty one.
+    pub fn text(&self, name: &str) -> Cow<'a, str> {
+        self.string(name).unwrap_or_default()
     }
 }
 
@@ -176,7 +182,7 @@ async fn authenticate(
     let unauthorized = |message: String| ApiError::Unauthorized(message);
     // A credential given twice is ambiguous: as invalid as a missing one.
     let credential = |name: &str| {
-        if fields.is_duplicated(name) { Cow::Borrowed("") } else { fields.string(name).unwrap_or_default() }
+        if fields.is_duplicated(name) { Cow::Borrowed("") } else { fields.text(name) }
     };
     let partner_api_key = credential("partner_api_key");
     let client_secret = credential("client_secret");

@@ -5,23 +5,17 @@
 use chrono::{DateTime, FixedOffset};
 use serde::Deserialize;
 
-use super::{Alias, DeviceId, ExternalId, IdentifierError, MemberChange, MemberRefs, UserRef};
+use super::{Alias, DeviceId, ExternalId, Invalid, InvalidAt, MemberChange, MemberRefs, UserRef};
 
 /// Longest `cohort_id` or cohort `name` accepted, in bytes.
 pub const MAX_COHORT_TEXT_BYTES: usize = 255;
 /// Most identifiers (user_ids, device_ids and aliases together) in one users request.
 pub const MAX_IDENTIFIERS_PER_REQUEST: usize = 1000;
 
-/// 400 for a missing, non-string, empty, over-long or NUL-holding `cohort_id`.
-pub const INVALID_COHORT_ID: &str = "cohort_id must be a valid string";
-/// 400 for a missing or invalid cohort `name`.
-pub const INVALID_NAME: &str = "name must be a non-empty string";
-/// 400 for a `created_at` that is not an ISO-8601 time.
-pub const INVALID_CREATED_AT: &str = "created_at must be a valid time as an ISO-8601 string";
 /// 400 for a request over [`MAX_IDENTIFIERS_PER_REQUEST`].
-pub const TOO_MANY_IDENTIFIERS: &str = "Only 1,000 user_ids, device_ids, and aliases are allowed per request";
-/// 400 for a `cohort_changes` of the wrong shape.
-pub const INVALID_COHORT_CHANGES: &str = "cohort_changes must be an array of objects each with key user_ids and/or device_ids mapping to an array of strings, or an aliases object";
+const TOO_MANY_IDENTIFIERS: &str = "Only 1,000 user_ids, device_ids, and aliases are allowed per request";
+/// What a `cohort_changes` of the wrong shape (or none) is told it must be.
+const COHORT_CHANGES_SHAPE: &str = "must be an array of objects each with key user_ids and/or device_ids mapping to an array of strings, or an aliases object";
 
 /// Whether `value` is acceptable as a cohort id or name: 1 to 255 bytes, no NUL
 /// (PostgreSQL cannot store NUL in `text`).
@@ -34,9 +28,14 @@ fn is_cohort_text(value: &str) -> bool {
 pub struct CohortId(String);
 
 impl CohortId {
-    /// Parses a raw id; the error is the contract's message.
-    pub fn parse(value: String) -> Result<Self, &'static str> {
-        if is_cohort_text(&value) { Ok(CohortId(value)) } else { Err(INVALID_COHORT_ID) }
+    /// Parses a raw id; the error is the contract's (`cohort_id must be a valid string`),
+    /// which a missing or non-string one, parsed as empty, gets too.
+    pub fn parse(value: String) -> Result<Self, Invalid> {
+        if is_cohort_text(&value) {
+            Ok(CohortId(value))
+        } else {
+            Err(Invalid::predicate("must be a valid string").at("cohort_id"))
+        }
     }
 
     /// The id's text.
@@ -58,9 +57,13 @@ impl<'de> Deserialize<'de> for CohortId {
 pub struct CohortName(String);
 
 impl CohortName {
-    /// Parses a raw name; the error is the contract's message.
-    pub fn parse(value: String) -> Result<Self, &'static str> {
-        if is_cohort_text(&value) { Ok(CohortName(value)) } else { Err(INVALID_NAME) }
+    /// Parses a raw name; the error is the contract's (`name must be a non-empty string`).
+    pub fn parse(value: String) -> Result<Self, Invalid> {
+        if is_cohort_text(&value) {
+            Ok(CohortName(value))
+        } else {
+            Err(Invalid::predicate("must be a non-empty string").at("name"))
+        }
     }
 
     /// The name's text.
@@ -71,10 +74,10 @@ impl CohortName {
 
 /// Parses the name endpoint's `created_at`: ISO-8601 with or without fractional seconds,
 /// with `Z` or an offset (`+02:00`, and the basic `+0200` that some JVM formatters emit).
-pub fn parse_created_at(value: &str) -> Result<DateTime<FixedOffset>, &'static str> {
+pub fn parse_created_at(value: &str) -> Result<DateTime<FixedOffset>, Invalid> {
     DateTime::parse_from_rfc3339(value)
         .or_else(|_| DateTime::parse_from_str(value, "%Y-%m-%dT%H:%M:%S%.f%z"))
-        .map_err(|_| INVALID_CREATED_AT)
+        .map_err(|_| Invalid::predicate("must be a valid time as an ISO-8601 string").at("created_at"))
 }
 
 /// The `cohort_changes` of a users request, valid and within the identifier limit: one
@@ -103,11 +106,12 @@ struct RawAlias {
 }
 
 impl CohortChanges {
-    /// Parses the JSON text of `cohort_changes`. Errors are client messages: the shape
-    /// message, the identifier-limit message, or a message naming the offending
-    /// identifier (`cohort_changes[0].user_ids[3] must be at most 512 bytes`).
-    pub fn parse_json(json: &str) -> Result<Self, String> {
-        let raw: Vec<RawChange> = serde_json::from_str(json).map_err(|_| INVALID_COHORT_CHANGES.to_owned())?;
+    /// Parses the JSON text of `cohort_changes` (empty for none). The error is the
+    /// contract's shape message, its identifier-limit message, or one naming the
+    /// offending identifier (`cohort_changes[0].user_ids[3] must be at most 512 bytes`).
+    pub fn parse_json(json: &str) -> Result<Self, Invalid> {
+        let raw: Vec<RawChange> =
+            serde_json::from_str(json).map_err(|_| Invalid::predicate(COHORT_CHANGES_SHAPE).at("cohort_changes"))?;
         let total: usize = raw
             .iter()
             .map(|c| {
@@ -117,24 +121,23 @@ impl CohortChanges {
             })
             .sum();
         if total > MAX_IDENTIFIERS_PER_REQUEST {
-            return Err(TOO_MANY_IDENTIFIERS.to_owned());
+            return Err(Invalid::new(TOO_MANY_IDENTIFIERS));
         }
         let mut changes = CohortChanges { members: Vec::with_capacity(total) };
         for (index, change) in raw.into_iter().enumerate() {
             let remove = change.should_remove.unwrap_or(false);
             let mut push = |user_ref| changes.members.push(MemberChange { member: MemberRefs::one(user_ref), remove });
-            let field = |name: &str, i: usize| format!("cohort_changes[{index}].{name}[{i}]");
             for (i, value) in change.user_ids.into_iter().flatten().enumerate() {
-                push(UserRef::ExternalId(ExternalId::parse(value).map_err(|e| e.for_field(field("user_ids", i)))?));
+                let id = ExternalId::parse(value).at(format_args!("cohort_changes[{index}].user_ids[{i}]"))?;
+                push(UserRef::ExternalId(id));
             }
             for (i, value) in change.device_ids.into_iter().flatten().enumerate() {
-                push(UserRef::DeviceId(DeviceId::parse(value).map_err(|e| e.for_field(field("device_ids", i)))?));
+                let id = DeviceId::parse(value).at(format_args!("cohort_changes[{index}].device_ids[{i}]"))?;
+                push(UserRef::DeviceId(id));
             }
             for (i, alias) in change.aliases.into_iter().flatten().enumerate() {
                 let alias = Alias::parse(alias.alias_label.unwrap_or_default(), alias.alias_name.unwrap_or_default())
-                    .map_err(|(half, e): (&str, IdentifierError)| {
-                    e.for_field(format!("{}.{half}", field("aliases", i)))
-                })?;
+                    .at(format_args!("cohort_changes[{index}].aliases[{i}]"))?;
                 push(UserRef::Alias(alias));
             }
         }
@@ -162,8 +165,8 @@ mod tests {
         assert!(CohortId::parse("c-1".into()).is_ok());
         assert!(CohortId::parse("x".repeat(255)).is_ok());
         for bad in [String::new(), "x".repeat(256), "a\0b".into()] {
-            assert_eq!(CohortId::parse(bad.clone()), Err(INVALID_COHORT_ID));
-            assert_eq!(CohortName::parse(bad), Err(INVALID_NAME));
+            assert_eq!(CohortId::parse(bad.clone()).unwrap_err().to_string(), "cohort_id must be a valid string");
+            assert_eq!(CohortName::parse(bad).unwrap_err().to_string(), "name must be a non-empty string");
         }
     }
 
@@ -180,7 +183,8 @@ mod tests {
             assert!(parse_created_at(ok).is_ok(), "{ok}");
         }
         for bad in ["", "yesterday", "2024-03-01", "2024-03-01T12:00:00", "2024-13-01T12:00:00Z", "1709294400"] {
-            assert_eq!(parse_created_at(bad), Err(INVALID_CREATED_AT), "{bad}");
+            let error = parse_created_at(bad).unwrap_err().to_string();
+            assert_eq!(error, "created_at must be a valid time as an ISO-8601 string", "{bad}");
         }
     }
 
@@ -207,6 +211,7 @@ mod tests {
     #[test]
     fn shape_errors_use_the_contract_message() {
         for bad in [
+            "",
             "{}",
             "null",
             r#"[1]"#,
@@ -215,7 +220,12 @@ mod tests {
             r#"[{"aliases": ["x"]}]"#,
             r#"[{"should_remove": "yes"}]"#,
         ] {
-            assert_eq!(CohortChanges::parse_json(bad), Err(INVALID_COHORT_CHANGES.to_owned()), "{bad}");
+            let error = CohortChanges::parse_json(bad).unwrap_err().to_string();
+            assert_eq!(
+                error,
+                "cohort_changes must be an array of objects each with key user_ids and/or device_ids mapping to an array of strings, or an aliases object",
+                "{bad}"
+            );
         }
     }
 
@@ -229,26 +239,18 @@ mod tests {
             ids(500),
             ids(500)
         );
-        assert_eq!(CohortChanges::parse_json(&over), Err(TOO_MANY_IDENTIFIERS.to_owned()));
+        assert_eq!(CohortChanges::parse_json(&over).unwrap_err().to_string(), TOO_MANY_IDENTIFIERS);
     }
 
     #[test]
     fn identifier_errors_name_the_field() {
+        let error = |json: &str| CohortChanges::parse_json(json).unwrap_err().to_string();
         let long = "x".repeat(513);
         let json = format!(r#"[{{"user_ids": ["ok"]}}, {{"user_ids": ["fine", "{long}"]}}]"#);
-        assert_eq!(
-            CohortChanges::parse_json(&json),
-            Err("cohort_changes[1].user_ids[1] must be at most 512 bytes".into())
-        );
+        assert_eq!(error(&json), "cohort_changes[1].user_ids[1] must be at most 512 bytes");
         let nul = r#"[{"device_ids": ["a\u0000b"]}]"#;
-        assert_eq!(
-            CohortChanges::parse_json(nul),
-            Err("cohort_changes[0].device_ids[0] must not contain NUL characters".into())
-        );
+        assert_eq!(error(nul), "cohort_changes[0].device_ids[0] must not contain NUL characters");
         let alias = r#"[{"aliases": [{"alias_name": "n"}]}]"#;
-        assert_eq!(
-            CohortChanges::parse_json(alias),
-            Err("cohort_changes[0].aliases[0].alias_label must be a non-empty string".into())
-        );
+        assert_eq!(error(alias), "cohort_changes[0].aliases[0].alias_label must be a non-empty string");
     }
 }

@@ -11,12 +11,12 @@
 //! Every error names the place it found the problem, starting at `filter`, e.g.
 //! `filter.and[1].cohort.op: expected "includes_value" or "does_not_include_value"`.
 
-use std::fmt;
+use std::borrow::Cow;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{CohortId, PartnerName, cohort::MAX_COHORT_TEXT_BYTES};
+use super::{CohortId, Invalid, PartnerName, cohort::MAX_COHORT_TEXT_BYTES};
 
 /// Most cohort leaves one expression may hold.
 pub const MAX_LEAVES: usize = 50;
@@ -24,23 +24,6 @@ pub const MAX_LEAVES: usize = 50;
 pub const MAX_DEPTH: usize = 10;
 /// Most cohort ids one leaf may list.
 pub const MAX_COHORT_IDS_PER_LEAF: usize = 100;
-
-/// What a malformed or over-limit expression is rejected with: where, and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FilterError {
-    /// The place, e.g. `filter.and[1].cohort.op`.
-    pub path: String,
-    /// What is wrong there.
-    pub message: String,
-}
-
-impl fmt::Display for FilterError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
-
-impl std::error::Error for FilterError {}
 
 /// How a leaf tests a user's memberships in its listed cohorts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -108,7 +91,7 @@ pub struct Filter {
 
 impl Filter {
     /// Parses the JSON found at the request's `filter` field.
-    pub fn parse(value: &Value) -> Result<Filter, FilterError> {
+    pub fn parse(value: &Value) -> Result<Filter, Invalid> {
         let mut parser = Parser { leaves: 0 };
         let root = parser.expr(value, "filter".to_owned(), 1)?;
         Ok(Filter { root })
@@ -184,12 +167,12 @@ struct Parser {
     leaves: usize,
 }
 
-fn error(path: &str, message: impl Into<String>) -> FilterError {
-    FilterError { path: path.to_owned(), message: message.into() }
+fn error(path: &str, message: impl Into<Cow<'static, str>>) -> Invalid {
+    Invalid::new(message).at(path)
 }
 
 impl Parser {
-    fn expr(&mut self, value: &Value, path: String, depth: usize) -> Result<Expr, FilterError> {
+    fn expr(&mut self, value: &Value, path: String, depth: usize) -> Result<Expr, Invalid> {
         if depth > MAX_DEPTH {
             return Err(error(&path, format!("filters nest at most {MAX_DEPTH} levels deep")));
         }
@@ -209,7 +192,7 @@ impl Parser {
         }
     }
 
-    fn operands(&mut self, value: &Value, path: String, depth: usize) -> Result<Vec<Expr>, FilterError> {
+    fn operands(&mut self, value: &Value, path: String, depth: usize) -> Result<Vec<Expr>, Invalid> {
         match value.as_array() {
             Some(items) if !items.is_empty() => {
                 items.iter().enumerate().map(|(i, item)| self.expr(item, format!("{path}[{i}]"), depth + 1)).collect()
@@ -218,7 +201,7 @@ impl Parser {
         }
     }
 
-    fn leaf(&mut self, value: &Value, path: String) -> Result<CohortLeaf, FilterError> {
+    fn leaf(&mut self, value: &Value, path: String) -> Result<CohortLeaf, Invalid> {
         self.leaves += 1;
         if self.leaves > MAX_LEAVES {
             return Err(error(&path, format!("at most {MAX_LEAVES} cohort filters in one expression")));
@@ -437,7 +420,7 @@ mod tests {
                     let leaves = filter.leaves();
                     prop_assert!(!leaves.is_empty() && leaves.len() <= MAX_LEAVES);
                 }
-                Err(e) => prop_assert!(e.path.starts_with("filter"), "{}", e),
+                Err(e) => prop_assert!(e.to_string().starts_with("filter"), "{}", e),
             }
         }
     }

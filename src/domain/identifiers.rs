@@ -11,7 +11,8 @@ use serde::Serialize;
 /// Longest identifier accepted, in bytes.
 pub const MAX_IDENTIFIER_BYTES: usize = 512;
 
-/// Why a string is not a valid identifier.
+/// Why a string is not a valid identifier: the reason of an [`super::Invalid`] once its
+/// caller names the field (`users[3].external_id must be at most 512 bytes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum IdentifierError {
     /// The string is empty.
@@ -23,14 +24,6 @@ pub enum IdentifierError {
     /// The string holds a NUL character.
     #[error("must not contain NUL characters")]
     Nul,
-}
-
-impl IdentifierError {
-    /// The error as a client message about the field at `path`, e.g.
-    /// `users[3].external_id must be at most 512 bytes`.
-    pub fn for_field(self, path: impl fmt::Display) -> String {
-        format!("{path} {self}")
-    }
 }
 
 fn check_identifier(value: &str) -> Result<(), IdentifierError> {
@@ -111,7 +104,8 @@ pub struct Alias {
 }
 
 impl Alias {
-    /// Parses both halves; the error says which one is wrong (`alias_label`/`alias_name`).
+    /// Parses both halves; the error says which one is wrong (`alias_label`/`alias_name`),
+    /// and converts into an [`super::Invalid`] at that half.
     pub fn parse(alias_label: String, alias_name: String) -> Result<Self, (&'static str, IdentifierError)> {
         Ok(Alias {
             alias_label: AliasLabel::parse(alias_label).map_err(|e| ("alias_label", e))?,

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{Alias, AliasLabel, DeviceId, ExternalId, MemberRefs, UserRef};
+use super::{Alias, AliasLabel, DeviceId, ExternalId, Invalid, InvalidAt, MemberRefs, UserRef};
 
 /// Most rules a partner's list holds.
 pub const MAX_RULES: usize = 8;
@@ -42,39 +42,41 @@ struct Rule {
     target: Target,
 }
 
+impl Rule {
+    /// Parses one rule; the error names the field at fault within it.
+    fn parse(spec: RuleSpec) -> Result<Self, Invalid> {
+        if spec.field.is_empty() || spec.field.len() > MAX_FIELD_BYTES || spec.field.contains('\0') {
+            return Err(Invalid::predicate(format!("must be 1 to {MAX_FIELD_BYTES} bytes without NUL")).at("field"));
+        }
+        let target = match (spec.target.as_str(), spec.alias_label) {
+            ("external_id", None) => Target::ExternalId,
+            ("device_id", None) => Target::DeviceId,
+            ("alias", Some(label)) => Target::Alias(AliasLabel::parse(label).at("alias_label")?),
+            ("alias", None) => return Err(Invalid::predicate("is required with \"as\": \"alias\"").at("alias_label")),
+            ("external_id" | "device_id", Some(_)) => {
+                return Err(Invalid::predicate("is only for \"as\": \"alias\"").at("alias_label"));
+            }
+            _ => return Err(Invalid::predicate("must be \"external_id\", \"device_id\" or \"alias\"").at("as")),
+        };
+        Ok(Rule { field: spec.field, target })
+    }
+}
+
 /// A partner's matching rules, in the order they are tried: 1 to [`MAX_RULES`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MatchingRules(Vec<Rule>);
 
 impl MatchingRules {
-    /// Parses rules; the error is a client message naming the rule.
-    pub fn parse(specs: Vec<RuleSpec>) -> Result<Self, String> {
+    /// Parses rules; the error names the rule (`rules[1].as must be …`).
+    pub fn parse(specs: Vec<RuleSpec>) -> Result<Self, Invalid> {
         if specs.is_empty() || specs.len() > MAX_RULES {
-            return Err(format!("rules: expected 1 to {MAX_RULES} rules"));
+            return Err(Invalid::new(format!("expected 1 to {MAX_RULES} rules")).at("rules"));
         }
         let rules = specs
             .into_iter()
             .enumerate()
-            .map(|(i, spec)| {
-                let path = format!("rules[{i}]");
-                if spec.field.is_empty() || spec.field.len() > MAX_FIELD_BYTES || spec.field.contains('\0') {
-                    return Err(format!("{path}.field must be 1 to {MAX_FIELD_BYTES} bytes without NUL"));
-                }
-                let target = match (spec.target.as_str(), spec.alias_label) {
-                    ("external_id", None) => Target::ExternalId,
-                    ("device_id", None) => Target::DeviceId,
-                    ("alias", Some(label)) => {
-                        Target::Alias(AliasLabel::parse(label).map_err(|e| e.for_field(format!("{path}.alias_label")))?)
-                    }
-                    ("alias", None) => return Err(format!("{path}.alias_label is required with \"as\": \"alias\"")),
-                    ("external_id" | "device_id", Some(_)) => {
-                        return Err(format!("{path}.alias_label is only for \"as\": \"alias\""));
-                    }
-                    _ => return Err(format!("{path}.as must be \"external_id\", \"device_id\" or \"alias\"")),
-                };
-                Ok(Rule { field: spec.field, target })
-            })
-            .collect::<Result<Vec<_>, String>>()?;
+            .map(|(i, spec)| Rule::parse(spec).at(format_args!("rules[{i}]")))
+            .collect::<Result<Vec<_>, Invalid>>()?;
         Ok(MatchingRules(rules))
     }
 
@@ -142,7 +144,7 @@ mod tests {
     use super::*;
 
     fn rules(value: Value) -> Result<MatchingRules, String> {
-        MatchingRules::parse(serde_json::from_value(value).unwrap())
+        MatchingRules::parse(serde_json::from_value(value).unwrap()).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -162,7 +164,18 @@ mod tests {
             rules(json!([{"field": "x", "as": "phone"}])).unwrap_err(),
             "rules[0].as must be \"external_id\", \"device_id\" or \"alias\""
         );
-        assert!(rules(json!([{"field": "", "as": "device_id"}])).is_err());
+        assert_eq!(
+            rules(json!([{"field": "x", "as": "device_id"}, {"field": "", "as": "device_id"}])).unwrap_err(),
+            "rules[1].field must be 1 to 255 bytes without NUL"
+        );
+        assert_eq!(
+            rules(json!([{"field": "x", "as": "device_id", "alias_label": "l"}])).unwrap_err(),
+            "rules[0].alias_label is only for \"as\": \"alias\""
+        );
+        assert_eq!(
+            rules(json!([{"field": "x", "as": "alias", "alias_label": ""}])).unwrap_err(),
+            "rules[0].alias_label must be a non-empty string"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod cohort;
 pub mod filter;
 pub mod identifiers;
+pub mod invalid;
 pub mod matching;
 pub mod membership;
 pub mod names;
@@ -11,6 +12,7 @@ pub mod user_ref;
 
 pub use cohort::{CohortChanges, CohortId, CohortName};
 pub use identifiers::{Alias, AliasLabel, AliasName, DeviceId, ExternalId, IdentifierError};
+pub use invalid::{Invalid, InvalidAt};
 pub use matching::MatchingRules;
 pub use membership::{
     ImportKind, ImportOutcome, MemberChange, MemberRefs, MembershipChanges, Unmatched, UnmatchedReason,

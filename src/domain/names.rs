@@ -5,6 +5,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::Invalid;
+
 /// A partner's name as it appears in URLs (`/partners/kubit/...`): lowercase
 /// `[a-z0-9_-]{1,64}`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -13,14 +15,14 @@ pub struct PartnerName(String);
 
 impl PartnerName {
     /// Parses a raw name.
-    pub fn parse(value: &str) -> Result<Self, String> {
+    pub fn parse(value: &str) -> Result<Self, Invalid> {
         let valid = !value.is_empty()
             && value.len() <= 64
             && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
         if valid {
             Ok(PartnerName(value.to_owned()))
         } else {
-            Err("name must be 1 to 64 characters of lowercase a-z, 0-9, '_' or '-'".to_owned())
+            Err(Invalid::predicate("must be 1 to 64 characters of lowercase a-z, 0-9, '_' or '-'").at("name"))
         }
     }
 
@@ -56,10 +58,10 @@ impl DisplayName {
     pub const MAX_BYTES: usize = 255;
 
     /// Parses a raw name; surrounding white space is dropped.
-    pub fn parse(value: &str) -> Result<Self, String> {
+    pub fn parse(value: &str) -> Result<Self, Invalid> {
         let name = value.trim();
         if name.is_empty() || name.len() > Self::MAX_BYTES || name.contains('\0') {
-            Err("name must be a non-empty string of at most 255 bytes without NUL".to_owned())
+            Err(Invalid::predicate("must be a non-empty string of at most 255 bytes without NUL").at("name"))
         } else {
             Ok(DisplayName(name.to_owned()))
         }
@@ -91,8 +93,11 @@ impl Scope {
     }
 
     /// Parses a wire name.
-    pub fn parse(value: &str) -> Option<Scope> {
-        Scope::ALL.into_iter().find(|s| s.as_str() == value)
+    pub fn parse(value: &str) -> Result<Scope, Invalid> {
+        Scope::ALL
+            .into_iter()
+            .find(|s| s.as_str() == value)
+            .ok_or_else(|| Invalid::new("unknown scope; known scopes: segments.read"))
     }
 }
 
@@ -108,6 +113,10 @@ mod tests {
         assert!(PartnerName::parse("").is_err());
         assert!(PartnerName::parse(&"a".repeat(65)).is_err());
         assert!(PartnerName::parse("a b").is_err());
+        assert_eq!(
+            PartnerName::parse("Kubit").unwrap_err().to_string(),
+            "name must be 1 to 64 characters of lowercase a-z, 0-9, '_' or '-'"
+        );
     }
 
     #[test]
@@ -116,14 +125,20 @@ mod tests {
         assert!(DisplayName::parse(" ").is_err());
         assert!(DisplayName::parse("a\0b").is_err());
         assert!(DisplayName::parse(&"x".repeat(255)).is_ok());
-        assert!(DisplayName::parse(&"x".repeat(256)).is_err());
+        assert_eq!(
+            DisplayName::parse(&"x".repeat(256)).unwrap_err().to_string(),
+            "name must be a non-empty string of at most 255 bytes without NUL"
+        );
     }
 
     #[test]
     fn scopes_round_trip() {
         for scope in Scope::ALL {
-            assert_eq!(Scope::parse(scope.as_str()), Some(scope));
+            assert_eq!(Scope::parse(scope.as_str()), Ok(scope));
         }
-        assert_eq!(Scope::parse("segments.write"), None);
+        assert_eq!(
+            Scope::parse("segments.write").unwrap_err().to_string(),
+            "unknown scope; known scopes: segments.read"
+        );
     }
 }

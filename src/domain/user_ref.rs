@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{Alias, DeviceId, ExternalId};
+use super::{Alias, DeviceId, ExternalId, Invalid, InvalidAt};
 
 /// One user reference, parsed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -54,61 +54,55 @@ impl WellFormedRef {
 }
 
 impl UserRef {
-    /// Parses the JSON text of a reference; the error is a client message about the
-    /// reference at `path` (`users[3]`, `line 7`). A valid one is read straight into its
-    /// type (checks and replaces read many, and a JSON tree of each costs more than the
-    /// rest of the work); anything else is read as a tree, which says what is wrong.
-    pub fn parse_json(json: &str, path: &str) -> Result<UserRef, String> {
+    /// Parses the JSON text of a reference; the error names the field at fault within it
+    /// (its caller puts the reference's own place in front: `users[3]`, `line 7`). A valid
+    /// one is read straight into its type (checks and replaces read many, and a JSON tree
+    /// of each costs more than the rest of the work); anything else is read as a tree,
+    /// which says what is wrong.
+    pub fn parse_json(json: &str) -> Result<UserRef, Invalid> {
         if let Some(user_ref) = serde_json::from_str::<WellFormedRef>(json).ok().and_then(WellFormedRef::into_user_ref)
         {
             return Ok(user_ref);
         }
         match serde_json::from_str::<Value>(json) {
-            Ok(value) => Self::explain(&value, path),
-            Err(error) => Err(format!("{path}: invalid JSON: {error}")),
+            Ok(value) => Self::explain(&value),
+            Err(error) => Err(Invalid::new(format!("invalid JSON: {error}"))),
         }
     }
 
-    /// The error for the reference `value` at `path`, naming what is wrong (or the
-    /// reference, should it be valid after all).
-    fn explain(value: &Value, path: &str) -> Result<UserRef, String> {
+    /// The error for the reference `value`, naming what is wrong (or the reference,
+    /// should it be valid after all).
+    fn explain(value: &Value) -> Result<UserRef, Invalid> {
         let single = value.as_object().filter(|o| o.len() == 1).and_then(|o| o.iter().next());
         let Some((kind, raw)) = single else {
-            return Err(format!("{path}: {EXPECTED_REFERENCE}"));
+            return Err(Invalid::new(EXPECTED_REFERENCE));
         };
         let text = |field: &str, raw: &Value| {
-            raw.as_str().map(str::to_owned).ok_or_else(|| format!("{path}.{field}: expected a string"))
+            raw.as_str().map(str::to_owned).ok_or_else(|| Invalid::new("expected a string").at(field))
         };
         match kind.as_str() {
-            "external_id" => ExternalId::parse(text("external_id", raw)?)
-                .map(UserRef::ExternalId)
-                .map_err(|e| e.for_field(format!("{path}.external_id"))),
-            "device_id" => DeviceId::parse(text("device_id", raw)?)
-                .map(UserRef::DeviceId)
-                .map_err(|e| e.for_field(format!("{path}.device_id"))),
+            "external_id" => ExternalId::parse(text("external_id", raw)?).map(UserRef::ExternalId).at("external_id"),
+            "device_id" => DeviceId::parse(text("device_id", raw)?).map(UserRef::DeviceId).at("device_id"),
             "braze_id" => text("braze_id", raw)?
                 .parse::<Uuid>()
                 .map(UserRef::BrazeId)
-                .map_err(|_| format!("{path}.braze_id: expected a braze_id (a UUID)")),
+                .map_err(|_| Invalid::new("expected a braze_id (a UUID)").at("braze_id")),
             "alias" => {
                 let alias = raw.as_object().ok_or_else(|| {
-                    format!(r#"{path}.alias: expected an object with "alias_name" and "alias_label""#)
+                    Invalid::new(r#"expected an object with "alias_name" and "alias_label""#).at("alias")
                 })?;
                 if let Some(unknown) = alias.keys().find(|k| !matches!(k.as_str(), "alias_name" | "alias_label")) {
-                    return Err(format!(
-                        r#"{path}.alias.{unknown}: unknown field, expected "alias_name" or "alias_label""#
-                    ));
+                    return Err(Invalid::new(r#"unknown field, expected "alias_name" or "alias_label""#)
+                        .at(format_args!("alias.{unknown}")));
                 }
                 let half = |field: &str| match alias.get(field) {
                     Some(raw) => text(&format!("alias.{field}"), raw),
-                    None => Err(format!("{path}.alias.{field}: missing field")),
+                    None => Err(Invalid::new("missing field").at(format_args!("alias.{field}"))),
                 };
                 let (label, name) = (half("alias_label")?, half("alias_name")?);
-                Alias::parse(label, name)
-                    .map(UserRef::Alias)
-                    .map_err(|(field, e)| e.for_field(format!("{path}.alias.{field}")))
+                Alias::parse(label, name).map(UserRef::Alias).at("alias")
             }
-            _ => Err(format!("{path}: {EXPECTED_REFERENCE}")),
+            _ => Err(Invalid::new(EXPECTED_REFERENCE)),
         }
     }
 }
@@ -119,16 +113,24 @@ mod tests {
 
     #[test]
     fn every_shape_parses_and_bad_ones_say_why() {
-        let ok = |json: &str| UserRef::parse_json(json, "users[0]").unwrap();
+        let ok = |json: &str| UserRef::parse_json(json).unwrap();
         assert!(matches!(ok(r#"{"external_id":"u1"}"#), UserRef::ExternalId(id) if id.as_str() == "u1"));
         assert!(matches!(ok(r#"{"device_id":"d1"}"#), UserRef::DeviceId(_)));
         assert!(matches!(ok(r#"{"braze_id":"0190a2c4-93b1-7cc1-b1a2-1c2b3d4e5f60"}"#), UserRef::BrazeId(_)));
         assert!(matches!(ok(r#"{"alias":{"alias_label":"email","alias_name":"a@b"}}"#), UserRef::Alias(_)));
-        let err = |json: &str| UserRef::parse_json(json, "line 3").unwrap_err();
+        let err = |json: &str| UserRef::parse_json(json).at("line 3").unwrap_err().to_string();
         assert_eq!(err(r#"{"braze_id":"x"}"#), "line 3.braze_id: expected a braze_id (a UUID)");
         assert_eq!(err(r#"{"external_id":""}"#), "line 3.external_id must be a non-empty string");
         assert_eq!(err(r#"{"a":1,"b":2}"#), format!("line 3: {EXPECTED_REFERENCE}"));
         assert_eq!(err(r#"{"alias":{"alias_label":"l"}}"#), "line 3.alias.alias_name: missing field");
+        assert_eq!(
+            err(r#"{"alias":{"alias_label":"l","alias_name":7}}"#),
+            "line 3.alias.alias_name: expected a string"
+        );
+        assert_eq!(
+            err(r#"{"alias":{"alias_label":"","alias_name":"n"}}"#),
+            "line 3.alias.alias_label must be a non-empty string"
+        );
         assert!(err("{not json").starts_with("line 3: invalid JSON"));
     }
 
@@ -158,8 +160,8 @@ mod tests {
         ];
         for case in cases {
             let tree: Value = serde_json::from_str(case).unwrap();
-            let straight = format!("{:?}", UserRef::parse_json(case, "users[3]"));
-            assert_eq!(straight, format!("{:?}", UserRef::explain(&tree, "users[3]")), "for {case}");
+            let straight = format!("{:?}", UserRef::parse_json(case));
+            assert_eq!(straight, format!("{:?}", UserRef::explain(&tree)), "for {case}");
         }
         let valid = cases.iter().filter(|case| serde_json::from_str::<WellFormedRef>(case).is_ok()).count();
         assert!(valid >= 5, "the straight path reads the documented forms");

@@ -10,11 +10,8 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     auth::partner::{BodyFields, FromPartnerBody, PartnerRequest},
-    domain::{
-        CohortChanges, CohortId, CohortName, ImportKind, ImportOutcome,
-        cohort::{INVALID_COHORT_CHANGES, INVALID_COHORT_ID, INVALID_CREATED_AT, INVALID_NAME, parse_created_at},
-    },
-    error::{ApiError, ApiResult, ErrorBody},
+    domain::{CohortChanges, CohortId, CohortName, ImportKind, ImportOutcome, cohort::parse_created_at},
+    error::{ApiResult, ErrorBody},
     extract::{Json, RequestId},
     metrics,
     state::AppState,
@@ -124,16 +121,11 @@ pub struct NameCohort {
 
 impl FromPartnerBody for NameCohort {
     fn from_fields(fields: &BodyFields<'_>) -> ApiResult<Self> {
-        let cohort_id = parse_cohort_id(fields)?;
-        let name = fields.string("name").ok_or(INVALID_NAME).and_then(|n| CohortName::parse(n.into_owned()));
-        let name = name.map_err(ApiError::bad_request)?;
+        let cohort_id = CohortId::parse(fields.text("cohort_id").into_owned())?;
+        let name = CohortName::parse(fields.text("name").into_owned())?;
         // Validated as the contract requires; the cohort's own created_at records when
         // this service first heard of it.
-        fields
-            .string("created_at")
-            .ok_or(INVALID_CREATED_AT)
-            .and_then(|t| parse_created_at(&t))
-            .map_err(ApiError::bad_request)?;
+        parse_created_at(&fields.text("created_at"))?;
         Ok(NameCohort { cohort_id, name })
     }
 }
@@ -146,19 +138,11 @@ pub struct ImportCohortUsers {
 
 impl FromPartnerBody for ImportCohortUsers {
     fn from_fields(fields: &BodyFields<'_>) -> ApiResult<Self> {
-        let cohort_id = parse_cohort_id(fields)?;
-        let json = fields.raw("cohort_changes").ok_or_else(|| ApiError::bad_request(INVALID_COHORT_CHANGES))?;
-        let changes = CohortChanges::parse_json(json).map_err(ApiError::BadRequest)?;
+        let cohort_id = CohortId::parse(fields.text("cohort_id").into_owned())?;
+        // Absent or null: the contract's shape message, as for the empty text read instead.
+        let changes = CohortChanges::parse_json(fields.raw("cohort_changes").unwrap_or_default())?;
         Ok(ImportCohortUsers { cohort_id, changes })
     }
-}
-
-fn parse_cohort_id(fields: &BodyFields<'_>) -> ApiResult<CohortId> {
-    fields
-        .string("cohort_id")
-        .ok_or(INVALID_COHORT_ID)
-        .and_then(|id| CohortId::parse(id.into_owned()))
-        .map_err(ApiError::bad_request)
 }
 
 /// Creates the cohort with this name, or renames it.

@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 pub use keys::{IdentifierKey, IdentifierKeys, WrittenIdentifiers};
 pub use upsert::{NewUser, StoredIdentifier, StoredUser, TargetUser, UpsertOutcome, Upserter, UserStoreChanges};
 
-use super::{Alias, DeviceId, ExternalId, IdentifierError};
+use super::{Alias, DeviceId, ExternalId, Invalid, InvalidAt};
 
 /// A profile as sent: one batch item or one NDJSON line.
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -56,58 +56,27 @@ pub struct Profile {
     pub device_ids: Vec<DeviceId>,
 }
 
-/// Why a profile is invalid, with the field at fault relative to the profile.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProfileError {
-    /// An identifier is invalid; `field` is e.g. `aliases[0].alias_name`.
-    Identifier {
-        /// Path of the field within the profile.
-        field: String,
-        /// What is wrong with it.
-        error: IdentifierError,
-    },
-    /// The profile has no identifier at all: it could never be found again.
-    NoIdentifier,
-}
-
-impl ProfileError {
-    /// The client message, with the fields named under `prefix` (e.g. `users[3]`) or, with
-    /// an empty prefix, relative to the profile itself.
-    pub fn message(&self, prefix: &str) -> String {
-        match (self, prefix.is_empty()) {
-            (ProfileError::Identifier { field, error }, true) => error.for_field(field),
-            (ProfileError::Identifier { field, error }, false) => error.for_field(format_args!("{prefix}.{field}")),
-            (ProfileError::NoIdentifier, true) => "profile must have an external_id, an alias or a device_id".into(),
-            (ProfileError::NoIdentifier, false) => {
-                format!("{prefix} must have an external_id, an alias or a device_id")
-            }
-        }
-    }
-}
-
 impl Profile {
-    /// Parses every identifier of `fields`; drops repeats within the profile.
-    pub fn parse(fields: ProfileFields) -> Result<Profile, ProfileError> {
-        let invalid = |field: String| move |error| ProfileError::Identifier { field, error };
-        let external_id =
-            fields.external_id.map(ExternalId::parse).transpose().map_err(invalid("external_id".into()))?;
+    /// Parses every identifier of `fields`; drops repeats within the profile. The error
+    /// names the field within the profile (`aliases[0].alias_name must be …`).
+    pub fn parse(fields: ProfileFields) -> Result<Profile, Invalid> {
+        let external_id = fields.external_id.map(ExternalId::parse).transpose().at("external_id")?;
         let mut aliases = Vec::new();
         for (i, alias) in fields.aliases.unwrap_or_default().into_iter().enumerate() {
-            let alias = Alias::parse(alias.alias_label, alias.alias_name)
-                .map_err(|(half, error)| ProfileError::Identifier { field: format!("aliases[{i}].{half}"), error })?;
+            let alias = Alias::parse(alias.alias_label, alias.alias_name).at(format_args!("aliases[{i}]"))?;
             if !aliases.contains(&alias) {
                 aliases.push(alias);
             }
         }
         let mut device_ids = Vec::new();
         for (i, device_id) in fields.device_ids.unwrap_or_default().into_iter().enumerate() {
-            let device_id = DeviceId::parse(device_id).map_err(invalid(format!("device_ids[{i}]")))?;
+            let device_id = DeviceId::parse(device_id).at(format_args!("device_ids[{i}]"))?;
             if !device_ids.contains(&device_id) {
                 device_ids.push(device_id);
             }
         }
         if external_id.is_none() && aliases.is_empty() && device_ids.is_empty() {
-            return Err(ProfileError::NoIdentifier);
+            return Err(Invalid::no_identifier());
         }
         Ok(Profile { external_id, aliases, device_ids })
     }

@@ -265,7 +265,10 @@ impl Upserter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::profile::{AliasFields, IdentifierKeys, ProfileError, ProfileFields};
+    use crate::domain::{
+        InvalidAt,
+        profile::{AliasFields, IdentifierKeys, ProfileFields},
+    };
 
     fn profile(external_id: Option<&str>, aliases: &[(&str, &str)], device_ids: &[&str]) -> Profile {
         Profile::parse(ProfileFields {
@@ -300,10 +303,13 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            Profile::parse(fields).unwrap_err().message("users[3]"),
+            Profile::parse(fields).at("users[3]").unwrap_err().to_string(),
             "users[3].aliases[0].alias_name must be at most 512 bytes"
         );
-        assert_eq!(Profile::parse(ProfileFields::default()), Err(ProfileError::NoIdentifier));
+        assert_eq!(
+            Profile::parse(ProfileFields::default()).unwrap_err().to_string(),
+            "profile must have an external_id, an alias or a device_id"
+        );
         assert_eq!(profile(None, &[], &["d", "d"]).device_ids.len(), 1);
     }
 

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{require_partner, require_workspace};
 use crate::{
     auth::AdminAuth,
-    domain::{DisplayName, PartnerName, Scope},
+    domain::{DisplayName, InvalidAt, PartnerName, Scope},
     error::{ApiError, ApiResult, ErrorBody},
     extract::{Json, Path},
     keys::{KeyKind, NewKey},
@@ -158,14 +158,13 @@ async fn create_api_key(
     Path(ws): Path<Uuid>,
     Json(body): Json<NewApiKey>,
 ) -> ApiResult<(StatusCode, Json<CreatedApiKey>)> {
-    let name = DisplayName::parse(&body.name).map_err(ApiError::BadRequest)?;
+    let name = DisplayName::parse(&body.name)?;
     if body.scopes.is_empty() {
         return Err(ApiError::bad_request("scopes must name at least one scope, e.g. [\"segments.read\"]"));
     }
     let mut scopes = Vec::with_capacity(body.scopes.len());
     for (i, raw) in body.scopes.iter().enumerate() {
-        let scope = Scope::parse(raw)
-            .ok_or_else(|| ApiError::bad_request(format!("scopes[{i}]: unknown scope; known scopes: segments.read")))?;
+        let scope = Scope::parse(raw).at(format_args!("scopes[{i}]"))?;
         if !scopes.contains(&scope) {
             scopes.push(scope);
         }

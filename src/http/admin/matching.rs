@@ -92,12 +92,14 @@ async fn put_matching(
     Path((ws, partner)): Path<(Uuid, PartnerName)>,
     Json(body): Json<Matching>,
 ) -> ApiResult<Json<Matching>> {
-    let specs = body.rules.ok_or_else(|| ApiError::bad_request("rules: expected 1 to 8 rules"))?;
-    let specs = specs
+    // No rules at all are as wrong as an empty list.
+    let specs = body
+        .rules
+        .unwrap_or_default()
         .into_iter()
         .map(|MatchingRule { field, target, alias_label }| RuleSpec { field, target, alias_label })
         .collect();
-    let rules = MatchingRules::parse(specs).map_err(ApiError::BadRequest)?;
+    let rules = MatchingRules::parse(specs)?;
     require_both(&state, ws, &partner).await?;
     store::matching::put(&state.db, ws, partner.as_str(), &rules).await?;
     Ok(Json(from_domain(Some(rules))))

@@ -62,7 +62,7 @@ async fn create_partner(
     State(state): State<AppState>,
     Json(body): Json<NewPartner>,
 ) -> ApiResult<(StatusCode, Json<CreatedPartner>)> {
-    let name = PartnerName::parse(&body.name).map_err(ApiError::BadRequest)?;
+    let name = PartnerName::parse(&body.name)?;
     let key = NewKey::generate(KeyKind::PartnerApi);
     let mut tx = state.db.begin().await?;
     if !store::partners::insert(&mut *tx, &name).await? {

@@ -12,8 +12,8 @@ use uuid::Uuid;
 use super::require_workspace;
 use crate::{
     auth::AdminAuth,
-    domain::{CohortId, ImportKind, ImportOutcome, MemberRefs, PartnerName, UserRef},
-    error::{ApiError, ApiResult, ErrorBody},
+    domain::{CohortId, ImportKind, ImportOutcome, Invalid, InvalidAt, MemberRefs, PartnerName, UserRef},
+    error::{ApiResult, ErrorBody},
     extract::{Json, Path, RequestId},
     http::ndjson::{Line, LineSplitter, MAX_LINE_BYTES, NdjsonBody},
     metrics,
@@ -87,7 +87,7 @@ pub(super) async fn replace_members(
     let mut wanted = Wanted::default();
     let mut chunk: Vec<MemberRefs> = Vec::with_capacity(LINES_PER_RESOLVE);
     let mut lines = LineSplitter::default();
-    let mut bad_line: Option<String> = None;
+    let mut bad_line: Option<Invalid> = None;
     let mut read_line = |line: Line<'_>, chunk: &mut Vec<MemberRefs>| {
         if bad_line.is_some() {
             return;
@@ -95,7 +95,7 @@ pub(super) async fn replace_members(
         match parse_line(line) {
             Ok(Some(user_ref)) => chunk.push(MemberRefs::one(user_ref)),
             Ok(None) => {}
-            Err(message) => bad_line = Some(message),
+            Err(invalid) => bad_line = Some(invalid),
         }
     };
     while let Some(piece) = body.next_piece().await? {
@@ -105,8 +105,8 @@ pub(super) async fn replace_members(
         }
     }
     lines.finish(|line| read_line(line, &mut chunk));
-    if let Some(message) = bad_line {
-        return Err(ApiError::BadRequest(message));
+    if let Some(invalid) = bad_line {
+        return Err(invalid.into());
     }
     resolve_chunk(&state, ws, &mut chunk, &mut wanted).await?;
 
@@ -119,14 +119,17 @@ pub(super) async fn replace_members(
 }
 
 /// The reference of a line; `None` for a blank one.
-fn parse_line(line: Line<'_>) -> Result<Option<UserRef>, String> {
-    let path = format!("line {}", line.number);
-    let bytes = line.bytes.map_err(|()| format!("{path}: longer than {MAX_LINE_BYTES} bytes"))?.trim_ascii();
-    if bytes.is_empty() {
-        return Ok(None);
-    }
-    let text = std::str::from_utf8(bytes).map_err(|_| format!("{path}: not UTF-8"))?;
-    UserRef::parse_json(text, &path).map(Some)
+fn parse_line(line: Line<'_>) -> Result<Option<UserRef>, Invalid> {
+    let number = line.number;
+    let read = || {
+        let bytes = line.bytes.map_err(|()| Invalid::new(format!("longer than {MAX_LINE_BYTES} bytes")))?.trim_ascii();
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| Invalid::new("not UTF-8"))?;
+        UserRef::parse_json(text).map(Some)
+    };
+    read().at(format_args!("line {number}"))
 }
 
 async fn resolve_chunk(state: &AppState, ws: Uuid, chunk: &mut Vec<MemberRefs>, wanted: &mut Wanted) -> ApiResult<()> {

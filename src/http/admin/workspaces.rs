@@ -10,7 +10,7 @@ use super::require_workspace;
 use crate::{
     auth::AdminAuth,
     domain::DisplayName,
-    error::{ApiError, ApiResult, ErrorBody},
+    error::{ApiResult, ErrorBody},
     extract::{Json, Path},
     state::AppState,
     store::{self, workspaces::Workspace},
@@ -45,7 +45,7 @@ async fn create_workspace(
     State(state): State<AppState>,
     Json(body): Json<NewWorkspace>,
 ) -> ApiResult<(StatusCode, Json<Workspace>)> {
-    let name = DisplayName::parse(&body.name).map_err(ApiError::BadRequest)?;
+    let name = DisplayName::parse(&body.name)?;
     let workspace = store::workspaces::create(&state.db, name.as_str()).await?;
     Ok((StatusCode::CREATED, Json(workspace)))
 }

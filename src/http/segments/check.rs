@@ -6,10 +6,10 @@ use serde_json::{Value, value::RawValue};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{parse_filter, prepare};
+use super::prepare;
 use crate::{
-    auth::ApiKeyAuth,
-    domain::{Scope, UserRef},
+    auth::SegmentsReader,
+    domain::{InvalidAt, UserRef, filter::Filter},
     error::{ApiError, ApiResult, ErrorBody},
     extract::Json,
     state::AppState,
@@ -58,16 +58,20 @@ pub struct SegmentCheck {
     responses((status = 200, body = SegmentCheck), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody)))]
 pub(super) async fn check_segment(
-    auth: ApiKeyAuth,
+    auth: SegmentsReader,
     State(state): State<AppState>,
     Json(body): Json<SegmentCheckRequest>,
 ) -> ApiResult<Json<SegmentCheck>> {
-    auth.require(Scope::SegmentsRead)?;
-    let filter = parse_filter(&body.filter)?;
+    let filter = Filter::parse(&body.filter)?;
     if body.users.len() > MAX_CHECK_REFERENCES {
         return Err(ApiError::bad_request(format!("users: at most {MAX_CHECK_REFERENCES} references per check")));
     }
-    let refs = body.users.iter().enumerate().map(|(i, user)| parse_user_ref(user, i)).collect::<ApiResult<Vec<_>>>()?;
+    let refs = body
+        .users
+        .iter()
+        .enumerate()
+        .map(|(i, user)| UserRef::parse_json(user.get()).at(format_args!("users[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
     let query = prepare(&state, &auth, &filter).await?;
     let outcomes = if refs.is_empty() { Vec::new() } else { store::segments::check(&state.db, &query, &refs).await? };
     let results = body
@@ -77,9 +81,4 @@ pub(super) async fn check_segment(
         .map(|(user, CheckResult { braze_id, matches })| SegmentCheckResult { user, braze_id, matches })
         .collect();
     Ok(Json(SegmentCheck { results }))
-}
-
-/// Parses the reference at `users[index]`.
-fn parse_user_ref(raw: &RawValue, index: usize) -> ApiResult<UserRef> {
-    UserRef::parse_json(raw.get(), &format!("users[{index}]")).map_err(ApiError::BadRequest)
 }

@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::{
-    auth::ApiKeyAuth,
-    domain::{PartnerName, Scope},
+    auth::SegmentsReader,
+    domain::{Invalid, PartnerName},
     error::{ApiError, ApiResult, ErrorBody},
     extract::{Json, Query},
     http::paging::{cursor, invalid_cursor, next_page, page_limit},
@@ -56,15 +56,15 @@ pub struct CohortPage {
     responses((status = 200, body = CohortPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody)))]
 pub(super) async fn list_cohorts(
-    auth: ApiKeyAuth,
+    auth: SegmentsReader,
     State(state): State<AppState>,
     Query(params): Query<CohortListParams>,
 ) -> ApiResult<Json<CohortPage>> {
-    auth.require(Scope::SegmentsRead)?;
     let partner = params
         .partner
         .as_deref()
-        .map(|p| PartnerName::parse(p).map_err(|e| ApiError::bad_request(format!("partner: {e}"))))
+        // The name's own message, after the parameter's: `partner: name must be …`.
+        .map(|p| PartnerName::parse(p).map_err(|e| Invalid::new(e.to_string()).at("partner")))
         .transpose()?;
     let search = params.q.as_deref().filter(|q| !q.is_empty());
     if search.is_some_and(|q| q.len() > MAX_NAME_SEARCH_BYTES || q.contains('\0')) {

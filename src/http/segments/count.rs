@@ -4,10 +4,10 @@ use axum::extract::State;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{SegmentRequest, parse_filter, prepare};
+use super::{SegmentRequest, prepare};
 use crate::{
-    auth::ApiKeyAuth,
-    domain::Scope,
+    auth::SegmentsReader,
+    domain::filter::Filter,
     error::{ApiResult, ErrorBody},
     extract::Json,
     state::AppState,
@@ -27,12 +27,11 @@ pub struct SegmentCount {
     responses((status = 200, body = SegmentCount), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody)))]
 pub(super) async fn count_segment(
-    auth: ApiKeyAuth,
+    auth: SegmentsReader,
     State(state): State<AppState>,
     Json(body): Json<SegmentRequest>,
 ) -> ApiResult<Json<SegmentCount>> {
-    auth.require(Scope::SegmentsRead)?;
-    let filter = parse_filter(&body.filter)?;
+    let filter = Filter::parse(&body.filter)?;
     let query = prepare(&state, &auth, &filter).await?;
     Ok(Json(SegmentCount { count: store::segments::count(&state.db, &query).await? }))
 }

@@ -11,10 +11,10 @@ use axum::{
 use futures::{FutureExt, SinkExt, StreamExt, channel::mpsc};
 use tracing::Instrument;
 
-use super::{SegmentMember, SegmentRequest, parse_filter, prepare};
+use super::{SegmentMember, SegmentRequest, prepare};
 use crate::{
-    auth::ApiKeyAuth,
-    domain::Scope,
+    auth::SegmentsReader,
+    domain::filter::Filter,
     error::{ApiError, ApiResult, ErrorBody},
     extract::Json,
     state::AppState,
@@ -44,12 +44,11 @@ const EXPORT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 503, body = ErrorBody, description = "`MAX_CONCURRENT_EXPORTS` exports are running; retry after `Retry-After`")))]
 pub(super) async fn export_segment(
-    auth: ApiKeyAuth,
+    auth: SegmentsReader,
     State(state): State<AppState>,
     Json(body): Json<SegmentRequest>,
 ) -> ApiResult<Response> {
-    auth.require(Scope::SegmentsRead)?;
-    let filter = parse_filter(&body.filter)?;
+    let filter = Filter::parse(&body.filter)?;
     let query = prepare(&state, &auth, &filter).await?;
     // Each export holds a pooled connection for as long as its client reads: past the cap,
     // refuse at once rather than let exports take every connection from the other requests.

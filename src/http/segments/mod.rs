@@ -21,7 +21,7 @@ pub use count::SegmentCount;
 pub use users::{SegmentMember, SegmentPage, SegmentPageRequest};
 
 use crate::{
-    auth::ApiKeyAuth,
+    auth::SegmentsReader,
     domain::filter::Filter,
     error::{ApiError, ApiResult},
     state::AppState,
@@ -47,12 +47,8 @@ pub struct SegmentRequest {
     pub filter: Value,
 }
 
-pub(super) fn parse_filter(value: &Value) -> ApiResult<Filter> {
-    Filter::parse(value).map_err(|e| ApiError::bad_request(e.to_string()))
-}
-
 /// Resolves the filter's cohorts in the key's workspace; 400 listing unknown ones.
-pub(super) async fn prepare(state: &AppState, auth: &ApiKeyAuth, filter: &Filter) -> ApiResult<SegmentQuery> {
+pub(super) async fn prepare(state: &AppState, auth: &SegmentsReader, filter: &Filter) -> ApiResult<SegmentQuery> {
     store::segments::prepare(&state.db, auth.workspace_id, filter).await?.map_err(|unknown| {
         let listed: Vec<String> =
             unknown.iter().map(|c| format!("{} {}", c.partner, Value::String(c.cohort_id.clone()))).collect();

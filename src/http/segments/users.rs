@@ -6,10 +6,10 @@ use serde_json::Value;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{parse_filter, prepare};
+use super::prepare;
 use crate::{
-    auth::ApiKeyAuth,
-    domain::Scope,
+    auth::SegmentsReader,
+    domain::filter::Filter,
     error::{ApiResult, ErrorBody},
     extract::Json,
     http::paging::{cursor, invalid_cursor, next_page, page_limit},
@@ -67,12 +67,11 @@ pub struct SegmentPage {
     responses((status = 200, body = SegmentPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody)))]
 pub(super) async fn list_segment_users(
-    auth: ApiKeyAuth,
+    auth: SegmentsReader,
     State(state): State<AppState>,
     Json(body): Json<SegmentPageRequest>,
 ) -> ApiResult<Json<SegmentPage>> {
-    auth.require(Scope::SegmentsRead)?;
-    let filter = parse_filter(&body.filter)?;
+    let filter = Filter::parse(&body.filter)?;
     let limit = page_limit(body.limit, DEFAULT_USER_PAGE, MAX_USER_PAGE)?;
     // A cursor belongs to one workspace and one filter (in canonical form).
     let context = [b"users".as_slice(), auth.workspace_id.as_bytes(), &filter.fingerprint()].concat();

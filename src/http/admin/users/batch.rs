@@ -8,7 +8,10 @@ use uuid::Uuid;
 use super::super::require_workspace;
 use crate::{
     auth::AdminAuth,
-    domain::profile::{Profile, ProfileFields, UpsertOutcome},
+    domain::{
+        InvalidAt,
+        profile::{Profile, ProfileFields, UpsertOutcome},
+    },
     error::{ApiError, ApiResult, ErrorBody},
     extract::{Json, Path},
     state::AppState,
@@ -90,10 +93,8 @@ pub(super) async fn batch_upsert_users(
         .users
         .into_iter()
         .enumerate()
-        .map(|(index, fields)| {
-            Profile::parse(fields).map_err(|e| ApiError::bad_request(e.message(&format!("users[{index}]"))))
-        })
-        .collect::<ApiResult<Vec<_>>>()?;
+        .map(|(index, fields)| Profile::parse(fields).at(format_args!("users[{index}]")))
+        .collect::<Result<Vec<_>, _>>()?;
 
     let mut tx = store::users::begin_writes(&state.db, ws).await?;
     let mut lookups = StoreLookups::for_workspace(&mut tx, ws).await?;

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::{super::require_workspace, require_profile};
 use crate::{
     auth::AdminAuth,
-    domain::ExternalId,
+    domain::{ExternalId, InvalidAt},
     error::{ApiError, ApiResult, ErrorBody},
     extract::{Json, Path},
     state::AppState,
@@ -41,8 +41,7 @@ pub(super) async fn identify_user(
     Path((ws, braze_id)): Path<(Uuid, Uuid)>,
     Json(body): Json<IdentifyRequest>,
 ) -> ApiResult<Json<UserProfile>> {
-    let external_id =
-        ExternalId::parse(body.external_id).map_err(|error| ApiError::bad_request(error.for_field("external_id")))?;
+    let external_id = ExternalId::parse(body.external_id).at("external_id")?;
     require_workspace(&state, ws).await?;
     match store::users::identify(&state.db, ws, braze_id, &external_id).await? {
         IdentifyOutcome::Identified => Ok(Json(require_profile(&state, ws, braze_id).await?)),

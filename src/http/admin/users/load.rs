@@ -143,7 +143,7 @@ impl ImportChunk {
         match serde_json::from_slice::<ProfileFields>(bytes) {
             Err(error) => self.errors.push((line.number, format!("invalid JSON: {error}"))),
             Ok(fields) => match Profile::parse(fields) {
-                Err(error) => self.errors.push((line.number, error.message(""))),
+                Err(error) => self.errors.push((line.number, error.to_string())),
                 Ok(profile) => {
                     self.bytes += bytes.len();
                     self.lines.push(line.number);

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::{super::require_workspace, require_profile};
 use crate::{
     auth::AdminAuth,
-    domain::{Alias, DeviceId, ExternalId, IdentifierError},
+    domain::{Alias, DeviceId, ExternalId, Invalid, InvalidAt},
     error::{ApiError, ApiResult, ErrorBody},
     extract::{Json, Path, Query},
     state::AppState,
@@ -34,23 +34,21 @@ pub struct UserQuery {
 }
 
 impl UserQuery {
-    /// The lookup the query asks for; 400 unless it names exactly one valid identifier.
-    fn into_lookup(self) -> ApiResult<UserLookup> {
-        let invalid = |field: &'static str| move |error: IdentifierError| ApiError::bad_request(error.for_field(field));
+    /// The lookup the query asks for; refused unless it names exactly one valid identifier.
+    fn into_lookup(self) -> Result<UserLookup, Invalid> {
         match (self.external_id, self.device_id, self.alias_label, self.alias_name) {
             (Some(external_id), None, None, None) => {
-                Ok(UserLookup::ExternalId(ExternalId::parse(external_id).map_err(invalid("external_id"))?))
+                Ok(UserLookup::ExternalId(ExternalId::parse(external_id).at("external_id")?))
             }
             (None, Some(device_id), None, None) => {
-                Ok(UserLookup::DeviceId(DeviceId::parse(device_id).map_err(invalid("device_id"))?))
+                Ok(UserLookup::DeviceId(DeviceId::parse(device_id).at("device_id")?))
             }
-            (None, None, Some(label), Some(name)) => Ok(UserLookup::Alias(
-                Alias::parse(label, name).map_err(|(field, error)| ApiError::bad_request(error.for_field(field)))?,
-            )),
-            (None, None, None, None) => Err(ApiError::bad_request(
+            // The half at fault is the query parameter.
+            (None, None, Some(label), Some(name)) => Ok(UserLookup::Alias(Alias::parse(label, name)?)),
+            (None, None, None, None) => Err(Invalid::new(
                 "give one of the query parameters external_id, device_id, or alias_label with alias_name",
             )),
-            _ => Err(ApiError::bad_request(
+            _ => Err(Invalid::new(
                 "give exactly one of the query parameters external_id, device_id, or alias_label with alias_name",
             )),
         }
