@@ -36,7 +36,7 @@ trap cleanup EXIT
 # same migration files are applied with psql, in order, each in one transaction, as sqlx
 # applies them: the macros only need the schema.
 if SQLX_OFFLINE=true cargo build --quiet --bin cohort-ingest 2>/dev/null; then
-    DATABASE_URL=$url RUST_LOG=warn target/debug/cohort-ingest migrate
+    DATABASE_URL=$url RUST_LOG=warn SQLX_OFFLINE=true cargo run --quiet --bin cohort-ingest -- migrate
 else
     echo "sqlx-prepare: the service does not build from the committed .sqlx/ (a new or changed statement);" \
         "applying migrations/ with psql instead" >&2
@@ -48,7 +48,8 @@ fi
 
 # The macros describe each statement on the live database and, with SQLX_OFFLINE_DIR set,
 # write one file per statement there. Cargo does not see the environment change, so the
-# crate is touched to make it expand the macros again.
+# crate is touched to make it expand the macros again, and touched after, so that the next
+# build expands them from `.sqlx/` instead of keeping what the live database gave.
 touch src/lib.rs
 SQLX_OFFLINE=false SQLX_OFFLINE_DIR=$generated DATABASE_URL=$url cargo check --quiet --package cohort-ingest --lib
 touch src/lib.rs
