@@ -21,13 +21,15 @@ RUN mkdir -p src bench/src \
     && cargo build --release --locked --package cohort-ingest --bin cohort-ingest \
     && rm -rf src
 
-# The crate itself. Migrations are embedded at compile time (sqlx::migrate!); queries
-# are checked at run time, so no sqlx offline data is needed. COPY keeps the files'
+# The crate itself. Migrations are embedded at compile time (sqlx::migrate!); the query
+# macros check the statements against the committed offline data in .sqlx/ (no database
+# at build time; with no DATABASE_URL, the macros read it). COPY keeps the files'
 # modification times, which may be older than the stub build's output: the touch makes
 # sure cargo rebuilds the crate instead of keeping the stub binary.
 COPY build.rs ./
 COPY src ./src
 COPY migrations ./migrations
+COPY .sqlx ./.sqlx
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked --package cohort-ingest --bin cohort-ingest
 

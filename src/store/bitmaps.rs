@@ -116,29 +116,6 @@ impl Masks {
     }
 }
 
-/// Existing blocks: set the bits of `set_bits`, then clear those of `clear_bits`;
-/// returns the blocks that exist. A mask a block does not need is NULL, so the
-/// request's 1 KiB masks are sent, and combined, only where they change something (an
-/// import is nearly always all adds or all removals).
-const UPDATE_USER_BLOCKS: &str = "
-UPDATE user_bitmaps b SET bits = CASE
-         WHEN d.clear_bits IS NULL THEN b.bits | d.set_bits
-         WHEN d.set_bits IS NULL THEN b.bits & ~d.clear_bits
-         ELSE (b.bits | d.set_bits) & ~d.clear_bits END
-  FROM unnest($2::int8[], $3::varbit[], $4::varbit[]) AS d(block, set_bits, clear_bits)
- WHERE b.workspace_id = $1 AND b.block = d.block
-RETURNING b.block";
-
-/// [`UPDATE_USER_BLOCKS`] for one cohort's bitmap, `$5`.
-const UPDATE_COHORT_BLOCKS: &str = "
-UPDATE cohort_bitmaps b SET bits = CASE
-         WHEN d.clear_bits IS NULL THEN b.bits | d.set_bits
-         WHEN d.set_bits IS NULL THEN b.bits & ~d.clear_bits
-         ELSE (b.bits | d.set_bits) & ~d.clear_bits END
-  FROM unnest($2::int8[], $3::varbit[], $4::varbit[]) AS d(block, set_bits, clear_bits)
- WHERE b.workspace_id = $1 AND b.cohort_ref = $5 AND b.block = d.block
-RETURNING b.block";
-
 /// Sets the bits of `set` and clears those of `clear` (disjoint) in `bitmap`: one update
 /// of the blocks that exist, then one COPY of the blocks `set` needs and that did not.
 /// The caller holds what keeps other writers of the bitmap out (the cohort's row lock,
@@ -157,17 +134,52 @@ pub async fn apply(
     let mut blocks: Vec<i64> = set.0.keys().chain(clear.0.keys()).copied().collect();
     blocks.sort_unstable();
     blocks.dedup();
+    // A mask a block does not need is NULL, so the 1 KiB masks are sent, and combined,
+    // only where they change something (an import is nearly always all adds or all
+    // removals).
     let set_bits: Vec<Option<&Block>> = blocks.iter().map(|&b| set.get(b)).collect();
     let clear_bits: Vec<Option<&Block>> = blocks.iter().map(|&b| clear.get(b)).collect();
-    let update = match bitmap {
-        Bitmap::Users => sqlx::query_scalar(UPDATE_USER_BLOCKS),
-        Bitmap::Cohort(_) => sqlx::query_scalar(UPDATE_COHORT_BLOCKS),
+    // Existing blocks: set the bits of `set_bits`, then clear those of `clear_bits`; the
+    // blocks that exist come back.
+    let existing = match bitmap {
+        Bitmap::Users => {
+            sqlx::query_scalar!(
+                "
+UPDATE user_bitmaps b SET bits = CASE
+         WHEN d.clear_bits IS NULL THEN b.bits | d.set_bits
+         WHEN d.set_bits IS NULL THEN b.bits & ~d.clear_bits
+         ELSE (b.bits | d.set_bits) & ~d.clear_bits END
+  FROM unnest($2::int8[], $3::varbit[], $4::varbit[]) AS d(block, set_bits, clear_bits)
+ WHERE b.workspace_id = $1 AND b.block = d.block
+RETURNING b.block",
+                workspace_id,
+                &blocks,
+                &set_bits as _,
+                &clear_bits as _,
+            )
+            .fetch_all(&mut *conn)
+            .await?
+        }
+        Bitmap::Cohort(cohort_ref) => {
+            sqlx::query_scalar!(
+                "
+UPDATE cohort_bitmaps b SET bits = CASE
+         WHEN d.clear_bits IS NULL THEN b.bits | d.set_bits
+         WHEN d.set_bits IS NULL THEN b.bits & ~d.clear_bits
+         ELSE (b.bits | d.set_bits) & ~d.clear_bits END
+  FROM unnest($2::int8[], $3::varbit[], $4::varbit[]) AS d(block, set_bits, clear_bits)
+ WHERE b.workspace_id = $1 AND b.cohort_ref = $5 AND b.block = d.block
+RETURNING b.block",
+                workspace_id,
+                &blocks,
+                &set_bits as _,
+                &clear_bits as _,
+                cohort_ref,
+            )
+            .fetch_all(&mut *conn)
+            .await?
+        }
     };
-    let mut update = update.bind(workspace_id).bind(&blocks).bind(&set_bits).bind(&clear_bits);
-    if let Bitmap::Cohort(cohort_ref) = bitmap {
-        update = update.bind(cohort_ref);
-    }
-    let existing: Vec<i64> = update.fetch_all(&mut *conn).await?;
 
     // A block that did not exist has no bit to clear: only `set` creates blocks.
     let mut rows = CopyRows::with_capacity(set.0.len(), 1060);
@@ -194,22 +206,30 @@ pub async fn read_ids(
 ) -> sqlx::Result<Vec<i64>> {
     // `varbit_send`: the length in bits, then the bytes, instead of 8,192 characters.
     let rows: Vec<(i64, Vec<u8>)> = match bitmap {
-        Bitmap::Users => sqlx::query_as(
-            "SELECT block, varbit_send(bits) FROM user_bitmaps
-              WHERE workspace_id = $1 AND ($2::int8[] IS NULL OR block = ANY($2)) ORDER BY block",
-        )
-        .bind(workspace_id)
-        .bind(blocks),
-        Bitmap::Cohort(cohort_ref) => sqlx::query_as(
-            "SELECT block, varbit_send(bits) FROM cohort_bitmaps
-              WHERE workspace_id = $1 AND cohort_ref = $3 AND ($2::int8[] IS NULL OR block = ANY($2)) ORDER BY block",
-        )
-        .bind(workspace_id)
-        .bind(blocks)
-        .bind(cohort_ref),
-    }
-    .fetch_all(conn)
-    .await?;
+        Bitmap::Users => {
+            sqlx::query!(
+                r#"SELECT block, varbit_send(bits) AS "bits!" FROM user_bitmaps
+              WHERE workspace_id = $1 AND ($2::int8[] IS NULL OR block = ANY($2)) ORDER BY block"#,
+                workspace_id,
+                blocks,
+            )
+            .map(|row| (row.block, row.bits))
+            .fetch_all(conn)
+            .await?
+        }
+        Bitmap::Cohort(cohort_ref) => {
+            sqlx::query!(
+                r#"SELECT block, varbit_send(bits) AS "bits!" FROM cohort_bitmaps
+              WHERE workspace_id = $1 AND cohort_ref = $3 AND ($2::int8[] IS NULL OR block = ANY($2)) ORDER BY block"#,
+                workspace_id,
+                blocks,
+                cohort_ref,
+            )
+            .map(|row| (row.block, row.bits))
+            .fetch_all(conn)
+            .await?
+        }
+    };
     Ok(rows.iter().flat_map(|(block, bits)| ids_in(*block, bits.get(4..).unwrap_or_default())).collect())
 }
 
@@ -223,14 +243,14 @@ pub async fn clear_in_cohorts(
     let (block, bit) = position(user_id);
     let mut mask = Block::empty();
     mask.set(bit);
-    sqlx::query(
+    sqlx::query!(
         "UPDATE cohort_bitmaps SET bits = bits & ~$4::varbit
           WHERE workspace_id = $1 AND cohort_ref = ANY($2) AND block = $3",
+        workspace_id,
+        cohorts,
+        block,
+        &mask as _,
     )
-    .bind(workspace_id)
-    .bind(cohorts)
-    .bind(block)
-    .bind(&mask)
     .execute(conn)
     .await
     .map(|_| ())

@@ -78,10 +78,10 @@ pub async fn ensure_database_exists(options: &PgConnectOptions) -> anyhow::Resul
     let mut maintenance = PgConnection::connect_with(&options.clone().database("postgres"))
         .await
         .with_context(|| format!("cannot connect to PostgreSQL at {host}:{port}"))?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut maintenance)
-        .await?;
+    let exists =
+        sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS "exists!""#, name,)
+            .fetch_one(&mut maintenance)
+            .await?;
     if !exists {
         let create = format!("CREATE DATABASE {}", quote_identifier(&name));
         match sqlx::query(AssertSqlSafe(create)).execute(&mut maintenance).await {
@@ -126,7 +126,7 @@ pub async fn connect_pool(options: PgConnectOptions, settings: PoolSettings) -> 
                 // A statement prepared once and run again may get a generic plan, which
                 // Citus cannot prune to one shard: on Citus every plan is custom.
                 if super::distribution::is_citus(&mut *conn).await? {
-                    sqlx::query("SET plan_cache_mode = force_custom_plan").execute(&mut *conn).await?;
+                    sqlx::query!("SET plan_cache_mode = force_custom_plan").execute(&mut *conn).await?;
                 }
                 Ok(())
             })
@@ -174,7 +174,7 @@ pub async fn migrate(db: &Database) -> anyhow::Result<()> {
 /// Whether the database answers a trivial query (readiness).
 pub async fn ping(db: &Database) -> Result<(), sqlx::Error> {
     let mut conn = db.acquire().await?;
-    sqlx::query("SELECT 1").execute(&mut *conn).await.map(|_| ())
+    sqlx::query_scalar!("SELECT 1").fetch_one(&mut *conn).await.map(|_| ())
 }
 
 /// The service's connection pool. Every connection is acquired through it, so that the

@@ -32,7 +32,9 @@ const DISTRIBUTED_TABLES: &[&str] = &[
 
 /// Whether the database has the `citus` extension.
 pub async fn is_citus(conn: &mut PgConnection) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')").fetch_one(conn).await
+    sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') AS "exists!""#)
+        .fetch_one(conn)
+        .await
 }
 
 /// Distributes the schema on Citus, if the database has Citus; `true` if it has.

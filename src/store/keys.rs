@@ -79,14 +79,15 @@ pub async fn insert_partner_api_key(
     partner: &PartnerName,
     key: &NewKey,
 ) -> sqlx::Result<KeyInfo> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        KeyInfo,
         "INSERT INTO partner_api_keys (id, partner, key_hash, prefix) VALUES ($1, $2, $3, $4)
          RETURNING id, prefix, created_at, last_used_at, revoked_at",
+        Uuid::new_v4(),
+        partner.as_str(),
+        key.hash.as_bytes(),
+        key.prefix,
     )
-    .bind(Uuid::new_v4())
-    .bind(partner.as_str())
-    .bind(key.hash.as_bytes())
-    .bind(&key.prefix)
     .fetch_one(executor)
     .await
 }
@@ -95,13 +96,14 @@ pub async fn insert_partner_api_key(
 /// already revoked key keeps its first `revoked_at`.
 pub async fn revoke_partner_api_key(db: &Database, partner: &str, id: Uuid) -> sqlx::Result<bool> {
     let mut tx = db.begin().await?;
-    let result =
-        sqlx::query("UPDATE partner_api_keys SET revoked_at = coalesce(revoked_at, $3) WHERE partner = $1 AND id = $2")
-            .bind(partner)
-            .bind(id)
-            .bind(Utc::now())
-            .execute(&mut *tx)
-            .await?;
+    let result = sqlx::query!(
+        "UPDATE partner_api_keys SET revoked_at = coalesce(revoked_at, $3) WHERE partner = $1 AND id = $2",
+        partner,
+        id,
+        Utc::now(),
+    )
+    .execute(&mut *tx)
+    .await?;
     db.commit(tx).await?;
     Ok(result.rows_affected() == 1)
 }
@@ -115,15 +117,16 @@ pub async fn insert_data_import_key(
     partner: &str,
     key: &NewKey,
 ) -> sqlx::Result<KeyInfo> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        KeyInfo,
         "INSERT INTO data_import_keys (workspace_id, id, partner, key_hash, prefix) VALUES ($1, $2, $3, $4, $5)
          RETURNING id, prefix, created_at, last_used_at, revoked_at",
+        workspace_id,
+        Uuid::new_v4(),
+        partner,
+        key.hash.as_bytes(),
+        key.prefix,
     )
-    .bind(workspace_id)
-    .bind(Uuid::new_v4())
-    .bind(partner)
-    .bind(key.hash.as_bytes())
-    .bind(&key.prefix)
     .fetch_one(executor)
     .await
 }
@@ -131,12 +134,13 @@ pub async fn insert_data_import_key(
 /// A workspace's data import keys for one partner, oldest first.
 pub async fn list_data_import_keys(db: &Database, workspace_id: Uuid, partner: &str) -> sqlx::Result<Vec<KeyInfo>> {
     let mut conn = db.acquire().await?;
-    sqlx::query_as(
+    sqlx::query_as!(
+        KeyInfo,
         "SELECT id, prefix, created_at, last_used_at, revoked_at FROM data_import_keys
           WHERE workspace_id = $1 AND partner = $2 ORDER BY created_at, id",
+        workspace_id,
+        partner,
     )
-    .bind(workspace_id)
-    .bind(partner)
     .fetch_all(&mut *conn)
     .await
 }
@@ -144,14 +148,14 @@ pub async fn list_data_import_keys(db: &Database, workspace_id: Uuid, partner: &
 /// Revokes a data import key. `false` when no such key exists.
 pub async fn revoke_data_import_key(db: &Database, workspace_id: Uuid, partner: &str, id: Uuid) -> sqlx::Result<bool> {
     let mut tx = db.begin().await?;
-    let result = sqlx::query(
+    let result = sqlx::query!(
         "UPDATE data_import_keys SET revoked_at = coalesce(revoked_at, $4)
           WHERE workspace_id = $1 AND partner = $2 AND id = $3",
+        workspace_id,
+        partner,
+        id,
+        Utc::now(),
     )
-    .bind(workspace_id)
-    .bind(partner)
-    .bind(id)
-    .bind(Utc::now())
     .execute(&mut *tx)
     .await?;
     db.commit(tx).await?;
@@ -179,16 +183,17 @@ pub async fn find_partner_credentials(
     client_secret: &KeyHash,
 ) -> sqlx::Result<PartnerCredentials> {
     let mut conn = db.acquire().await?;
-    sqlx::query_as(
-        "SELECT (SELECT id FROM partner_api_keys
-                  WHERE key_hash = $2 AND partner = $1 AND revoked_at IS NULL) AS partner_key_id,
-                d.id AS import_key_id, d.workspace_id, d.partner AS import_key_partner
+    sqlx::query_as!(
+        PartnerCredentials,
+        r#"SELECT (SELECT id FROM partner_api_keys
+                  WHERE key_hash = $2 AND partner = $1 AND revoked_at IS NULL) AS "partner_key_id?",
+                d.id AS "import_key_id?", d.workspace_id AS "workspace_id?", d.partner AS "import_key_partner?"
            FROM (SELECT 1) AS one
-           LEFT JOIN data_import_keys d ON d.key_hash = $3 AND d.revoked_at IS NULL",
+           LEFT JOIN data_import_keys d ON d.key_hash = $3 AND d.revoked_at IS NULL"#,
+        partner,
+        partner_api_key.as_bytes(),
+        client_secret.as_bytes(),
     )
-    .bind(partner)
-    .bind(partner_api_key.as_bytes())
-    .bind(client_secret.as_bytes())
     .fetch_one(&mut *conn)
     .await
 }
@@ -196,11 +201,12 @@ pub async fn find_partner_credentials(
 /// A valid data import key of `partner`, found by hash: its id and workspace.
 pub async fn find_data_import_key(db: &Database, partner: &str, hash: &KeyHash) -> sqlx::Result<Option<(Uuid, Uuid)>> {
     let mut conn = db.acquire().await?;
-    sqlx::query_as(
+    sqlx::query!(
         "SELECT id, workspace_id FROM data_import_keys WHERE key_hash = $1 AND partner = $2 AND revoked_at IS NULL",
+        hash.as_bytes(),
+        partner,
     )
-    .bind(hash.as_bytes())
-    .bind(partner)
+    .map(|key| (key.id, key.workspace_id))
     .fetch_optional(&mut *conn)
     .await
 }
@@ -216,16 +222,17 @@ pub async fn insert_api_key(
     key: &NewKey,
 ) -> sqlx::Result<ApiKeyInfo> {
     let scopes: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
-    sqlx::query_as(
+    sqlx::query_as!(
+        ApiKeyInfo,
         "INSERT INTO api_keys (workspace_id, id, name, scopes, key_hash, prefix) VALUES ($1, $2, $3, $4, $5, $6)
          RETURNING id, name, scopes, prefix, created_at, last_used_at, revoked_at",
+        workspace_id,
+        Uuid::new_v4(),
+        name,
+        &scopes[..] as &[&str],
+        key.hash.as_bytes(),
+        key.prefix,
     )
-    .bind(workspace_id)
-    .bind(Uuid::new_v4())
-    .bind(name)
-    .bind(&scopes)
-    .bind(key.hash.as_bytes())
-    .bind(&key.prefix)
     .fetch_one(executor)
     .await
 }
@@ -233,11 +240,12 @@ pub async fn insert_api_key(
 /// A workspace's REST API keys, oldest first.
 pub async fn list_api_keys(db: &Database, workspace_id: Uuid) -> sqlx::Result<Vec<ApiKeyInfo>> {
     let mut conn = db.acquire().await?;
-    sqlx::query_as(
+    sqlx::query_as!(
+        ApiKeyInfo,
         "SELECT id, name, scopes, prefix, created_at, last_used_at, revoked_at
            FROM api_keys WHERE workspace_id = $1 ORDER BY created_at, id",
+        workspace_id,
     )
-    .bind(workspace_id)
     .fetch_all(&mut *conn)
     .await
 }
@@ -245,13 +253,14 @@ pub async fn list_api_keys(db: &Database, workspace_id: Uuid) -> sqlx::Result<Ve
 /// Revokes a REST API key. `false` when no such key exists.
 pub async fn revoke_api_key(db: &Database, workspace_id: Uuid, id: Uuid) -> sqlx::Result<bool> {
     let mut tx = db.begin().await?;
-    let result =
-        sqlx::query("UPDATE api_keys SET revoked_at = coalesce(revoked_at, $3) WHERE workspace_id = $1 AND id = $2")
-            .bind(workspace_id)
-            .bind(id)
-            .bind(Utc::now())
-            .execute(&mut *tx)
-            .await?;
+    let result = sqlx::query!(
+        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, $3) WHERE workspace_id = $1 AND id = $2",
+        workspace_id,
+        id,
+        Utc::now(),
+    )
+    .execute(&mut *tx)
+    .await?;
     db.commit(tx).await?;
     Ok(result.rows_affected() == 1)
 }
@@ -270,10 +279,13 @@ pub struct ApiKeyRecord {
 /// Finds an unrevoked REST API key by hash.
 pub async fn find_api_key(db: &Database, hash: &KeyHash) -> sqlx::Result<Option<ApiKeyRecord>> {
     let mut conn = db.acquire().await?;
-    sqlx::query_as("SELECT id, workspace_id, scopes FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
-        .bind(hash.as_bytes())
-        .fetch_optional(&mut *conn)
-        .await
+    sqlx::query_as!(
+        ApiKeyRecord,
+        "SELECT id, workspace_id, scopes FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+        hash.as_bytes(),
+    )
+    .fetch_optional(&mut *conn)
+    .await
 }
 
 // ---- usage ------------------------------------------------------------------------
@@ -282,23 +294,33 @@ pub async fn find_api_key(db: &Database, hash: &KeyHash) -> sqlx::Result<Option<
 /// Citus evaluates no volatile function inside its statements on shards.)
 pub async fn record_last_used(db: &Database, key: UsedKey) -> sqlx::Result<()> {
     let now = Utc::now();
-    let query = match key {
+    let mut conn = db.acquire().await?;
+    match key {
         UsedKey::PartnerApi(id) => {
-            sqlx::query("UPDATE partner_api_keys SET last_used_at = $2 WHERE id = $1").bind(id).bind(now)
+            sqlx::query!("UPDATE partner_api_keys SET last_used_at = $2 WHERE id = $1", id, now)
+                .execute(&mut *conn)
+                .await
         }
         UsedKey::DataImport { workspace_id, id } => {
-            sqlx::query("UPDATE data_import_keys SET last_used_at = $3 WHERE workspace_id = $1 AND id = $2")
-                .bind(workspace_id)
-                .bind(id)
-                .bind(now)
+            sqlx::query!(
+                "UPDATE data_import_keys SET last_used_at = $3 WHERE workspace_id = $1 AND id = $2",
+                workspace_id,
+                id,
+                now,
+            )
+            .execute(&mut *conn)
+            .await
         }
         UsedKey::Api { workspace_id, id } => {
-            sqlx::query("UPDATE api_keys SET last_used_at = $3 WHERE workspace_id = $1 AND id = $2")
-                .bind(workspace_id)
-                .bind(id)
-                .bind(now)
+            sqlx::query!(
+                "UPDATE api_keys SET last_used_at = $3 WHERE workspace_id = $1 AND id = $2",
+                workspace_id,
+                id,
+                now
+            )
+            .execute(&mut *conn)
+            .await
         }
-    };
-    let mut conn = db.acquire().await?;
-    query.execute(&mut *conn).await.map(|_| ())
+    }
+    .map(|_| ())
 }

@@ -42,21 +42,37 @@ pub async fn lock_workspace(
     workspace_id: Uuid,
     mode: WorkspaceLock,
 ) -> sqlx::Result<bool> {
-    let sql = match mode {
+    // One statement per mode, so each is checked; the lock comes back as text, and the
+    // row (or none) is what tells whether the workspace exists.
+    let found = match mode {
         WorkspaceLock::OneCohort => {
-            "SELECT pg_advisory_xact_lock_shared(hashtextextended('cohort-ingest memberships ' || workspace_id::text, 0))::text
-               FROM user_id_counters WHERE workspace_id = $1"
+            sqlx::query_scalar!(
+                "SELECT pg_advisory_xact_lock_shared(hashtextextended('cohort-ingest memberships ' || workspace_id::text, 0))::text
+               FROM user_id_counters WHERE workspace_id = $1",
+                workspace_id,
+            )
+            .fetch_optional(transaction)
+            .await?
         }
         WorkspaceLock::UserStore => {
-            "SELECT pg_advisory_xact_lock(hashtextextended('cohort-ingest user store ' || workspace_id::text, 0))::text
-               FROM user_id_counters WHERE workspace_id = $1"
+            sqlx::query_scalar!(
+                "SELECT pg_advisory_xact_lock(hashtextextended('cohort-ingest user store ' || workspace_id::text, 0))::text
+               FROM user_id_counters WHERE workspace_id = $1",
+                workspace_id,
+            )
+            .fetch_optional(transaction)
+            .await?
         }
         WorkspaceLock::UserDeletion => {
-            "SELECT pg_advisory_xact_lock(hashtextextended('cohort-ingest user store ' || workspace_id::text, 0))::text
+            sqlx::query_scalar!(
+                "SELECT pg_advisory_xact_lock(hashtextextended('cohort-ingest user store ' || workspace_id::text, 0))::text
                     || pg_advisory_xact_lock(hashtextextended('cohort-ingest memberships ' || workspace_id::text, 0))::text
-               FROM user_id_counters WHERE workspace_id = $1"
+               FROM user_id_counters WHERE workspace_id = $1",
+                workspace_id,
+            )
+            .fetch_optional(transaction)
+            .await?
         }
     };
-    let found: Option<String> = sqlx::query_scalar(sql).bind(workspace_id).fetch_optional(transaction).await?;
     Ok(found.is_some())
 }

@@ -12,12 +12,13 @@ use crate::store::database::Database;
 /// default applies).
 pub async fn find(db: &Database, workspace_id: Uuid, partner: &str) -> sqlx::Result<Option<MatchingRules>> {
     let mut conn = db.acquire().await?;
-    let stored: Option<Json<Vec<RuleSpec>>> =
-        sqlx::query_scalar("SELECT rules FROM matching_rules WHERE workspace_id = $1 AND partner = $2")
-            .bind(workspace_id)
-            .bind(partner)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let stored = sqlx::query_scalar!(
+        r#"SELECT rules AS "rules: Json<Vec<RuleSpec>>" FROM matching_rules WHERE workspace_id = $1 AND partner = $2"#,
+        workspace_id,
+        partner,
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
     // Written only by `put`, from valid rules.
     stored.map(|Json(specs)| MatchingRules::parse(specs).map_err(|e| sqlx::Error::Decode(e.into()))).transpose()
 }
@@ -25,14 +26,14 @@ pub async fn find(db: &Database, workspace_id: Uuid, partner: &str) -> sqlx::Res
 /// Sets the partner's rules in the workspace.
 pub async fn put(db: &Database, workspace_id: Uuid, partner: &str, rules: &MatchingRules) -> sqlx::Result<()> {
     let mut tx = db.begin().await?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO matching_rules (workspace_id, partner, rules, updated_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT (workspace_id, partner) DO UPDATE SET rules = EXCLUDED.rules, updated_at = EXCLUDED.updated_at",
+        workspace_id,
+        partner,
+        Json(rules.specs()) as _,
+        Utc::now(),
     )
-    .bind(workspace_id)
-    .bind(partner)
-    .bind(Json(rules.specs()))
-    .bind(Utc::now())
     .execute(&mut *tx)
     .await?;
     db.commit(tx).await
@@ -42,11 +43,10 @@ pub async fn put(db: &Database, workspace_id: Uuid, partner: &str, rules: &Match
 /// `false` if none were set.
 pub async fn delete(db: &Database, workspace_id: Uuid, partner: &str) -> sqlx::Result<bool> {
     let mut tx = db.begin().await?;
-    let deleted = sqlx::query("DELETE FROM matching_rules WHERE workspace_id = $1 AND partner = $2")
-        .bind(workspace_id)
-        .bind(partner)
-        .execute(&mut *tx)
-        .await?;
+    let deleted =
+        sqlx::query!("DELETE FROM matching_rules WHERE workspace_id = $1 AND partner = $2", workspace_id, partner)
+            .execute(&mut *tx)
+            .await?;
     db.commit(tx).await?;
     Ok(deleted.rows_affected() == 1)
 }

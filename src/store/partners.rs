@@ -24,8 +24,7 @@ pub struct PartnerWithKeys {
 /// Inserts a partner; `false` if the name is taken. (A conflict, not a unique violation:
 /// on Citus a violation names the constraint of a shard, not the table's.)
 pub async fn insert(executor: impl PgExecutor<'_>, name: &PartnerName) -> sqlx::Result<bool> {
-    let inserted = sqlx::query("INSERT INTO partners (name) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(name.as_str())
+    let inserted = sqlx::query!("INSERT INTO partners (name) VALUES ($1) ON CONFLICT DO NOTHING", name.as_str())
         .execute(executor)
         .await?;
     Ok(inserted.rows_affected() == 1)
@@ -33,33 +32,37 @@ pub async fn insert(executor: impl PgExecutor<'_>, name: &PartnerName) -> sqlx::
 
 /// Whether a partner of that name exists.
 pub async fn exists(executor: impl PgExecutor<'_>, name: &str) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM partners WHERE name = $1)").bind(name).fetch_one(executor).await
+    sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM partners WHERE name = $1) AS "exists!""#, name)
+        .fetch_one(executor)
+        .await
 }
 
 /// Every partner with its keys, by name.
 pub async fn list_with_keys(db: &Database) -> sqlx::Result<Vec<PartnerWithKeys>> {
     let mut conn = db.acquire().await?;
-    let partners: Vec<(String, DateTime<Utc>)> =
-        sqlx::query_as("SELECT name, created_at FROM partners ORDER BY name").fetch_all(&mut *conn).await?;
-    let keys: Vec<PartnerKey> = sqlx::query_as(
+    let partners = sqlx::query!("SELECT name, created_at FROM partners ORDER BY name").fetch_all(&mut *conn).await?;
+    let keys: Vec<(String, KeyInfo)> = sqlx::query!(
         "SELECT partner, id, prefix, created_at, last_used_at, revoked_at
            FROM partner_api_keys ORDER BY partner, created_at, id",
     )
+    .map(|k| {
+        let key = KeyInfo {
+            id: k.id,
+            prefix: k.prefix,
+            created_at: k.created_at,
+            last_used_at: k.last_used_at,
+            revoked_at: k.revoked_at,
+        };
+        (k.partner, key)
+    })
     .fetch_all(&mut *conn)
     .await?;
     Ok(partners
         .into_iter()
-        .map(|(name, created_at)| PartnerWithKeys {
-            keys: keys.iter().filter(|k| k.partner == name).map(|k| k.key.clone()).collect(),
-            name,
-            created_at,
+        .map(|partner| PartnerWithKeys {
+            keys: keys.iter().filter(|(of, _)| *of == partner.name).map(|(_, key)| key.clone()).collect(),
+            name: partner.name,
+            created_at: partner.created_at,
         })
         .collect())
-}
-
-#[derive(sqlx::FromRow)]
-struct PartnerKey {
-    partner: String,
-    #[sqlx(flatten)]
-    key: KeyInfo,
 }

@@ -29,29 +29,29 @@ pub struct Rejection {
 /// Records a rejection and drops the partner's oldest beyond [`KEPT`].
 pub async fn record(db: &Database, workspace_id: Uuid, partner: &str, rejection: &Rejection) -> sqlx::Result<()> {
     let mut tx = db.begin().await?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO partner_rejections (workspace_id, partner, received_at, request_id, route, status, message)
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        workspace_id,
+        partner,
+        rejection.received_at,
+        rejection.request_id,
+        rejection.route,
+        rejection.status,
+        rejection.message,
     )
-    .bind(workspace_id)
-    .bind(partner)
-    .bind(rejection.received_at)
-    .bind(&rejection.request_id)
-    .bind(&rejection.route)
-    .bind(rejection.status)
-    .bind(&rejection.message)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
+    sqlx::query!(
         "DELETE FROM partner_rejections
           WHERE workspace_id = $1 AND partner = $2
             AND received_at < (SELECT received_at FROM partner_rejections
                                 WHERE workspace_id = $1 AND partner = $2
                                 ORDER BY received_at DESC OFFSET $3 LIMIT 1)",
+        workspace_id,
+        partner,
+        KEPT - 1,
     )
-    .bind(workspace_id)
-    .bind(partner)
-    .bind(KEPT - 1)
     .execute(&mut *tx)
     .await?;
     db.commit(tx).await
@@ -60,13 +60,14 @@ pub async fn record(db: &Database, workspace_id: Uuid, partner: &str, rejection:
 /// The partner's rejections in the workspace, newest first.
 pub async fn list(db: &Database, workspace_id: Uuid, partner: &str) -> sqlx::Result<Vec<Rejection>> {
     let mut conn = db.acquire().await?;
-    sqlx::query_as(
+    sqlx::query_as!(
+        Rejection,
         "SELECT received_at, request_id, route, status, message FROM partner_rejections
           WHERE workspace_id = $1 AND partner = $2 ORDER BY received_at DESC, request_id DESC LIMIT $3",
+        workspace_id,
+        partner,
+        KEPT,
     )
-    .bind(workspace_id)
-    .bind(partner)
-    .bind(KEPT)
     .fetch_all(&mut *conn)
     .await
 }

@@ -67,55 +67,58 @@ pub async fn receive_page(
     let name = import.name.map_or(key.cohort_id, |n| n.as_str());
     let cohort_ref = create_or_lock(&mut tx, key, name, now, None).await?;
     let expired_before = now - chrono::TimeDelta::from_std(ttl).unwrap_or(chrono::TimeDelta::MAX);
-    sqlx::query("DELETE FROM member_sessions WHERE workspace_id = $1 AND partner = $2 AND started_at < $3")
-        .bind(key.workspace_id)
-        .bind(key.partner)
-        .bind(expired_before)
-        .execute(&mut *tx)
-        .await?;
-    let (total_pages, completed): (i32, bool) = sqlx::query_as(
-        "INSERT INTO member_sessions AS s (workspace_id, partner, cohort_id, session_id, total_pages, started_at)
+    sqlx::query!(
+        "DELETE FROM member_sessions WHERE workspace_id = $1 AND partner = $2 AND started_at < $3",
+        key.workspace_id,
+        key.partner,
+        expired_before,
+    )
+    .execute(&mut *tx)
+    .await?;
+    let session = sqlx::query!(
+        r#"INSERT INTO member_sessions AS s (workspace_id, partner, cohort_id, session_id, total_pages, started_at)
          VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (workspace_id, partner, cohort_id, session_id) DO UPDATE SET total_pages = s.total_pages
-         RETURNING total_pages, completed_at IS NOT NULL",
+         RETURNING total_pages, completed_at IS NOT NULL AS "completed!""#,
+        key.workspace_id,
+        key.partner,
+        key.cohort_id,
+        page.session_id,
+        page.total_pages,
+        now,
     )
-    .bind(key.workspace_id)
-    .bind(key.partner)
-    .bind(key.cohort_id)
-    .bind(page.session_id)
-    .bind(page.total_pages)
-    .bind(now)
     .fetch_one(&mut *tx)
     .await?;
-    if completed {
+    let total_pages = session.total_pages;
+    if session.completed {
         return Ok(PageOutcome::AlreadyCompleted);
     }
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO member_session_pages (workspace_id, partner, cohort_id, session_id, page, members, received_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (workspace_id, partner, cohort_id, session_id, page)
          DO UPDATE SET members = EXCLUDED.members, received_at = EXCLUDED.received_at",
+        key.workspace_id,
+        key.partner,
+        key.cohort_id,
+        page.session_id,
+        page.number,
+        page.members,
+        now,
     )
-    .bind(key.workspace_id)
-    .bind(key.partner)
-    .bind(key.cohort_id)
-    .bind(page.session_id)
-    .bind(page.number)
-    .bind(page.members)
-    .bind(now)
     .execute(&mut *tx)
     .await?;
-    let pages: Vec<i32> = sqlx::query_scalar(
+    let pages = sqlx::query_scalar!(
         "SELECT page FROM member_session_pages
           WHERE workspace_id = $1 AND partner = $2 AND cohort_id = $3 AND session_id = $4
             AND page BETWEEN 1 AND $5
           ORDER BY page",
+        key.workspace_id,
+        key.partner,
+        key.cohort_id,
+        page.session_id,
+        total_pages,
     )
-    .bind(key.workspace_id)
-    .bind(key.partner)
-    .bind(key.cohort_id)
-    .bind(page.session_id)
-    .bind(total_pages)
     .fetch_all(&mut *tx)
     .await?;
     if pages.len() < usize::try_from(total_pages).unwrap_or(usize::MAX) {
@@ -126,15 +129,15 @@ pub async fn receive_page(
     // The last page: the union of all, page by page, so memory holds one page at a time.
     let mut wanted = Wanted::default();
     for number in pages {
-        let text: String = sqlx::query_scalar(
+        let text = sqlx::query_scalar!(
             "SELECT members FROM member_session_pages
               WHERE workspace_id = $1 AND partner = $2 AND cohort_id = $3 AND session_id = $4 AND page = $5",
+            key.workspace_id,
+            key.partner,
+            key.cohort_id,
+            page.session_id,
+            number,
         )
-        .bind(key.workspace_id)
-        .bind(key.partner)
-        .bind(key.cohort_id)
-        .bind(page.session_id)
-        .bind(number)
         .fetch_one(&mut *tx)
         .await?;
         let (members, unreadable) = read_page(&text);
@@ -144,25 +147,25 @@ pub async fn receive_page(
         }
     }
     let outcome = apply_replace(&mut tx, key, cohort_ref, import, wanted, now).await?;
-    sqlx::query(
+    sqlx::query!(
         "UPDATE member_sessions SET completed_at = $5
           WHERE workspace_id = $1 AND partner = $2 AND cohort_id = $3 AND session_id = $4",
+        key.workspace_id,
+        key.partner,
+        key.cohort_id,
+        page.session_id,
+        now,
     )
-    .bind(key.workspace_id)
-    .bind(key.partner)
-    .bind(key.cohort_id)
-    .bind(page.session_id)
-    .bind(now)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
+    sqlx::query!(
         "DELETE FROM member_session_pages
           WHERE workspace_id = $1 AND partner = $2 AND cohort_id = $3 AND session_id = $4",
+        key.workspace_id,
+        key.partner,
+        key.cohort_id,
+        page.session_id,
     )
-    .bind(key.workspace_id)
-    .bind(key.partner)
-    .bind(key.cohort_id)
-    .bind(page.session_id)
     .execute(&mut *tx)
     .await?;
     db.commit(tx).await?;

@@ -23,18 +23,16 @@ pub struct Workspace {
 /// their internal ids from (the user counter's row is also the workspace lock).
 pub async fn create(db: &Database, name: &str) -> sqlx::Result<Workspace> {
     let mut tx = db.begin().await?;
-    let workspace: Workspace =
-        sqlx::query_as("INSERT INTO workspaces (id, name) VALUES ($1, $2) RETURNING id, name, created_at")
-            .bind(Uuid::new_v4())
-            .bind(name)
-            .fetch_one(&mut *tx)
-            .await?;
-    for counter in [
-        "INSERT INTO user_id_counters (workspace_id) VALUES ($1)",
-        "INSERT INTO cohort_id_counters (workspace_id) VALUES ($1)",
-    ] {
-        sqlx::query(counter).bind(workspace.id).execute(&mut *tx).await?;
-    }
+    let workspace = sqlx::query_as!(
+        Workspace,
+        "INSERT INTO workspaces (id, name) VALUES ($1, $2) RETURNING id, name, created_at",
+        Uuid::new_v4(),
+        name,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query!("INSERT INTO user_id_counters (workspace_id) VALUES ($1)", workspace.id).execute(&mut *tx).await?;
+    sqlx::query!("INSERT INTO cohort_id_counters (workspace_id) VALUES ($1)", workspace.id).execute(&mut *tx).await?;
     db.commit(tx).await?;
     Ok(workspace)
 }
@@ -42,10 +40,14 @@ pub async fn create(db: &Database, name: &str) -> sqlx::Result<Workspace> {
 /// Every workspace, oldest first.
 pub async fn list(db: &Database) -> sqlx::Result<Vec<Workspace>> {
     let mut conn = db.acquire().await?;
-    sqlx::query_as("SELECT id, name, created_at FROM workspaces ORDER BY created_at, id").fetch_all(&mut *conn).await
+    sqlx::query_as!(Workspace, "SELECT id, name, created_at FROM workspaces ORDER BY created_at, id")
+        .fetch_all(&mut *conn)
+        .await
 }
 
 /// One workspace, if it exists.
 pub async fn find(executor: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Workspace>> {
-    sqlx::query_as("SELECT id, name, created_at FROM workspaces WHERE id = $1").bind(id).fetch_optional(executor).await
+    sqlx::query_as!(Workspace, "SELECT id, name, created_at FROM workspaces WHERE id = $1", id)
+        .fetch_optional(executor)
+        .await
 }

@@ -7,7 +7,7 @@ use sqlx::PgConnection;
 
 use super::{
     CohortKey,
-    import::{Import, bind_outcome},
+    import::{Import, StoredCounts},
 };
 use crate::domain::{ImportOutcome, Unmatched};
 
@@ -18,21 +18,25 @@ pub(super) async fn delivered_before(
     import: &Import<'_>,
 ) -> sqlx::Result<Option<ImportOutcome>> {
     let Some(message_id) = import.message_id else { return Ok(None) };
-    let row: Option<(i32, i32, i32, i32, i32)> = sqlx::query_as(
+    let row = sqlx::query_as!(
+        StoredCounts,
         "SELECT added, removed, unchanged, unmatched_unknown, unmatched_identified_device FROM delivered_messages
           WHERE workspace_id = $1 AND partner = $2 AND message_id = $3",
+        key.workspace_id,
+        key.partner,
+        message_id,
     )
-    .bind(key.workspace_id)
-    .bind(key.partner)
-    .bind(message_id)
     .fetch_optional(conn)
     .await?;
     let count = |n: i32| u64::try_from(n).unwrap_or(0);
-    Ok(row.map(|(added, removed, unchanged, unknown, identified_device)| ImportOutcome {
-        added: count(added),
-        removed: count(removed),
-        unchanged: count(unchanged),
-        unmatched: Unmatched { unknown: count(unknown), device_id_of_identified_user: count(identified_device) },
+    Ok(row.map(|stored| ImportOutcome {
+        added: count(stored.added),
+        removed: count(stored.removed),
+        unchanged: count(stored.unchanged),
+        unmatched: Unmatched {
+            unknown: count(stored.unmatched_unknown),
+            device_id_of_identified_user: count(stored.unmatched_identified_device),
+        },
     }))
 }
 
@@ -50,24 +54,29 @@ pub(super) async fn record_delivery(
     outcome: &ImportOutcome,
 ) -> sqlx::Result<bool> {
     let Some(message_id) = import.message_id else { return Ok(true) };
-    sqlx::query("DELETE FROM delivered_messages WHERE workspace_id = $1 AND partner = $2 AND received_at < $3")
-        .bind(key.workspace_id)
-        .bind(key.partner)
-        .bind(now - DELIVERY_RETENTION)
-        .execute(&mut *tx)
-        .await?;
-    let inserted = bind_outcome(
-        sqlx::query(
-            "INSERT INTO delivered_messages (workspace_id, partner, message_id, received_at,
+    sqlx::query!(
+        "DELETE FROM delivered_messages WHERE workspace_id = $1 AND partner = $2 AND received_at < $3",
+        key.workspace_id,
+        key.partner,
+        now - DELIVERY_RETENTION,
+    )
+    .execute(&mut *tx)
+    .await?;
+    let counts = StoredCounts::of(outcome);
+    let inserted = sqlx::query!(
+        "INSERT INTO delivered_messages (workspace_id, partner, message_id, received_at,
                                          added, removed, unchanged, unmatched_unknown, unmatched_identified_device)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          ON CONFLICT DO NOTHING",
-        )
-        .bind(key.workspace_id)
-        .bind(key.partner)
-        .bind(message_id)
-        .bind(now),
-        outcome,
+        key.workspace_id,
+        key.partner,
+        message_id,
+        now,
+        counts.added,
+        counts.removed,
+        counts.unchanged,
+        counts.unmatched_unknown,
+        counts.unmatched_identified_device,
     )
     .execute(&mut *tx)
     .await?;

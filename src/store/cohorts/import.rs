@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, Postgres, Transaction, postgres::PgArguments, query::Query};
+use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{
@@ -161,31 +161,28 @@ pub(super) fn count(n: u64) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
-/// Binds an outcome's counts next, in the order both the import log and the delivered
-/// messages store them: added, removed, unchanged, unmatched_unknown,
-/// unmatched_identified_device.
-pub(super) fn bind_outcome<'q>(
-    query: Query<'q, Postgres, PgArguments>,
-    outcome: &ImportOutcome,
-) -> Query<'q, Postgres, PgArguments> {
-    query
-        .bind(count(outcome.added))
-        .bind(count(outcome.removed))
-        .bind(count(outcome.unchanged))
-        .bind(count(outcome.unmatched.unknown))
-        .bind(count(outcome.unmatched.device_id_of_identified_user))
+/// An outcome's counts as both the import log and the delivered messages store them,
+/// named as their columns are.
+pub(super) struct StoredCounts {
+    pub added: i32,
+    pub removed: i32,
+    pub unchanged: i32,
+    pub unmatched_unknown: i32,
+    pub unmatched_identified_device: i32,
 }
 
-/// One primary-key probe per removed user, whatever the statistics say. Written as
-/// `user_id = ANY($3)` beside `cohort_ref = $2`, the statement was planned, on statistics
-/// taken before the cohort grew, as a scan of the whole cohort filtered by the array, in
-/// time proportional to both; here the cohort only joins the probes (`OFFSET 0` keeps it
-/// out of the restrictions) and the array's length is hidden from the planner, so a
-/// probe per user is always the cheapest plan.
-const DELETE_MEMBERSHIPS: &str = "
-DELETE FROM cohort_memberships m
- USING (SELECT $2::int8 AS cohort_ref, user_id FROM unnest((SELECT $3::int8[])) AS r(user_id) OFFSET 0) AS r
- WHERE m.workspace_id = $1 AND m.cohort_ref = r.cohort_ref AND m.user_id = r.user_id";
+impl StoredCounts {
+    /// `outcome`'s counts, each saturated as [`count`] does.
+    pub(super) fn of(outcome: &ImportOutcome) -> Self {
+        StoredCounts {
+            added: count(outcome.added),
+            removed: count(outcome.removed),
+            unchanged: count(outcome.unchanged),
+            unmatched_unknown: count(outcome.unmatched.unknown),
+            unmatched_identified_device: count(outcome.unmatched.device_id_of_identified_user),
+        }
+    }
+}
 
 /// Adds and removes memberships of one cohort, with their bits; the caller holds the
 /// cohort's row lock and has read that `added` are not members and `removed` are.
@@ -207,7 +204,23 @@ pub(super) async fn write_memberships(
         rows.copy(tx, copy).await?;
     }
     for removed in removed.chunks(ROWS_PER_STATEMENT) {
-        sqlx::query(DELETE_MEMBERSHIPS).bind(workspace_id).bind(cohort_ref).bind(removed).execute(&mut *tx).await?;
+        // One primary-key probe per removed user, whatever the statistics say. Written as
+        // `user_id = ANY($3)` beside `cohort_ref = $2`, the statement was planned, on
+        // statistics taken before the cohort grew, as a scan of the whole cohort filtered by
+        // the array, in time proportional to both; here the cohort only joins the probes
+        // (`OFFSET 0` keeps it out of the restrictions) and the array's length is hidden
+        // from the planner, so a probe per user is always the cheapest plan.
+        sqlx::query!(
+            "
+DELETE FROM cohort_memberships m
+ USING (SELECT $2::int8 AS cohort_ref, user_id FROM unnest((SELECT $3::int8[])) AS r(user_id) OFFSET 0) AS r
+ WHERE m.workspace_id = $1 AND m.cohort_ref = r.cohort_ref AND m.user_id = r.user_id",
+            workspace_id,
+            cohort_ref,
+            removed,
+        )
+        .execute(&mut *tx)
+        .await?;
     }
     bitmaps::apply(tx, workspace_id, Bitmap::Cohort(cohort_ref), added, removed).await
 }
@@ -225,38 +238,41 @@ pub(super) async fn log_import(
     listed: i64,
 ) -> sqlx::Result<()> {
     let changed = outcome.added + outcome.removed > 0;
-    let (member_count, id): (i64, i64) = sqlx::query_as(
+    let cohort = sqlx::query!(
         "UPDATE cohorts SET member_count = member_count + $3, log_entries = log_entries + 1,
                 unmatched_listed = unmatched_listed + $7, name = coalesce($6, name),
                 updated_at = CASE WHEN $4 OR name <> coalesce($6, name) THEN $5 ELSE updated_at END,
                 last_import_at = $5
           WHERE workspace_id = $1 AND id = $2
          RETURNING member_count, log_entries",
+        key.workspace_id,
+        cohort_ref,
+        outcome.added as i64 - outcome.removed as i64,
+        changed,
+        now,
+        import.name.map(CohortName::as_str),
+        listed,
     )
-    .bind(key.workspace_id)
-    .bind(cohort_ref)
-    .bind(outcome.added as i64 - outcome.removed as i64)
-    .bind(changed)
-    .bind(now)
-    .bind(import.name.map(CohortName::as_str))
-    .bind(listed)
     .fetch_one(&mut *tx)
     .await?;
-    bind_outcome(
-        sqlx::query(
-            "INSERT INTO cohort_imports (workspace_id, cohort_ref, id, kind, request_id, received_at, added, removed,
+    let counts = StoredCounts::of(outcome);
+    sqlx::query!(
+        "INSERT INTO cohort_imports (workspace_id, cohort_ref, id, kind, request_id, received_at, added, removed,
                                      unchanged, unmatched_unknown, unmatched_identified_device, member_count_after)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(key.workspace_id)
-        .bind(cohort_ref)
-        .bind(id)
-        .bind(import.kind.as_str())
-        .bind(import.request_id)
-        .bind(now),
-        outcome,
+        key.workspace_id,
+        cohort_ref,
+        cohort.log_entries,
+        import.kind.as_str(),
+        import.request_id,
+        now,
+        counts.added,
+        counts.removed,
+        counts.unchanged,
+        counts.unmatched_unknown,
+        counts.unmatched_identified_device,
+        cohort.member_count,
     )
-    .bind(member_count)
     .execute(&mut *tx)
     .await
     .map(|_| ())
@@ -272,13 +288,13 @@ pub(crate) async fn remove_user_everywhere(
     request_id: &str,
 ) -> sqlx::Result<()> {
     // Through the workspace's cohorts: one primary-key probe per cohort.
-    let cohorts: Vec<i64> = sqlx::query_scalar(
+    let cohorts = sqlx::query_scalar!(
         "DELETE FROM cohort_memberships m USING cohorts c
           WHERE c.workspace_id = $1 AND m.workspace_id = $1 AND m.cohort_ref = c.id AND m.user_id = $2
          RETURNING m.cohort_ref",
+        workspace_id,
+        user_id,
     )
-    .bind(workspace_id)
-    .bind(user_id)
     .fetch_all(&mut *tx)
     .await?;
     if cohorts.is_empty() {
@@ -286,20 +302,24 @@ pub(crate) async fn remove_user_everywhere(
     }
     bitmaps::clear_in_cohorts(tx, workspace_id, &cohorts, user_id).await?;
     let now = Utc::now();
-    let logged: Vec<(i64, i64, i64)> = sqlx::query_as(
+    let logged = sqlx::query!(
         "UPDATE cohorts SET member_count = member_count - 1, log_entries = log_entries + 1, updated_at = $3
           WHERE workspace_id = $1 AND id = ANY($2)
          RETURNING id, member_count, log_entries",
+        workspace_id,
+        &cohorts,
+        now,
     )
-    .bind(workspace_id)
-    .bind(&cohorts)
-    .bind(now)
     .fetch_all(&mut *tx)
     .await?;
     let mut rows = CopyRows::with_capacity(logged.len(), 160);
-    for (cohort_ref, member_count, id) in logged {
-        rows.uuid(workspace_id).int(cohort_ref).int(id).text(Some("user_deletion")).text(Some(request_id));
-        rows.timestamp(now).int4(0).int4(1).int4(0).int4(0).int4(0).int(member_count).end_row();
+    for cohort in logged {
+        rows.uuid(workspace_id)
+            .int(cohort.id)
+            .int(cohort.log_entries)
+            .text(Some("user_deletion"))
+            .text(Some(request_id));
+        rows.timestamp(now).int4(0).int4(1).int4(0).int4(0).int4(0).int(cohort.member_count).end_row();
     }
     rows.copy(
         tx,

@@ -126,15 +126,15 @@ pub struct CohortKey<'a> {
 pub async fn upsert_name(db: &Database, key: CohortKey<'_>, name: &CohortName) -> sqlx::Result<()> {
     let mut tx = db.begin().await?;
     let now = Utc::now();
-    let renamed = sqlx::query(
+    let renamed = sqlx::query!(
         "UPDATE cohorts SET name = $4, updated_at = $5
           WHERE workspace_id = $1 AND partner = $2 AND cohort_id = $3 AND name <> $4",
+        key.workspace_id,
+        key.partner,
+        key.cohort_id,
+        name.as_str(),
+        now,
     )
-    .bind(key.workspace_id)
-    .bind(key.partner)
-    .bind(key.cohort_id)
-    .bind(name.as_str())
-    .bind(now)
     .execute(&mut *tx)
     .await?;
     if renamed.rows_affected() == 0 {
@@ -154,12 +154,12 @@ pub(crate) async fn create_or_lock(
     now: DateTime<Utc>,
     last_import_at: Option<DateTime<Utc>>,
 ) -> sqlx::Result<i64> {
-    let existing: Option<i64> = sqlx::query_scalar(
+    let existing = sqlx::query_scalar!(
         "SELECT id FROM cohorts WHERE workspace_id = $1 AND partner = $2 AND cohort_id = $3 FOR UPDATE",
+        key.workspace_id,
+        key.partner,
+        key.cohort_id,
     )
-    .bind(key.workspace_id)
-    .bind(key.partner)
-    .bind(key.cohort_id)
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(id) = existing {
@@ -167,28 +167,28 @@ pub(crate) async fn create_or_lock(
     }
     // New cohorts of one workspace are created one at a time (this row lock), which is
     // rare enough; existing ones never touch the counter.
-    let id: i64 = sqlx::query_scalar(
-        "UPDATE cohort_id_counters SET next_cohort_id = next_cohort_id + 1 WHERE workspace_id = $1
-         RETURNING next_cohort_id - 1",
+    let id = sqlx::query_scalar!(
+        r#"UPDATE cohort_id_counters SET next_cohort_id = next_cohort_id + 1 WHERE workspace_id = $1
+         RETURNING next_cohort_id - 1 AS "id!""#,
+        key.workspace_id,
     )
-    .bind(key.workspace_id)
     .fetch_one(&mut *tx)
     .await?;
     // A concurrent creator may have won the race since the read above: then this locks
     // its row instead.
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "INSERT INTO cohorts AS c (workspace_id, id, partner, cohort_id, name, created_at, updated_at, last_import_at)
          VALUES ($1, $2, $3, $4, $5, $6, $6, $7)
          ON CONFLICT (workspace_id, partner, cohort_id) DO UPDATE SET updated_at = c.updated_at
          RETURNING id",
+        key.workspace_id,
+        id,
+        key.partner,
+        key.cohort_id,
+        name,
+        now,
+        last_import_at,
     )
-    .bind(key.workspace_id)
-    .bind(id)
-    .bind(key.partner)
-    .bind(key.cohort_id)
-    .bind(name)
-    .bind(now)
-    .bind(last_import_at)
     .fetch_one(&mut *tx)
     .await
 }
@@ -198,13 +198,14 @@ pub(crate) async fn create_or_lock(
 /// A workspace's cohorts, of one partner or all, by partner then name.
 pub async fn list(db: &Database, workspace_id: Uuid, partner: Option<&str>) -> sqlx::Result<Vec<Cohort>> {
     let mut conn = db.acquire().await?;
-    sqlx::query_as(
+    sqlx::query_as!(
+        Cohort,
         "SELECT partner, cohort_id, name, member_count, created_at, updated_at, last_import_at
            FROM cohorts WHERE workspace_id = $1 AND ($2::text IS NULL OR partner = $2)
           ORDER BY partner, name, cohort_id",
+        workspace_id,
+        partner,
     )
-    .bind(workspace_id)
-    .bind(partner)
     .fetch_all(&mut *conn)
     .await
 }
@@ -212,13 +213,14 @@ pub async fn list(db: &Database, workspace_id: Uuid, partner: Option<&str>) -> s
 /// One cohort, if it exists.
 pub async fn find(db: &Database, key: CohortKey<'_>) -> sqlx::Result<Option<Cohort>> {
     let mut conn = db.acquire().await?;
-    sqlx::query_as(
+    sqlx::query_as!(
+        Cohort,
         "SELECT partner, cohort_id, name, member_count, created_at, updated_at, last_import_at
            FROM cohorts WHERE workspace_id = $1 AND partner = $2 AND cohort_id = $3",
+        key.workspace_id,
+        key.partner,
+        key.cohort_id,
     )
-    .bind(key.workspace_id)
-    .bind(key.partner)
-    .bind(key.cohort_id)
     .fetch_optional(&mut *conn)
     .await
 }
@@ -233,18 +235,19 @@ pub async fn imports(
 ) -> sqlx::Result<Option<Vec<ImportRecord>>> {
     let mut conn = db.acquire().await?;
     let Some(cohort_ref) = find_ref(&mut conn, key).await? else { return Ok(None) };
-    let records = sqlx::query_as(
-        "SELECT id, kind, request_id, received_at, added, removed, unchanged,
-                unmatched_unknown + unmatched_identified_device AS unmatched, unmatched_unknown,
+    let records = sqlx::query_as!(
+        ImportRecord,
+        r#"SELECT id, kind, request_id, received_at, added, removed, unchanged,
+                unmatched_unknown + unmatched_identified_device AS "unmatched!", unmatched_unknown,
                 unmatched_identified_device AS unmatched_device_id_of_identified_user, member_count_after
            FROM cohort_imports
           WHERE workspace_id = $1 AND cohort_ref = $2 AND ($3::int8 IS NULL OR id < $3)
-          ORDER BY id DESC LIMIT $4",
+          ORDER BY id DESC LIMIT $4"#,
+        key.workspace_id,
+        cohort_ref,
+        before,
+        limit,
     )
-    .bind(key.workspace_id)
-    .bind(cohort_ref)
-    .bind(before)
-    .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
     Ok(Some(records))
@@ -263,21 +266,39 @@ pub async fn workspace_imports(
         None => (None, 0, 0),
     };
     let mut conn = db.acquire().await?;
-    sqlx::query_as(
-        "SELECT c.partner, c.cohort_id, i.cohort_ref, i.id, i.kind, i.request_id, i.received_at, i.added, i.removed,
-                i.unchanged, i.unmatched_unknown + i.unmatched_identified_device AS unmatched, i.unmatched_unknown,
+    sqlx::query!(
+        r#"SELECT c.partner, c.cohort_id, i.cohort_ref, i.id, i.kind, i.request_id, i.received_at, i.added, i.removed,
+                i.unchanged, i.unmatched_unknown + i.unmatched_identified_device AS "unmatched!", i.unmatched_unknown,
                 i.unmatched_identified_device AS unmatched_device_id_of_identified_user, i.member_count_after
            FROM cohort_imports i
            JOIN cohorts c ON c.workspace_id = i.workspace_id AND c.id = i.cohort_ref
           WHERE i.workspace_id = $1 AND c.workspace_id = $1
             AND ($2::timestamptz IS NULL OR (i.received_at, i.cohort_ref, i.id) < ($2, $3, $4))
-          ORDER BY i.received_at DESC, i.cohort_ref DESC, i.id DESC LIMIT $5",
+          ORDER BY i.received_at DESC, i.cohort_ref DESC, i.id DESC LIMIT $5"#,
+        workspace_id,
+        before_time,
+        before_cohort,
+        before_id,
+        limit,
     )
-    .bind(workspace_id)
-    .bind(before_time)
-    .bind(before_cohort)
-    .bind(before_id)
-    .bind(limit)
+    .map(|row| WorkspaceImport {
+        partner: row.partner,
+        cohort_id: row.cohort_id,
+        cohort_ref: row.cohort_ref,
+        record: ImportRecord {
+            id: row.id,
+            kind: row.kind,
+            request_id: row.request_id,
+            received_at: row.received_at,
+            added: row.added,
+            removed: row.removed,
+            unchanged: row.unchanged,
+            unmatched: row.unmatched,
+            unmatched_unknown: row.unmatched_unknown,
+            unmatched_device_id_of_identified_user: row.unmatched_device_id_of_identified_user,
+            member_count_after: row.member_count_after,
+        },
+    })
     .fetch_all(&mut *conn)
     .await
 }
@@ -293,17 +314,18 @@ pub async fn members(
 ) -> sqlx::Result<Option<Vec<Member>>> {
     let mut conn = db.acquire().await?;
     let Some(cohort_ref) = find_ref(&mut conn, key).await? else { return Ok(None) };
-    let members = sqlx::query_as(
+    let members = sqlx::query_as!(
+        Member,
         "SELECT m.user_id, u.braze_id, u.external_id, m.added_at
            FROM cohort_memberships m
            JOIN users u ON u.workspace_id = m.workspace_id AND u.id = m.user_id
           WHERE m.workspace_id = $1 AND m.cohort_ref = $2 AND m.user_id > $3
           ORDER BY m.user_id LIMIT $4",
+        key.workspace_id,
+        cohort_ref,
+        after.unwrap_or(i64::MIN),
+        limit,
     )
-    .bind(key.workspace_id)
-    .bind(cohort_ref)
-    .bind(after.unwrap_or(i64::MIN))
-    .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
     Ok(Some(members))
@@ -317,14 +339,14 @@ pub async fn delete(db: &Database, key: CohortKey<'_>) -> sqlx::Result<bool> {
     // under it (nor it one from under the user deletion's member count).
     lock_workspace(&mut tx, key.workspace_id, WorkspaceLock::OneCohort).await?;
     let Some(cohort_ref) = find_ref(&mut tx, key).await? else { return Ok(false) };
-    sqlx::query("DELETE FROM cohort_memberships WHERE workspace_id = $1 AND cohort_ref = $2")
-        .bind(key.workspace_id)
-        .bind(cohort_ref)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("DELETE FROM cohorts WHERE workspace_id = $1 AND id = $2")
-        .bind(key.workspace_id)
-        .bind(cohort_ref)
+    sqlx::query!(
+        "DELETE FROM cohort_memberships WHERE workspace_id = $1 AND cohort_ref = $2",
+        key.workspace_id,
+        cohort_ref,
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!("DELETE FROM cohorts WHERE workspace_id = $1 AND id = $2", key.workspace_id, cohort_ref)
         .execute(&mut *tx)
         .await?;
     db.commit(tx).await?;
@@ -333,12 +355,14 @@ pub async fn delete(db: &Database, key: CohortKey<'_>) -> sqlx::Result<bool> {
 
 /// The internal id of a cohort, if it exists.
 pub(crate) async fn find_ref(conn: &mut PgConnection, key: CohortKey<'_>) -> sqlx::Result<Option<i64>> {
-    sqlx::query_scalar("SELECT id FROM cohorts WHERE workspace_id = $1 AND partner = $2 AND cohort_id = $3")
-        .bind(key.workspace_id)
-        .bind(key.partner)
-        .bind(key.cohort_id)
-        .fetch_optional(conn)
-        .await
+    sqlx::query_scalar!(
+        "SELECT id FROM cohorts WHERE workspace_id = $1 AND partner = $2 AND cohort_id = $3",
+        key.workspace_id,
+        key.partner,
+        key.cohort_id,
+    )
+    .fetch_optional(conn)
+    .await
 }
 
 impl<'a> CohortKey<'a> {

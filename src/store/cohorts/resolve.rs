@@ -18,7 +18,7 @@ struct RefColumns<'a> {
     alias_name: Vec<&'a str>,
     device_id: Vec<&'a str>,
     braze_id: Vec<Uuid>,
-    /// Per kind (as [`RESOLVE`] numbers them), the (member, rank) of each array entry.
+    /// Per kind (as the statement of [`resolve`] numbers them), the (member, rank) of each array entry.
     origin: [Vec<(usize, usize)>; 4],
 }
 
@@ -59,15 +59,26 @@ impl<'a> RefColumns<'a> {
     }
 }
 
-/// One row per reference: its kind (0 external id, 1 alias, 2 device id, 3 braze_id)
-/// and 1-based position in its array, the user it matches (null: no eligible user),
-/// whether it is a device id of an identified user (which matches nobody), and whether
-/// the user is in cohort `$2` now. Every branch is a unique-index probe, and so is the
-/// membership test: a lateral subquery kept apart by `OFFSET 0`, so the planner cannot
-/// turn it into a join over every member of the cohort (which it did, from a growing
-/// cohort's stale row estimate, at 1.5-3 s a request). `$2 = 0` (no cohort) skips it.
-const RESOLVE: &str = "
-SELECT r.kind, r.position, r.user_id, r.identified_device, coalesce(m.member, false) AS member
+/// What every reference of `members` finds in the workspace, and, when `cohort_ref` is
+/// given, whether each user found is a member of that cohort.
+pub(super) async fn resolve<'a>(
+    conn: &mut PgConnection,
+    workspace_id: Uuid,
+    cohort_ref: Option<i64>,
+    members: impl IntoIterator<Item = &'a MemberRefs>,
+) -> sqlx::Result<Vec<Resolved>> {
+    let columns = RefColumns::of(members);
+    // One row per reference: its kind (0 external id, 1 alias, 2 device id, 3 braze_id)
+    // and 1-based position in its array, the user it matches (null: no eligible user),
+    // whether it is a device id of an identified user (which matches nobody), and whether
+    // the user is in cohort `$2` now. Every branch is a unique-index probe, and so is the
+    // membership test: a lateral subquery kept apart by `OFFSET 0`, so the planner cannot
+    // turn it into a join over every member of the cohort (which it did, from a growing
+    // cohort's stale row estimate, at 1.5-3 s a request). `$2 = 0` (no cohort) skips it.
+    let rows = sqlx::query!(
+        r#"
+SELECT r.kind AS "kind!", r.position AS "position!", r.user_id AS "user_id?", r.identified_device AS "identified_device!",
+       coalesce(m.member, false) AS "member!"
   FROM (SELECT 0::int2 AS kind, c.position, u.id AS user_id, false AS identified_device
           FROM unnest($3::text[]) WITH ORDINALITY AS c(value, position)
           LEFT JOIN users u ON u.workspace_id = $1 AND u.external_id = c.value
@@ -92,37 +103,29 @@ SELECT r.kind, r.position, r.user_id, r.identified_device, coalesce(m.member, fa
       SELECT true AS member FROM cohort_memberships
        WHERE $2 <> 0 AND workspace_id = $1 AND cohort_ref = $2 AND user_id = r.user_id
       OFFSET 0
-  ) AS m ON true";
-
-/// What every reference of `members` finds in the workspace, and, when `cohort_ref` is
-/// given, whether each user found is a member of that cohort.
-pub(super) async fn resolve<'a>(
-    conn: &mut PgConnection,
-    workspace_id: Uuid,
-    cohort_ref: Option<i64>,
-    members: impl IntoIterator<Item = &'a MemberRefs>,
-) -> sqlx::Result<Vec<Resolved>> {
-    let columns = RefColumns::of(members);
-    let rows: Vec<(i16, i64, Option<i64>, bool, bool)> = sqlx::query_as(RESOLVE)
-        .bind(workspace_id)
-        .bind(cohort_ref.unwrap_or(0))
-        .bind(&columns.external_id)
-        .bind(&columns.alias_label)
-        .bind(&columns.alias_name)
-        .bind(&columns.device_id)
-        .bind(&columns.braze_id)
-        .fetch_all(conn)
-        .await?;
+  ) AS m ON true"#,
+        workspace_id,
+        // Bound as int8, as `cohort_ref` is: described without a bound type, `$2 <> 0`
+        // would make it int4.
+        cohort_ref.unwrap_or(0) as i64,
+        &columns.external_id[..] as &[&str],
+        &columns.alias_label[..] as &[&str],
+        &columns.alias_name[..] as &[&str],
+        &columns.device_id[..] as &[&str],
+        &columns.braze_id,
+    )
+    .fetch_all(conn)
+    .await?;
     rows.into_iter()
-        .map(|(kind, position, user, identified_device, member)| {
+        .map(|row| {
             let (member_index, rank) = columns
-                .origin(kind, position)
+                .origin(row.kind, row.position)
                 .ok_or_else(|| sqlx::Error::Protocol("resolved a reference that was not sent".into()))?;
             Ok(Resolved {
                 member: member_index,
                 rank,
-                user: user.map(|id| MatchedUser { id, member }),
-                identified_device,
+                user: row.user_id.map(|id| MatchedUser { id, member: row.member }),
+                identified_device: row.identified_device,
             })
         })
         .collect()

@@ -87,22 +87,24 @@ pub(super) async fn record(
     rows.sort_unstable_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
     rows.dedup_by(|a, b| (a.0, a.1, &a.2) == (b.0, b.1, &b.2));
     // The cohort's row is locked by this transaction: its count is exact.
-    let mut listed: i64 =
-        sqlx::query_scalar("SELECT unmatched_listed FROM cohorts WHERE workspace_id = $1 AND id = $2")
-            .bind(workspace_id)
-            .bind(cohort_ref)
-            .fetch_one(&mut *tx)
-            .await?;
+    let mut listed = sqlx::query_scalar!(
+        "SELECT unmatched_listed FROM cohorts WHERE workspace_id = $1 AND id = $2",
+        workspace_id,
+        cohort_ref,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
     let before = listed;
     if listed + rows.len() as i64 > MAX_PER_COHORT {
         let expired_before = now - chrono::TimeDelta::from_std(retention).unwrap_or(chrono::TimeDelta::MAX);
-        let dropped =
-            sqlx::query("DELETE FROM cohort_unmatched WHERE workspace_id = $1 AND cohort_ref = $2 AND last_seen < $3")
-                .bind(workspace_id)
-                .bind(cohort_ref)
-                .bind(expired_before)
-                .execute(&mut *tx)
-                .await?;
+        let dropped = sqlx::query!(
+            "DELETE FROM cohort_unmatched WHERE workspace_id = $1 AND cohort_ref = $2 AND last_seen < $3",
+            workspace_id,
+            cohort_ref,
+            expired_before,
+        )
+        .execute(&mut *tx)
+        .await?;
         listed -= dropped.rows_affected() as i64;
     }
     if listed >= MAX_PER_COHORT {
@@ -155,15 +157,15 @@ async fn trim_new(
     now: DateTime<Utc>,
     listed: i64,
 ) -> sqlx::Result<i64> {
-    let trimmed = sqlx::query(
+    let trimmed = sqlx::query!(
         "DELETE FROM cohort_unmatched WHERE workspace_id = $1 AND cohort_ref = $2 AND (kind, alias_label, value) IN (
              SELECT kind, alias_label, value FROM cohort_unmatched
               WHERE workspace_id = $1 AND cohort_ref = $2 AND first_seen = $3 LIMIT $4)",
+        workspace_id,
+        cohort_ref,
+        now,
+        listed - MAX_PER_COHORT,
     )
-    .bind(workspace_id)
-    .bind(cohort_ref)
-    .bind(now)
-    .bind(listed - MAX_PER_COHORT)
     .execute(&mut *tx)
     .await?;
     Ok(listed - trimmed.rows_affected() as i64)
@@ -187,19 +189,20 @@ pub async fn list(
     let mut conn = db.acquire().await?;
     let Some(cohort_ref) = find_ref(&mut conn, key).await? else { return Ok(None) };
     let (kind, label, value) = after.unwrap_or_default();
-    let mut rows: Vec<UnmatchedIdentifier> = sqlx::query_as(
+    let mut rows = sqlx::query_as!(
+        UnmatchedIdentifier,
         "SELECT kind, alias_label, value, reason, first_seen, last_seen, times_seen FROM cohort_unmatched
           WHERE workspace_id = $1 AND cohort_ref = $2 AND (kind, alias_label, value) > ($3, $4, $5)
             AND last_seen >= $7
           ORDER BY kind, alias_label, value LIMIT $6",
+        key.workspace_id,
+        cohort_ref,
+        kind,
+        label,
+        value,
+        limit,
+        Utc::now() - chrono::TimeDelta::from_std(retention).unwrap_or(chrono::TimeDelta::MAX),
     )
-    .bind(key.workspace_id)
-    .bind(cohort_ref)
-    .bind(kind)
-    .bind(label)
-    .bind(value)
-    .bind(limit)
-    .bind(Utc::now() - chrono::TimeDelta::from_std(retention).unwrap_or(chrono::TimeDelta::MAX))
     .fetch_all(&mut *conn)
     .await?;
     let next = (rows.len() as i64 == limit).then(|| rows.last().map(position)).flatten();

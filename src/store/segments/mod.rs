@@ -60,7 +60,8 @@ pub async fn list_cohorts(
 ) -> sqlx::Result<Vec<CohortSummary>> {
     let mut conn = db.acquire().await?;
     // strpos instead of ILIKE: the search text needs no escaping of % and _.
-    sqlx::query_as(
+    sqlx::query_as!(
+        CohortSummary,
         "SELECT partner, cohort_id, name, member_count, last_import_at FROM cohorts
           WHERE workspace_id = $1
             AND ($2::text IS NULL OR partner = $2)
@@ -68,14 +69,14 @@ pub async fn list_cohorts(
             AND ($4::text IS NULL OR (name, partner, cohort_id) > ($4, $5, $6))
           ORDER BY name, partner, cohort_id
           LIMIT $7",
+        workspace_id,
+        partner,
+        name_contains,
+        after.map(|p| p.name.as_str()),
+        after.map(|p| p.partner.as_str()),
+        after.map(|p| p.cohort_id.as_str()),
+        limit,
     )
-    .bind(workspace_id)
-    .bind(partner)
-    .bind(name_contains)
-    .bind(after.map(|p| p.name.as_str()))
-    .bind(after.map(|p| p.partner.as_str()))
-    .bind(after.map(|p| p.cohort_id.as_str()))
-    .bind(limit)
     .fetch_all(&mut *conn)
     .await
 }

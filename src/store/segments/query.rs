@@ -99,7 +99,6 @@ pub struct UnknownCohort {
     pub cohort_id: String,
 }
 
-#[derive(sqlx::FromRow)]
 struct ResolvedCohort {
     partner: String,
     cohort_id: String,
@@ -124,14 +123,15 @@ pub async fn prepare(
         }
     }
     let mut conn = db.acquire().await?;
-    let rows: Vec<ResolvedCohort> = sqlx::query_as(
-        "SELECT r.partner, r.cohort_id, c.id, c.member_count
+    let rows = sqlx::query_as!(
+        ResolvedCohort,
+        r#"SELECT r.partner AS "partner!", r.cohort_id AS "cohort_id!", c.id AS "id?", c.member_count AS "member_count?"
            FROM unnest($2::text[], $3::text[]) AS r(partner, cohort_id)
-           LEFT JOIN cohorts c ON c.workspace_id = $1 AND c.partner = r.partner AND c.cohort_id = r.cohort_id",
+           LEFT JOIN cohorts c ON c.workspace_id = $1 AND c.partner = r.partner AND c.cohort_id = r.cohort_id"#,
+        workspace_id,
+        &partners[..] as &[&str],
+        &cohort_ids[..] as &[&str],
     )
-    .bind(workspace_id)
-    .bind(&partners)
-    .bind(&cohort_ids)
     .fetch_all(&mut *conn)
     .await?;
     let found: HashMap<(&str, &str), (i64, i64)> = rows

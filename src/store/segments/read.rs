@@ -45,7 +45,7 @@ pub struct SegmentUser {
 /// panic), it is rolled back before its connection is used again.
 pub async fn begin_snapshot(db: &Database) -> sqlx::Result<Transaction<'static, Postgres>> {
     let mut tx = db.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+    sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
     Ok(tx)
 }
 
@@ -118,20 +118,22 @@ impl BitmapRead {
 async fn users_by_id(conn: &mut PgConnection, workspace_id: Uuid, ids: &[i64]) -> sqlx::Result<Vec<SegmentUser>> {
     let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else { return Ok(Vec::new()) };
     if (ids.len() as i64).saturating_mul(4) < last - first + 1 {
-        return sqlx::query_as(
+        return sqlx::query_as!(
+            SegmentUser,
             "SELECT id, braze_id, external_id FROM users WHERE workspace_id = $1 AND id = ANY($2) ORDER BY id",
+            workspace_id,
+            ids,
         )
-        .bind(workspace_id)
-        .bind(ids)
         .fetch_all(conn)
         .await;
     }
-    let range: Vec<SegmentUser> = sqlx::query_as(
+    let range = sqlx::query_as!(
+        SegmentUser,
         "SELECT id, braze_id, external_id FROM users WHERE workspace_id = $1 AND id BETWEEN $2 AND $3 ORDER BY id",
+        workspace_id,
+        first,
+        last,
     )
-    .bind(workspace_id)
-    .bind(first)
-    .bind(last)
     .fetch_all(conn)
     .await?;
     // Both in id order: keep the rows whose id comes next among those asked for.

@@ -18,20 +18,19 @@ pub async fn delete(db: &Database, workspace_id: Uuid, braze_id: Uuid, request_i
     // from starting until this user is gone, so no membership or identifier of it is
     // written meanwhile, and the memberships deleted here are exactly the counts to fix.
     lock_workspace(&mut tx, workspace_id, WorkspaceLock::UserDeletion).await?;
-    let id: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE workspace_id = $1 AND braze_id = $2")
-        .bind(workspace_id)
-        .bind(braze_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let id =
+        sqlx::query_scalar!("SELECT id FROM users WHERE workspace_id = $1 AND braze_id = $2", workspace_id, braze_id)
+            .fetch_optional(&mut *tx)
+            .await?;
     let Some(id) = id else { return Ok(false) };
     cohorts::remove_user_everywhere(&mut tx, workspace_id, id, request_id).await?;
-    for statement in [
-        "DELETE FROM user_aliases WHERE workspace_id = $1 AND user_id = $2",
-        "DELETE FROM user_device_ids WHERE workspace_id = $1 AND user_id = $2",
-        "DELETE FROM users WHERE workspace_id = $1 AND id = $2",
-    ] {
-        sqlx::query(statement).bind(workspace_id).bind(id).execute(&mut *tx).await?;
-    }
+    sqlx::query!("DELETE FROM user_aliases WHERE workspace_id = $1 AND user_id = $2", workspace_id, id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query!("DELETE FROM user_device_ids WHERE workspace_id = $1 AND user_id = $2", workspace_id, id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query!("DELETE FROM users WHERE workspace_id = $1 AND id = $2", workspace_id, id).execute(&mut *tx).await?;
     bitmaps::apply(&mut tx, workspace_id, Bitmap::Users, &[], &[id]).await?;
     db.commit(tx).await?;
     Ok(true)

@@ -26,34 +26,38 @@ pub async fn identify(
     external_id: &ExternalId,
 ) -> sqlx::Result<IdentifyOutcome> {
     let mut tx = begin_writes(db, workspace_id).await?;
-    let user: Option<(i64, Option<String>)> =
-        sqlx::query_as("SELECT id, external_id FROM users WHERE workspace_id = $1 AND braze_id = $2")
-            .bind(workspace_id)
-            .bind(braze_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some((id, current)) = user else { return Ok(IdentifyOutcome::NotFound) };
-    match current {
+    let user = sqlx::query!(
+        "SELECT id, external_id FROM users WHERE workspace_id = $1 AND braze_id = $2",
+        workspace_id,
+        braze_id
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(user) = user else { return Ok(IdentifyOutcome::NotFound) };
+    match user.external_id {
         Some(current) if current == external_id.as_str() => return Ok(IdentifyOutcome::Identified),
         Some(_) => return Ok(IdentifyOutcome::HasOtherExternalId),
         None => {}
     }
-    let owner: Option<Uuid> =
-        sqlx::query_scalar("SELECT braze_id FROM users WHERE workspace_id = $1 AND external_id = $2")
-            .bind(workspace_id)
-            .bind(external_id.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
+    let owner = sqlx::query_scalar!(
+        "SELECT braze_id FROM users WHERE workspace_id = $1 AND external_id = $2",
+        workspace_id,
+        external_id.as_str(),
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
     if let Some(owner) = owner {
         return Ok(IdentifyOutcome::TakenBy(owner));
     }
-    sqlx::query("UPDATE users SET external_id = $3, updated_at = $4 WHERE workspace_id = $1 AND id = $2")
-        .bind(workspace_id)
-        .bind(id)
-        .bind(external_id.as_str())
-        .bind(chrono::Utc::now())
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "UPDATE users SET external_id = $3, updated_at = $4 WHERE workspace_id = $1 AND id = $2",
+        workspace_id,
+        user.id,
+        external_id.as_str(),
+        chrono::Utc::now(),
+    )
+    .execute(&mut *tx)
+    .await?;
     db.commit(tx).await?;
     Ok(IdentifyOutcome::Identified)
 }

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::PgExecutor;
+use sqlx::{PgExecutor, types::Json};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -62,26 +62,51 @@ pub enum UserLookup {
     Alias(Alias),
 }
 
-/// The profile query, with the filter that picks the user appended; `$1` is the workspace.
-macro_rules! profile_query {
-    ($filter:literal) => {
-        concat!(
-            "SELECT u.braze_id, u.external_id, u.created_at,
+/// A profile as the query reads it: the aliases and cohorts as JSON.
+struct ProfileRow {
+    braze_id: Uuid,
+    external_id: Option<String>,
+    created_at: DateTime<Utc>,
+    aliases: Json<Vec<ProfileAlias>>,
+    device_ids: Vec<String>,
+    cohorts: Json<Vec<ProfileCohort>>,
+}
+
+impl From<ProfileRow> for UserProfile {
+    fn from(row: ProfileRow) -> Self {
+        UserProfile {
+            braze_id: row.braze_id,
+            external_id: row.external_id,
+            aliases: row.aliases.0,
+            device_ids: row.device_ids,
+            created_at: row.created_at,
+            cohorts: row.cohorts.0,
+        }
+    }
+}
+
+/// The profile query, checked, with the filter that picks the user appended to it and
+/// its parameters; `$1` is the workspace.
+macro_rules! query_profile {
+    ($filter:literal, $($parameter:expr),+ $(,)?) => {
+        sqlx::query_as!(
+            ProfileRow,
+            r#"SELECT u.braze_id, u.external_id, u.created_at,
                 coalesce((SELECT jsonb_agg(jsonb_build_object('alias_label', a.alias_label, 'alias_name', a.alias_name)
                                            ORDER BY a.alias_label, a.alias_name)
                           FROM user_aliases a WHERE a.workspace_id = $1 AND a.user_id = u.id),
-                         '[]') AS aliases,
+                         '[]') AS "aliases!: Json<Vec<ProfileAlias>>",
                 ARRAY(SELECT d.device_id FROM user_device_ids d
-                      WHERE d.workspace_id = $1 AND d.user_id = u.id ORDER BY d.device_id) AS device_ids,
+                      WHERE d.workspace_id = $1 AND d.user_id = u.id ORDER BY d.device_id) AS "device_ids!",
                 coalesce((SELECT jsonb_agg(jsonb_build_object('partner', c.partner, 'cohort_id', c.cohort_id,
                                                               'name', c.name, 'added_at', m.added_at)
                                            ORDER BY c.partner, c.cohort_id)
                           FROM cohort_memberships m
                           JOIN cohorts c ON c.workspace_id = $1 AND c.id = m.cohort_ref
                           WHERE m.workspace_id = $1 AND m.user_id = u.id),
-                         '[]') AS cohorts
-             FROM users u WHERE u.workspace_id = $1 AND ",
-            $filter
+                         '[]') AS "cohorts!: Json<Vec<ProfileCohort>>"
+             FROM users u WHERE u.workspace_id = $1 AND "# + $filter,
+            $($parameter),+
         )
     };
 }
@@ -92,25 +117,33 @@ pub async fn find_profile(
     workspace_id: Uuid,
     lookup: &UserLookup,
 ) -> sqlx::Result<Option<UserProfile>> {
-    let query = match lookup {
+    let row = match lookup {
         UserLookup::BrazeId(braze_id) => {
-            sqlx::query_as(profile_query!("u.braze_id = $2")).bind(workspace_id).bind(*braze_id)
+            query_profile!("u.braze_id = $2", workspace_id, *braze_id).fetch_optional(executor).await?
         }
         UserLookup::ExternalId(external_id) => {
-            sqlx::query_as(profile_query!("u.external_id = $2")).bind(workspace_id).bind(external_id.as_str())
+            query_profile!("u.external_id = $2", workspace_id, external_id.as_str()).fetch_optional(executor).await?
         }
-        UserLookup::DeviceId(device_id) => sqlx::query_as(profile_query!(
-            "u.id = (SELECT user_id FROM user_device_ids WHERE workspace_id = $1 AND device_id = $2)"
-        ))
-        .bind(workspace_id)
-        .bind(device_id.as_str()),
-        UserLookup::Alias(alias) => sqlx::query_as(profile_query!(
-            "u.id = (SELECT user_id FROM user_aliases
-                     WHERE workspace_id = $1 AND alias_label = $2 AND alias_name = $3)"
-        ))
-        .bind(workspace_id)
-        .bind(alias.alias_label.as_str())
-        .bind(alias.alias_name.as_str()),
+        UserLookup::DeviceId(device_id) => {
+            query_profile!(
+                "u.id = (SELECT user_id FROM user_device_ids WHERE workspace_id = $1 AND device_id = $2)",
+                workspace_id,
+                device_id.as_str(),
+            )
+            .fetch_optional(executor)
+            .await?
+        }
+        UserLookup::Alias(alias) => {
+            query_profile!(
+                "u.id = (SELECT user_id FROM user_aliases
+                     WHERE workspace_id = $1 AND alias_label = $2 AND alias_name = $3)",
+                workspace_id,
+                alias.alias_label.as_str(),
+                alias.alias_name.as_str(),
+            )
+            .fetch_optional(executor)
+            .await?
+        }
     };
-    query.fetch_optional(executor).await
+    Ok(row.map(UserProfile::from))
 }

@@ -38,10 +38,12 @@ pub enum StoreLookups {
 impl StoreLookups {
     /// What `conn`, in a transaction from [`begin_writes`](super::begin_writes), has to look up.
     pub async fn for_workspace(conn: &mut PgConnection, workspace_id: Uuid) -> sqlx::Result<Self> {
-        let has_users: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE workspace_id = $1)")
-            .bind(workspace_id)
-            .fetch_one(conn)
-            .await?;
+        let has_users = sqlx::query_scalar!(
+            r#"SELECT EXISTS (SELECT 1 FROM users WHERE workspace_id = $1) AS "exists!""#,
+            workspace_id,
+        )
+        .fetch_one(conn)
+        .await?;
         Ok(if has_users { StoreLookups::Every } else { StoreLookups::WrittenHere(WrittenIdentifiers::default()) })
     }
 
@@ -133,7 +135,6 @@ async fn load_known_identifiers(
     keys: &IdentifierKeys<'_>,
     upserter: &mut Upserter,
 ) -> sqlx::Result<()> {
-    #[derive(sqlx::FromRow)]
     struct Owner {
         kind: String,
         key: String,
@@ -142,8 +143,11 @@ async fn load_known_identifiers(
         braze_id: Uuid,
         external_id: Option<String>,
     }
-    let owners: Vec<Owner> = sqlx::query_as(
-        "SELECT 'external_id' AS kind, u.external_id AS key, NULL::text AS alias_name, u.id, u.braze_id, u.external_id
+    // The first branch names the columns (and says which may be null) for all three.
+    let owners = sqlx::query_as!(
+        Owner,
+        r#"SELECT 'external_id' AS "kind!", u.external_id AS "key!", NULL::text AS "alias_name?", u.id AS "id!",
+                u.braze_id AS "braze_id!", u.external_id AS "external_id?"
          FROM unnest($2::text[]) AS k(external_id)
          JOIN users u ON u.workspace_id = $1 AND u.external_id = k.external_id
          UNION ALL
@@ -155,13 +159,13 @@ async fn load_known_identifiers(
          SELECT 'device_id', d.device_id, NULL, u.id, u.braze_id, u.external_id
          FROM unnest($5::text[]) AS k(device_id)
          JOIN user_device_ids d ON d.workspace_id = $1 AND d.device_id = k.device_id
-         JOIN users u ON u.workspace_id = $1 AND u.id = d.user_id",
+         JOIN users u ON u.workspace_id = $1 AND u.id = d.user_id"#,
+        workspace_id,
+        &keys.external_ids[..] as &[&str],
+        &keys.alias_labels[..] as &[&str],
+        &keys.alias_names[..] as &[&str],
+        &keys.device_ids[..] as &[&str],
     )
-    .bind(workspace_id)
-    .bind(&keys.external_ids)
-    .bind(&keys.alias_labels)
-    .bind(&keys.alias_names)
-    .bind(&keys.device_ids)
     .fetch_all(conn)
     .await?;
 
@@ -196,12 +200,12 @@ async fn apply_changes(conn: &mut PgConnection, workspace_id: Uuid, changes: &Us
     } else {
         let count = changes.new_users.len() as i64;
         // The transaction holds the counter row (begin_writes): the ids are its own.
-        let first: i64 = sqlx::query_scalar(
-            "UPDATE user_id_counters SET next_user_id = next_user_id + $2 WHERE workspace_id = $1
-             RETURNING next_user_id - $2",
+        let first = sqlx::query_scalar!(
+            r#"UPDATE user_id_counters SET next_user_id = next_user_id + $2 WHERE workspace_id = $1
+             RETURNING next_user_id - $2 AS "first!""#,
+            workspace_id,
+            count,
         )
-        .bind(workspace_id)
-        .bind(count)
         .fetch_one(&mut *conn)
         .await?;
         (first..first + count).collect()
@@ -230,15 +234,15 @@ async fn apply_changes(conn: &mut PgConnection, workspace_id: Uuid, changes: &Us
             .iter()
             .map(|(id, external_id)| (*id, external_id.as_ref().map(|e| e.as_str())))
             .unzip();
-        sqlx::query(
+        sqlx::query!(
             "UPDATE users u SET external_id = coalesce(c.external_id, u.external_id), updated_at = $4
              FROM unnest($2::bigint[], $3::text[]) AS c(id, external_id)
              WHERE u.workspace_id = $1 AND u.id = c.id",
+            workspace_id,
+            &ids,
+            &external_ids as &[Option<&str>],
+            chrono::Utc::now(),
         )
-        .bind(workspace_id)
-        .bind(&ids)
-        .bind(&external_ids)
-        .bind(chrono::Utc::now())
         .execute(&mut *conn)
         .await?;
     }
