@@ -8,6 +8,8 @@ use std::fmt;
 
 use serde::Serialize;
 
+use super::{Invalid, InvalidAt};
+
 /// Longest identifier accepted, in bytes.
 pub const MAX_IDENTIFIER_BYTES: usize = 512;
 
@@ -104,12 +106,12 @@ pub struct Alias {
 }
 
 impl Alias {
-    /// Parses both halves; the error says which one is wrong (`alias_label`/`alias_name`),
-    /// and converts into an [`super::Invalid`] at that half.
-    pub fn parse(alias_label: String, alias_name: String) -> Result<Self, (&'static str, IdentifierError)> {
+    /// Parses both halves; the error's path is the half at fault (`alias_label` or
+    /// `alias_name`).
+    pub fn parse(alias_label: String, alias_name: String) -> Result<Self, Invalid> {
         Ok(Alias {
-            alias_label: AliasLabel::parse(alias_label).map_err(|e| ("alias_label", e))?,
-            alias_name: AliasName::parse(alias_name).map_err(|e| ("alias_name", e))?,
+            alias_label: AliasLabel::parse(alias_label).at("alias_label")?,
+            alias_name: AliasName::parse(alias_name).at("alias_name")?,
         })
     }
 }
@@ -132,8 +134,14 @@ mod tests {
 
     #[test]
     fn alias_error_names_the_half() {
-        assert_eq!(Alias::parse("".into(), "x".into()).unwrap_err().0, "alias_label");
-        assert_eq!(Alias::parse("x".into(), "\0".into()).unwrap_err().0, "alias_name");
+        assert_eq!(
+            Alias::parse("".into(), "x".into()).unwrap_err().to_string(),
+            "alias_label must be a non-empty string"
+        );
+        assert_eq!(
+            Alias::parse("x".into(), "\0".into()).unwrap_err().to_string(),
+            "alias_name must not contain NUL characters"
+        );
     }
 
     proptest! {

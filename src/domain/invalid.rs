@@ -87,14 +87,6 @@ impl From<IdentifierError> for Invalid {
     }
 }
 
-/// The error of [`super::Alias::parse`]: the half at fault (`alias_label` or
-/// `alias_name`) is the path.
-impl From<(&'static str, IdentifierError)> for Invalid {
-    fn from((half, error): (&'static str, IdentifierError)) -> Self {
-        Invalid::from(error).at(half)
-    }
-}
-
 /// [`Invalid::at`] for a parser's `Result`, whatever error of the domain it holds.
 pub trait InvalidAt<T> {
     /// The value, or the error as an [`Invalid`] with `prefix` in front of its path.
@@ -132,7 +124,7 @@ mod tests {
 
     #[test]
     fn prefixes_join_with_a_dot() {
-        let alias: Result<(), _> = Err(("alias_name", IdentifierError::TooLong));
+        let alias: Result<(), _> = Err(IdentifierError::TooLong).at("alias_name");
         assert_eq!(
             alias.at("aliases[0]").at("users[3]").unwrap_err().to_string(),
             "users[3].aliases[0].alias_name must be at most 512 bytes"

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::{
     domain::{
-        Alias, DeviceId, ExternalId, IdentifierError,
+        Alias, DeviceId, ExternalId, Invalid,
         profile::{
             IdentifierKeys, Profile, StoredIdentifier, StoredUser, TargetUser, UpsertOutcome, Upserter,
             UserStoreChanges, WrittenIdentifiers,
@@ -174,9 +174,7 @@ async fn load_known_identifiers(
         let user = StoredUser { id: owner.id, braze_id: owner.braze_id, external_id };
         let identifier = match (owner.kind.as_str(), owner.alias_name) {
             ("external_id", _) => StoredIdentifier::ExternalId(ExternalId::parse(owner.key).map_err(undecodable)?),
-            ("alias", Some(name)) => {
-                StoredIdentifier::Alias(Alias::parse(owner.key, name).map_err(|(_, error)| undecodable(error))?)
-            }
+            ("alias", Some(name)) => StoredIdentifier::Alias(Alias::parse(owner.key, name).map_err(undecodable)?),
             _ => StoredIdentifier::DeviceId(DeviceId::parse(owner.key).map_err(undecodable)?),
         };
         upserter.know(user, identifier);
@@ -186,8 +184,8 @@ async fn load_known_identifiers(
 
 /// An identifier read back from the store that does not parse: cannot happen, since only
 /// parsed ones are written, but if it does it is a 500, not a panic.
-fn undecodable(error: IdentifierError) -> sqlx::Error {
-    sqlx::Error::Decode(Box::new(error))
+fn undecodable(error: impl Into<Invalid>) -> sqlx::Error {
+    sqlx::Error::Decode(Box::new(error.into()))
 }
 
 /// Writes what an upsert decided: new users (with their bits), external ids gained, new

@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 use super::{
     super::require_workspace,
-    load::{self, ImportSummary},
+    load::{self, UserLoadSummary},
 };
 use crate::{
     auth::AdminAuth,
@@ -27,7 +27,7 @@ use crate::{
     params(("ws" = Uuid, Path, description = "Workspace id")),
     request_body(content = ProfileFields, content_type = "application/x-ndjson",
         description = "One profile object a line"),
-    responses((status = 200, body = ImportSummary), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 200, body = UserLoadSummary), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 408, body = ErrorBody, description = "The body brought no byte for `IMPORT_STALL_TIMEOUT_SECS`; nothing was imported"),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
 pub(super) async fn import_users(
@@ -36,7 +36,7 @@ pub(super) async fn import_users(
     Path(ws): Path<Uuid>,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult<Json<ImportSummary>> {
+) -> ApiResult<Json<UserLoadSummary>> {
     let body =
         NdjsonBody::new(&headers, body, state.config.import_body_limit_bytes, state.config.import_stall_timeout())?;
     require_workspace(&state, ws).await?;

@@ -19,17 +19,17 @@ use crate::{
     },
 };
 
-/// Most errors listed in an import's response (all are counted in `failed`).
+/// Most errors listed in a load's response (all are counted in `failed`).
 pub const MAX_IMPORT_ERRORS: usize = 100;
-/// Lines upserted together by the import: large enough that a chunk's few statements
+/// Lines upserted together by the load: large enough that a chunk's few statements
 /// cost little per user, small enough that memory stays flat.
-const IMPORT_CHUNK_LINES: usize = 10_000;
+const CHUNK_LINES: usize = 10_000;
 /// Bytes of lines upserted together at most, whatever their number.
-const IMPORT_CHUNK_BYTES: usize = 16 * 1024 * 1024;
+const CHUNK_BYTES: usize = 16 * 1024 * 1024;
 
-/// One failed line of an import.
+/// One failed line of an NDJSON user load.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ImportError {
+pub struct FailedLine {
     /// The line's number, from 1.
     pub line: u64,
     /// What is wrong with it.
@@ -38,7 +38,7 @@ pub struct ImportError {
 
 /// Response of `POST …/users/import`.
 #[derive(Debug, Default, Serialize, ToSchema)]
-pub struct ImportSummary {
+pub struct UserLoadSummary {
     /// Lines that created a user.
     pub created: u64,
     /// Lines that matched a user.
@@ -46,13 +46,13 @@ pub struct ImportSummary {
     /// Lines that failed: malformed, invalid, or in conflict.
     pub failed: u64,
     /// The first 100 failures, by line.
-    pub errors: Vec<ImportError>,
+    pub errors: Vec<FailedLine>,
 }
 
 /// Loads the NDJSON profiles of `body` into workspace `ws`, in one transaction that
 /// holds the workspace's user-store lock: committed when the whole body has been read
 /// and written, rolled back on any failure of the request as a whole.
-pub async fn load_ndjson(db: &Database, ws: Uuid, mut body: NdjsonBody) -> ApiResult<ImportSummary> {
+pub async fn load_ndjson(db: &Database, ws: Uuid, mut body: NdjsonBody) -> ApiResult<UserLoadSummary> {
     // Three stages overlap: reading and parsing (here), deciding the upserts of a chunk
     // (a blocking thread, when that needs no read of the store), and writing the chunk
     // before it (the writer task, which owns the transaction). So PostgreSQL does not
@@ -60,10 +60,10 @@ pub async fn load_ndjson(db: &Database, ws: Uuid, mut body: NdjsonBody) -> ApiRe
     // held in memory stay bounded.
     let mut tx = store::users::begin_writes(db, ws).await?;
     let mut lookups = StoreLookups::for_workspace(&mut tx, ws).await?;
-    let (chunks, mut pending) = mpsc::channel::<ImportChunk>(1);
+    let (chunks, mut pending) = mpsc::channel::<LineChunk>(1);
     let writer = tokio::spawn(async move {
-        let mut summary = ImportSummary::default();
-        let mut decided: Option<(ImportChunk, UpsertPlan)> = None;
+        let mut summary = UserLoadSummary::default();
+        let mut decided: Option<(LineChunk, UpsertPlan)> = None;
         while let Some(chunk) = pending.recv().await {
             let deciding = tokio::task::spawn_blocking(move || {
                 let plan = lookups.plan_unread(&chunk.profiles);
@@ -72,9 +72,8 @@ pub async fn load_ndjson(db: &Database, ws: Uuid, mut body: NdjsonBody) -> ApiRe
             if let Some((previous, plan)) = decided.take() {
                 previous.write(&mut tx, ws, plan, &mut summary).await?;
             }
-            let (chunk, returned, plan) = deciding
-                .await
-                .map_err(|e| ApiError::Internal(anyhow::anyhow!("deciding an import chunk failed: {e}")))?;
+            let (chunk, returned, plan) =
+                deciding.await.map_err(|e| ApiError::Internal(anyhow::anyhow!("deciding a load chunk failed: {e}")))?;
             lookups = returned;
             let plan = match plan {
                 Some(plan) => plan,
@@ -89,7 +88,7 @@ pub async fn load_ndjson(db: &Database, ws: Uuid, mut body: NdjsonBody) -> ApiRe
     });
 
     let read = async {
-        let mut chunk = ImportChunk::default();
+        let mut chunk = LineChunk::default();
         let mut lines = LineSplitter::default();
         // The transaction holds the workspace's user-store lock and a pooled connection
         // while the body arrives: a client that goes silent must not keep them.
@@ -105,18 +104,18 @@ pub async fn load_ndjson(db: &Database, ws: Uuid, mut body: NdjsonBody) -> ApiRe
     };
     let read: ApiResult<()> = read.await;
     // Closing the channel lets the writer finish what it holds and hand back the
-    // transaction; on any error it is dropped, which rolls the whole import back.
+    // transaction; on any error it is dropped, which rolls the whole load back.
     drop(chunks);
-    let written = writer.await.map_err(|e| ApiError::Internal(anyhow::anyhow!("import writer failed: {e}")))?;
+    let written = writer.await.map_err(|e| ApiError::Internal(anyhow::anyhow!("user load writer failed: {e}")))?;
     read?;
     let (tx, summary) = written?;
     db.commit(tx).await?;
     Ok(summary)
 }
 
-/// Lines of an import parsed and waiting to be upserted together.
+/// Lines of a user load parsed and waiting to be upserted together.
 #[derive(Default)]
-struct ImportChunk {
+struct LineChunk {
     /// Line numbers of `profiles`.
     lines: Vec<u64>,
     /// The valid profiles, in line order.
@@ -127,7 +126,7 @@ struct ImportChunk {
     errors: Vec<(u64, String)>,
 }
 
-impl ImportChunk {
+impl LineChunk {
     /// Parses one line into the chunk; a bad line is kept as an error.
     fn add_line(&mut self, line: Line<'_>) {
         let bytes = match line.bytes {
@@ -154,7 +153,7 @@ impl ImportChunk {
     }
 
     fn is_full(&self) -> bool {
-        self.profiles.len() >= IMPORT_CHUNK_LINES || self.bytes >= IMPORT_CHUNK_BYTES
+        self.profiles.len() >= CHUNK_LINES || self.bytes >= CHUNK_BYTES
     }
 
     /// Writes the chunk's upserts, decided in `plan`, and adds their outcomes to
@@ -164,7 +163,7 @@ impl ImportChunk {
         conn: &mut PgConnection,
         workspace_id: Uuid,
         plan: UpsertPlan,
-        summary: &mut ImportSummary,
+        summary: &mut UserLoadSummary,
     ) -> ApiResult<()> {
         let outcomes = store::users::write_upserts(conn, workspace_id, plan).await?;
         for (line, outcome) in self.lines.into_iter().zip(outcomes) {
@@ -177,7 +176,7 @@ impl ImportChunk {
         summary.failed += self.errors.len() as u64;
         self.errors.sort_by_key(|(line, _)| *line);
         let room = MAX_IMPORT_ERRORS.saturating_sub(summary.errors.len());
-        let reported = self.errors.into_iter().take(room).map(|(line, message)| ImportError { line, message });
+        let reported = self.errors.into_iter().take(room).map(|(line, message)| FailedLine { line, message });
         summary.errors.extend(reported);
         Ok(())
     }
