@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates `.sqlx/`, the offline data the sqlx query macros (src/store/) check the
-# statements against, from a throwaway database migrated by `cohort-ingest migrate`.
+# statements against, from a throwaway database holding the migrations' schema.
 # Run it after changing a statement or a migration, and commit `.sqlx/` with the change.
 #
 #   scripts/sqlx-prepare.sh           regenerate `.sqlx/` (stale files go with it)
@@ -31,20 +31,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The service creates its database and applies its migrations itself. It is built from the
-# committed `.sqlx/` (offline), which fails when a statement is new or changed; then the
-# same migration files are applied with psql, in order, each in one transaction, as sqlx
-# applies them: the macros only need the schema.
-if SQLX_OFFLINE=true cargo build --quiet --bin cohort-ingest 2>/dev/null; then
-    DATABASE_URL=$url RUST_LOG=warn SQLX_OFFLINE=true cargo run --quiet --bin cohort-ingest -- migrate
-else
-    echo "sqlx-prepare: the service does not build from the committed .sqlx/ (a new or changed statement);" \
-        "applying migrations/ with psql instead" >&2
-    psql_admin -c "CREATE DATABASE $database" >/dev/null
-    for migration in migrations/*.sql; do
-        psql -q -X -v ON_ERROR_STOP=1 -1 -h "$host" -p "$port" -U "$user" -d "$database" -f "$migration" >/dev/null
-    done
-fi
+# The macros need only the schema: the migration files, applied with psql in order, each in
+# one transaction, as sqlx applies them. (The service's own `migrate` would need the service
+# built, which fails from a stale `.sqlx/`, the very case this script is for.)
+psql_admin -c "CREATE DATABASE $database" >/dev/null
+for migration in migrations/*.sql; do
+    psql -q -X -v ON_ERROR_STOP=1 -1 -h "$host" -p "$port" -U "$user" -d "$database" -f "$migration" >/dev/null
+done
 
 # The macros describe each statement on the live database and, with SQLX_OFFLINE_DIR set,
 # write one file per statement there. Cargo does not see the environment change, so the
