@@ -7,6 +7,7 @@ pub mod ndjson;
 pub mod paging;
 pub mod partners;
 pub mod segments;
+pub mod views;
 pub mod webhooks;
 
 use utoipa_axum::router::OpenApiRouter;

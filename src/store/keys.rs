@@ -5,9 +5,7 @@
 //! every lookup checks: a revoked key stops working with the next request.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::PgExecutor;
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
@@ -16,8 +14,8 @@ use crate::{
     store::database::Database,
 };
 
-/// What may be shown of a key after its creation: never the secret.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+/// A key's row without its hash.
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct KeyInfo {
     /// The key's id, used to revoke it.
     pub id: Uuid,
@@ -32,7 +30,7 @@ pub struct KeyInfo {
 }
 
 /// A REST API key as listed: its name and scopes besides [`KeyInfo`].
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ApiKeyInfo {
     /// The key's id.
     pub id: Uuid,

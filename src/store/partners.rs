@@ -1,9 +1,7 @@
 //! `partners`: the analytics tools that post cohorts.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::PgExecutor;
-use utoipa::ToSchema;
 
 use crate::{
     domain::PartnerName,
@@ -11,7 +9,7 @@ use crate::{
 };
 
 /// A partner with its partner API keys (no secrets).
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone)]
 pub struct PartnerWithKeys {
     /// The partner's name, as in `/partners/{partner}/...`.
     pub name: String,

@@ -2,8 +2,6 @@
 //! its key was accepted, for operators.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::store::database::Database;
@@ -12,7 +10,7 @@ use crate::store::database::Database;
 pub const KEPT: i64 = 100;
 
 /// A request answered 4xx.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Rejection {
     /// When it was received.
     pub received_at: DateTime<Utc>,

@@ -1,15 +1,13 @@
 //! `workspaces`: one customer's space.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::PgExecutor;
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::store::database::Database;
 
 /// A workspace.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Workspace {
     /// The workspace's id.
     pub id: Uuid,

@@ -20,14 +20,14 @@ use crate::{
     domain::{CohortId, PartnerName},
     error::{ApiError, ApiResult, ErrorBody},
     extract::{Json, Path, Query},
-    http::paging::{cursor, invalid_cursor, next_page, page_limit},
+    http::{
+        paging::{cursor, invalid_cursor, next_page, page_limit},
+        views::{self, Cohort, ImportRecord, Member, UnmatchedIdentifier, WorkspaceImport},
+    },
     state::AppState,
     store::{
         self,
-        cohorts::{
-            Cohort, CohortKey, ImportRecord, Member, WorkspaceImport,
-            unmatched::{UnmatchedIdentifier, UnmatchedPosition},
-        },
+        cohorts::{CohortKey, unmatched::UnmatchedPosition},
     },
 };
 
@@ -116,7 +116,7 @@ async fn list_cohorts(
 ) -> ApiResult<Json<CohortList>> {
     require_workspace(&state, ws).await?;
     let cohorts = store::cohorts::list(&state.db, ws, filter.partner.as_ref().map(PartnerName::as_str)).await?;
-    Ok(Json(CohortList { cohorts }))
+    Ok(Json(CohortList { cohorts: views::all(cohorts) }))
 }
 
 /// One cohort.
@@ -132,7 +132,7 @@ async fn get_cohort(
 ) -> ApiResult<Json<Cohort>> {
     require_workspace(&state, ws).await?;
     let key = CohortKey::new(ws, partner.as_str(), &cohort_id);
-    store::cohorts::find(&state.db, key).await?.map(Json).ok_or_else(|| unknown_cohort(key))
+    store::cohorts::find(&state.db, key).await?.map(|cohort| Json(cohort.into())).ok_or_else(|| unknown_cohort(key))
 }
 
 /// A cohort's import log, newest first, with the member count after each import.
@@ -155,7 +155,7 @@ async fn list_imports(
     let mut imports =
         store::cohorts::imports(&state.db, key, limit + 1, page.before).await?.ok_or_else(|| unknown_cohort(key))?;
     let next_before = next_page(&mut imports, limit).map(|last| last.id);
-    Ok(Json(ImportList { imports, next_before }))
+    Ok(Json(ImportList { imports: views::all(imports), next_before }))
 }
 
 /// A page of a cohort's members (keyset pagination: stable while members change).
@@ -189,7 +189,7 @@ async fn list_members(
     let mut members =
         store::cohorts::members(&state.db, key, limit + 1, after).await?.ok_or_else(|| unknown_cohort(key))?;
     let next_cursor = next_page(&mut members, limit).map(|last| cursor::seal(&context, &last.user_id.to_be_bytes()));
-    Ok(Json(MemberList { members, next_cursor }))
+    Ok(Json(MemberList { members: views::all(members), next_cursor }))
 }
 
 /// Deletes a cohort, its memberships and its import log.
@@ -254,7 +254,7 @@ async fn list_unmatched(
         let bytes = serde_json::to_vec(&position).unwrap_or_default();
         cursor::seal(&context, &bytes)
     });
-    Ok(Json(UnmatchedList { unmatched, next_cursor }))
+    Ok(Json(UnmatchedList { unmatched: views::all(unmatched), next_cursor }))
 }
 
 /// `?limit=&cursor=` of the workspace's imports.
@@ -299,7 +299,7 @@ async fn list_workspace_imports(
     let mut imports = store::cohorts::workspace_imports(&state.db, ws, limit + 1, before).await?;
     let next_cursor =
         next_page(&mut imports, limit).map(|last| cursor::seal(&context, &encode_position(last.position())));
-    Ok(Json(WorkspaceImportList { imports, next_cursor }))
+    Ok(Json(WorkspaceImportList { imports: views::all(imports), next_cursor }))
 }
 
 fn encode_position((micros, cohort_ref, id): (i64, i64, i64)) -> Vec<u8> {

@@ -13,12 +13,10 @@ use crate::{
     domain::{DisplayName, InvalidAt, PartnerName, Scope},
     error::{ApiError, ApiResult, ErrorBody},
     extract::{Json, Path},
+    http::views::{self, ApiKeyInfo, KeyInfo},
     keys::{KeyKind, NewKey},
     state::AppState,
-    store::{
-        self,
-        keys::{ApiKeyInfo, KeyInfo},
-    },
+    store,
 };
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -44,7 +42,7 @@ pub struct CreatedKey {
 
 impl CreatedKey {
     /// The response for a stored key and its secret.
-    pub fn new(info: KeyInfo, key: NewKey) -> Self {
+    pub fn new(info: store::keys::KeyInfo, key: NewKey) -> Self {
         CreatedKey { id: info.id, key: key.secret, prefix: info.prefix, created_at: info.created_at }
     }
 }
@@ -88,7 +86,8 @@ async fn list_data_import_keys(
 ) -> ApiResult<Json<KeyList>> {
     require_workspace(&state, ws).await?;
     require_partner(&state, partner.as_str()).await?;
-    Ok(Json(KeyList { keys: store::keys::list_data_import_keys(&state.db, ws, partner.as_str()).await? }))
+    let keys = store::keys::list_data_import_keys(&state.db, ws, partner.as_str()).await?;
+    Ok(Json(KeyList { keys: views::all(keys) }))
 }
 
 /// Invalidates a data import key at once.
@@ -197,7 +196,7 @@ async fn list_api_keys(
     Path(ws): Path<Uuid>,
 ) -> ApiResult<Json<ApiKeyList>> {
     require_workspace(&state, ws).await?;
-    Ok(Json(ApiKeyList { keys: store::keys::list_api_keys(&state.db, ws).await? }))
+    Ok(Json(ApiKeyList { keys: views::all(store::keys::list_api_keys(&state.db, ws).await?) }))
 }
 
 /// Revokes a REST API key at once.

@@ -13,9 +13,10 @@ use crate::{
     error::{ApiError, ApiResult, ErrorBody},
     extract::{Json, Path},
     http::admin::keys::CreatedKey,
+    http::views::{self, PartnerWithKeys},
     keys::{KeyKind, NewKey},
     state::AppState,
-    store::{self, partners::PartnerWithKeys},
+    store,
 };
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -77,7 +78,7 @@ async fn create_partner(
 #[utoipa::path(get, path = "/admin/partners", tag = "admin", security(("admin_token" = [])),
     responses((status = 200, body = PartnerList), (status = 401, body = ErrorBody)))]
 async fn list_partners(_: AdminAuth, State(state): State<AppState>) -> ApiResult<Json<PartnerList>> {
-    Ok(Json(PartnerList { partners: store::partners::list_with_keys(&state.db).await? }))
+    Ok(Json(PartnerList { partners: views::all(store::partners::list_with_keys(&state.db).await?) }))
 }
 
 /// Issues another partner API key; existing keys stay valid, for rotation.

@@ -13,8 +13,9 @@ use crate::{
     domain::PartnerName,
     error::{ApiResult, ErrorBody},
     extract::{Json, Path},
+    http::views::{self, Rejection},
     state::AppState,
-    store::{self, rejections::Rejection},
+    store,
 };
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -43,5 +44,5 @@ async fn list_rejections(
     require_workspace(&state, ws).await?;
     require_partner(&state, partner.as_str()).await?;
     let rejections = store::rejections::list(&state.db, ws, partner.as_str()).await?;
-    Ok(Json(RejectionList { rejections }))
+    Ok(Json(RejectionList { rejections: views::all(rejections) }))
 }

@@ -12,8 +12,9 @@ use crate::{
     domain::DisplayName,
     error::{ApiResult, ErrorBody},
     extract::{Json, Path},
+    http::views::{self, Workspace},
     state::AppState,
-    store::{self, workspaces::Workspace},
+    store,
 };
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -47,14 +48,14 @@ async fn create_workspace(
 ) -> ApiResult<(StatusCode, Json<Workspace>)> {
     let name = DisplayName::parse(&body.name)?;
     let workspace = store::workspaces::create(&state.db, name.as_str()).await?;
-    Ok((StatusCode::CREATED, Json(workspace)))
+    Ok((StatusCode::CREATED, Json(workspace.into())))
 }
 
 /// Lists workspaces.
 #[utoipa::path(get, path = "/admin/workspaces", tag = "admin", security(("admin_token" = [])),
     responses((status = 200, body = WorkspaceList), (status = 401, body = ErrorBody)))]
 async fn list_workspaces(_: AdminAuth, State(state): State<AppState>) -> ApiResult<Json<WorkspaceList>> {
-    Ok(Json(WorkspaceList { workspaces: store::workspaces::list(&state.db).await? }))
+    Ok(Json(WorkspaceList { workspaces: views::all(store::workspaces::list(&state.db).await?) }))
 }
 
 /// One workspace.
@@ -66,5 +67,5 @@ async fn get_workspace(
     State(state): State<AppState>,
     Path(ws): Path<Uuid>,
 ) -> ApiResult<Json<Workspace>> {
-    Ok(Json(require_workspace(&state, ws).await?))
+    Ok(Json(require_workspace(&state, ws).await?.into()))
 }

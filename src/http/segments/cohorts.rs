@@ -9,12 +9,12 @@ use crate::{
     domain::{Invalid, PartnerName},
     error::{ApiError, ApiResult, ErrorBody},
     extract::{Json, Query},
-    http::paging::{cursor, invalid_cursor, next_page, page_limit},
-    state::AppState,
-    store::{
-        self,
-        segments::{CohortPosition, CohortSummary},
+    http::{
+        paging::{cursor, invalid_cursor, next_page, page_limit},
+        views::{self, CohortSummary},
     },
+    state::AppState,
+    store::{self, segments::CohortPosition},
 };
 
 /// Cohorts per page of `GET /v1/cohorts` unless `limit` says otherwise, and the most.
@@ -105,5 +105,5 @@ pub(super) async fn list_cohorts(
         };
         cursor::seal(&context, &serde_json::to_vec(&position).unwrap_or_default())
     });
-    Ok(Json(CohortPage { cohorts, next_cursor }))
+    Ok(Json(CohortPage { cohorts: views::all(cohorts), next_cursor }))
 }

@@ -10,9 +10,7 @@ mod resolve;
 pub mod unmatched;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::PgConnection;
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 pub(crate) use import::remove_user_everywhere;
@@ -24,8 +22,8 @@ use super::locks::{WorkspaceLock, lock_workspace};
 use crate::domain::{CohortId, CohortName};
 use crate::store::database::Database;
 
-/// A cohort as the operator API shows it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+/// A cohort row with its partner.
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Cohort {
     /// The partner that posts it.
     pub partner: String,
@@ -44,7 +42,7 @@ pub struct Cohort {
 }
 
 /// One change to a cohort's membership, as logged.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ImportRecord {
     /// The log entry's id within the cohort; pass it as `before` to page further back.
     pub id: i64,
@@ -74,18 +72,16 @@ pub struct ImportRecord {
 }
 
 /// One change to a cohort's membership in a workspace's log, with its cohort.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct WorkspaceImport {
     /// The cohort's partner.
     pub partner: String,
     /// The partner's id for the cohort.
     pub cohort_id: String,
     /// The cohort's internal id: part of the page position, not shown.
-    #[serde(skip)]
     pub cohort_ref: i64,
     /// The change, as its cohort's log shows it.
     #[sqlx(flatten)]
-    #[serde(flatten)]
     pub record: ImportRecord,
 }
 
@@ -98,10 +94,9 @@ impl WorkspaceImport {
 }
 
 /// A member of a cohort.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Member {
     /// Internal user id: the pagination key, not shown.
-    #[serde(skip)]
     pub user_id: i64,
     /// The user's public id.
     pub braze_id: Uuid,

@@ -4,9 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::{PgConnection, Postgres, QueryBuilder};
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{CohortKey, find_ref, resolve::resolve};
@@ -19,7 +17,7 @@ pub const MAX_PER_COHORT: i64 = 10_000;
 const ROWS_PER_STATEMENT: usize = 1000;
 
 /// An identifier that matched nobody, as listed.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct UnmatchedIdentifier {
     /// `external_id`, `device_id`, `alias` or `braze_id`.
     pub kind: String,
@@ -38,14 +36,20 @@ pub struct UnmatchedIdentifier {
     pub times_seen: i64,
 }
 
-/// The alias label column, `''` for identifiers that are no alias: null in the API.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-#[serde(transparent)]
+/// The alias label column, `''` for identifiers that are no alias: `None` here.
+#[derive(Debug, Clone)]
 pub struct AliasLabelColumn(Option<String>);
 
 impl From<String> for AliasLabelColumn {
     fn from(label: String) -> Self {
         AliasLabelColumn((!label.is_empty()).then_some(label))
+    }
+}
+
+impl AliasLabelColumn {
+    /// The label, for an alias.
+    pub fn into_label(self) -> Option<String> {
+        self.0
     }
 }
 

@@ -11,7 +11,6 @@ pub mod read;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::store::database::Database;
@@ -20,8 +19,8 @@ pub use check::{CheckResult, check};
 pub use query::{SegmentQuery, UnknownCohort, prepare};
 pub use read::{SegmentUser, begin_snapshot, count, export, page};
 
-/// A partner cohort as the segment builder's dropdown shows it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+/// A partner cohort as the segment builder's dropdown lists it.
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct CohortSummary {
     /// The partner that imports it.
     pub partner: String,

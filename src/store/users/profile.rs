@@ -1,15 +1,14 @@
 //! Reading one user's profile, as the admin API shows it.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sqlx::{PgExecutor, types::Json};
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::domain::{Alias, DeviceId, ExternalId};
 
-/// A user as the admin API shows it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+/// A user with its references and cohorts, read in one statement.
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct UserProfile {
     /// The public id.
     pub braze_id: Uuid,
@@ -28,7 +27,7 @@ pub struct UserProfile {
 }
 
 /// One alias of a [`UserProfile`].
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct ProfileAlias {
     /// The label.
     pub alias_label: String,
@@ -37,7 +36,7 @@ pub struct ProfileAlias {
 }
 
 /// One cohort membership of a [`UserProfile`].
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct ProfileCohort {
     /// The partner that imports the cohort.
     pub partner: String,

@@ -11,11 +11,9 @@ use crate::{
     domain::{ExternalId, InvalidAt},
     error::{ApiError, ApiResult, ErrorBody},
     extract::{Json, Path},
+    http::views::UserProfile,
     state::AppState,
-    store::{
-        self,
-        users::{IdentifyOutcome, UserProfile},
-    },
+    store::{self, users::IdentifyOutcome},
 };
 
 /// Body of `POST …/users/{braze_id}/identify`.

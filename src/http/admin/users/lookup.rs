@@ -11,11 +11,9 @@ use crate::{
     domain::{Alias, DeviceId, ExternalId, Invalid, InvalidAt},
     error::{ApiError, ApiResult, ErrorBody},
     extract::{Json, Path, Query},
+    http::views::UserProfile,
     state::AppState,
-    store::{
-        self,
-        users::{UserLookup, UserProfile},
-    },
+    store::{self, users::UserLookup},
 };
 
 /// Query of `GET …/users`: exactly one identifier.
@@ -71,7 +69,7 @@ pub(super) async fn find_user(
     let mut conn = state.db.acquire().await?;
     store::users::find_profile(&mut *conn, ws, &lookup)
         .await?
-        .map(Json)
+        .map(|profile| Json(profile.into()))
         .ok_or_else(|| ApiError::not_found("no user matches the lookup"))
 }
 

@@ -17,11 +17,9 @@ use uuid::Uuid;
 
 use crate::{
     error::{ApiError, ApiResult},
+    http::views::UserProfile,
     state::AppState,
-    store::{
-        self,
-        users::{UserLookup, UserProfile},
-    },
+    store::{self, users::UserLookup},
 };
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -34,10 +32,11 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(identify::identify_user))
 }
 
-/// The profile of `braze_id`, or 404.
+/// The profile of `braze_id` as answered, or 404.
 async fn require_profile(state: &AppState, ws: Uuid, braze_id: Uuid) -> ApiResult<UserProfile> {
     let mut conn = state.db.acquire().await?;
     store::users::find_profile(&mut *conn, ws, &UserLookup::BrazeId(braze_id))
         .await?
+        .map(UserProfile::from)
         .ok_or_else(|| ApiError::not_found(format!("unknown user {braze_id}")))
 }
