@@ -17,34 +17,22 @@ use crate::{
 /// A key's row without its hash.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct KeyInfo {
-    /// The key's id, used to revoke it.
     pub id: Uuid,
-    /// Its first characters, to recognise it.
     pub prefix: String,
-    /// When it was created.
     pub created_at: DateTime<Utc>,
-    /// When it last authenticated a request (recorded at most about once a minute).
     pub last_used_at: Option<DateTime<Utc>>,
-    /// When it was invalidated; null while valid.
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
 /// A REST API key as listed: its name and scopes besides [`KeyInfo`].
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ApiKeyInfo {
-    /// The key's id.
     pub id: Uuid,
-    /// The operator's name for it.
     pub name: String,
-    /// What it may do.
     pub scopes: Vec<String>,
-    /// Its first characters.
     pub prefix: String,
-    /// When it was created.
     pub created_at: DateTime<Utc>,
-    /// When it last authenticated a request.
     pub last_used_at: Option<DateTime<Utc>>,
-    /// When it was invalidated; null while valid.
     pub revoked_at: Option<DateTime<Utc>>,
 }
 

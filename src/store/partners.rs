@@ -11,11 +11,8 @@ use crate::{
 /// A partner with its partner API keys (no secrets).
 #[derive(Debug, Clone)]
 pub struct PartnerWithKeys {
-    /// The partner's name, as in `/partners/{partner}/...`.
     pub name: String,
-    /// When it was created.
     pub created_at: DateTime<Utc>,
-    /// Its partner API keys, oldest first, revoked ones included.
     pub keys: Vec<KeyInfo>,
 }
 

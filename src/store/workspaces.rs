@@ -9,11 +9,8 @@ use crate::store::database::Database;
 /// A workspace.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Workspace {
-    /// The workspace's id.
     pub id: Uuid,
-    /// Its display name.
     pub name: String,
-    /// When it was created.
     pub created_at: DateTime<Utc>,
 }
 

@@ -25,49 +25,28 @@ use crate::store::database::Database;
 /// A cohort row with its partner.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Cohort {
-    /// The partner that posts it.
     pub partner: String,
-    /// The partner's id for it.
     pub cohort_id: String,
-    /// Its name (its id until the partner names it).
     pub name: String,
-    /// How many users are in it now.
     pub member_count: i64,
-    /// When it was first posted.
     pub created_at: DateTime<Utc>,
-    /// When its name or its members last changed.
     pub updated_at: DateTime<Utc>,
-    /// When the last users request was accepted; null before the first.
     pub last_import_at: Option<DateTime<Utc>>,
 }
 
 /// One change to a cohort's membership, as logged.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ImportRecord {
-    /// The log entry's id within the cohort; pass it as `before` to page further back.
     pub id: i64,
-    /// Who asked: `braze`, `mixpanel_members`, `mixpanel_add_members`,
-    /// `mixpanel_remove_members`, `amplitude`, `replace` (the operator's full replace), or
-    /// `user_deletion` (an operator deleted a member).
     pub kind: String,
-    /// The request id (`x-request-id`), to find the request in the logs.
     pub request_id: String,
-    /// When the request was received.
     pub received_at: DateTime<Utc>,
-    /// Memberships that newly exist.
     pub added: i32,
-    /// Memberships that newly ended.
     pub removed: i32,
-    /// Users already in the requested state.
     pub unchanged: i32,
-    /// Members that matched no eligible user.
     pub unmatched: i32,
-    /// Of those, members no user has any reference of.
     pub unmatched_unknown: i32,
-    /// Of those, members named only by a device id of an identified user (device ids
-    /// match anonymous users only).
     pub unmatched_device_id_of_identified_user: i32,
-    /// The cohort's member count right after this change.
     pub member_count_after: i64,
 }
 
@@ -98,11 +77,8 @@ impl WorkspaceImport {
 pub struct Member {
     /// Internal user id: the pagination key, not shown.
     pub user_id: i64,
-    /// The user's public id.
     pub braze_id: Uuid,
-    /// The user's external id; null for an anonymous user.
     pub external_id: Option<String>,
-    /// When the user joined the cohort.
     pub added_at: DateTime<Utc>,
 }
 

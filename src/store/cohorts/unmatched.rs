@@ -19,20 +19,14 @@ const ROWS_PER_STATEMENT: usize = 1000;
 /// An identifier that matched nobody, as listed.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct UnmatchedIdentifier {
-    /// `external_id`, `device_id`, `alias` or `braze_id`.
     pub kind: String,
     /// The alias label, for an alias.
     #[sqlx(try_from = "String")]
     pub alias_label: AliasLabelColumn,
-    /// The identifier (an alias's name).
     pub value: String,
-    /// `unknown` or `device_id_of_identified_user`.
     pub reason: String,
-    /// When it was first sent and matched nobody.
     pub first_seen: DateTime<Utc>,
-    /// When it was last sent and matched nobody.
     pub last_seen: DateTime<Utc>,
-    /// How many requests sent it.
     pub times_seen: i64,
 }
 

@@ -22,15 +22,10 @@ pub use read::{SegmentUser, begin_snapshot, count, export, page};
 /// A partner cohort as the segment builder's dropdown lists it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct CohortSummary {
-    /// The partner that imports it.
     pub partner: String,
-    /// The partner's id for it.
     pub cohort_id: String,
-    /// Its display name.
     pub name: String,
-    /// Its current number of members (exact).
     pub member_count: i64,
-    /// When an import last changed it; null before the first.
     pub last_import_at: Option<DateTime<Utc>>,
 }
 

@@ -10,18 +10,12 @@ use crate::domain::{Alias, DeviceId, ExternalId};
 /// A user with its references and cohorts, read in one statement.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct UserProfile {
-    /// The public id.
     pub braze_id: Uuid,
-    /// The customer's id; null for an anonymous user.
     pub external_id: Option<String>,
-    /// Its aliases, by label then name.
     #[sqlx(json)]
     pub aliases: Vec<ProfileAlias>,
-    /// Its device ids, sorted.
     pub device_ids: Vec<String>,
-    /// When it was created.
     pub created_at: DateTime<Utc>,
-    /// The cohorts it belongs to, by partner then cohort id.
     #[sqlx(json)]
     pub cohorts: Vec<ProfileCohort>,
 }
@@ -29,22 +23,16 @@ pub struct UserProfile {
 /// One alias of a [`UserProfile`].
 #[derive(Debug, Clone, Deserialize)]
 pub struct ProfileAlias {
-    /// The label.
     pub alias_label: String,
-    /// The name within the label.
     pub alias_name: String,
 }
 
 /// One cohort membership of a [`UserProfile`].
 #[derive(Debug, Clone, Deserialize)]
 pub struct ProfileCohort {
-    /// The partner that imports the cohort.
     pub partner: String,
-    /// The partner's id of the cohort.
     pub cohort_id: String,
-    /// The cohort's name.
     pub name: String,
-    /// When the user joined it.
     pub added_at: DateTime<Utc>,
 }
 
