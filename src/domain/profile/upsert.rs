@@ -265,22 +265,14 @@ impl Upserter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{
-        InvalidAt,
-        profile::{AliasFields, IdentifierKeys, ProfileFields},
-    };
+    use crate::domain::{InvalidAt, profile::IdentifierKeys};
 
     fn profile(external_id: Option<&str>, aliases: &[(&str, &str)], device_ids: &[&str]) -> Profile {
-        Profile::parse(ProfileFields {
-            external_id: external_id.map(Into::into),
-            aliases: Some(
-                aliases
-                    .iter()
-                    .map(|(label, name)| AliasFields { alias_label: (*label).into(), alias_name: (*name).into() })
-                    .collect(),
-            ),
-            device_ids: Some(device_ids.iter().map(|d| (*d).into()).collect()),
-        })
+        Profile::parse(
+            external_id.map(Into::into),
+            aliases.iter().map(|(label, name)| ((*label).into(), (*name).into())),
+            device_ids.iter().map(|d| (*d).into()),
+        )
         .unwrap()
     }
 
@@ -298,16 +290,17 @@ mod tests {
 
     #[test]
     fn parse_names_the_field_and_drops_repeats() {
-        let fields = ProfileFields {
-            aliases: Some(vec![AliasFields { alias_label: "l".into(), alias_name: "a".repeat(513) }]),
-            ..Default::default()
-        };
+        let too_long = [("l".to_owned(), "a".repeat(513))];
         assert_eq!(
-            Profile::parse(fields).at("users[3]").unwrap_err().to_string(),
+            Profile::parse(None, too_long, []).at("users[3]").unwrap_err().to_string(),
             "users[3].aliases[0].alias_name must be at most 512 bytes"
         );
         assert_eq!(
-            Profile::parse(ProfileFields::default()).unwrap_err().to_string(),
+            Profile::parse(None, [], ["d".to_owned(), String::new()]).unwrap_err().to_string(),
+            "device_ids[1] must be a non-empty string"
+        );
+        assert_eq!(
+            Profile::parse(None, [], []).unwrap_err().to_string(),
             "profile must have an external_id, an alias or a device_id"
         );
         assert_eq!(profile(None, &[], &["d", "d"]).device_ids.len(), 1);

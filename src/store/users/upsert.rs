@@ -275,8 +275,8 @@ async fn apply_changes(conn: &mut PgConnection, workspace_id: Uuid, changes: &Us
 mod tests {
     use super::*;
 
-    fn profile(json: &str) -> Profile {
-        Profile::parse(serde_json::from_str(json).unwrap()).unwrap()
+    fn profile(external_id: Option<&str>, device_ids: &[&str]) -> Profile {
+        Profile::parse(external_id.map(Into::into), [], device_ids.iter().map(|d| (*d).into())).unwrap()
     }
 
     /// A long first load decides a chunk without the store (and so while the chunk
@@ -284,19 +284,17 @@ mod tests {
     #[test]
     fn plans_made_unread_only_when_the_store_cannot_hold_the_identifiers() {
         let mut lookups = StoreLookups::WrittenHere(WrittenIdentifiers::default());
-        let plan = lookups
-            .plan_unread(&[profile(r#"{"external_id":"a","device_ids":["d"]}"#)])
-            .expect("an empty workspace holds nothing yet");
+        let plan = lookups.plan_unread(&[profile(Some("a"), &["d"])]).expect("an empty workspace holds nothing yet");
         assert!(matches!(plan.outcomes[..], [UpsertOutcome::Created(_)]));
         assert_eq!(plan.changes.new_users.len(), 1);
         assert_eq!(plan.changes.new_device_ids.len(), 1);
 
         // What that plan writes, a later one must read back from the store.
-        assert!(lookups.plan_unread(&[profile(r#"{"device_ids":["d"]}"#)]).is_none());
-        assert!(lookups.plan_unread(&[profile(r#"{"external_id":"a"}"#)]).is_none());
-        assert!(lookups.plan_unread(&[profile(r#"{"external_id":"b"}"#)]).is_some());
+        assert!(lookups.plan_unread(&[profile(None, &["d"])]).is_none());
+        assert!(lookups.plan_unread(&[profile(Some("a"), &[])]).is_none());
+        assert!(lookups.plan_unread(&[profile(Some("b"), &[])]).is_some());
 
         // A workspace that had users: every plan reads the store.
-        assert!(StoreLookups::Every.plan_unread(&[profile(r#"{"external_id":"b"}"#)]).is_none());
+        assert!(StoreLookups::Every.plan_unread(&[profile(Some("b"), &[])]).is_none());
     }
 }

@@ -5,12 +5,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::super::require_workspace;
+use super::{super::require_workspace, fields::ProfileFields};
 use crate::{
     auth::AdminAuth,
     domain::{
         InvalidAt,
-        profile::{Profile, ProfileFields, UpsertOutcome},
+        profile::{Profile, UpsertOutcome},
     },
     error::{ApiError, ApiResult, ErrorBody},
     extract::{Json, Path},
@@ -93,7 +93,7 @@ pub(super) async fn batch_upsert_users(
         .users
         .into_iter()
         .enumerate()
-        .map(|(index, fields)| Profile::parse(fields).at(format_args!("users[{index}]")))
+        .map(|(index, fields)| Profile::try_from(fields).at(format_args!("users[{index}]")))
         .collect::<Result<Vec<_>, _>>()?;
 
     let mut tx = store::users::begin_writes(&state.db, ws).await?;

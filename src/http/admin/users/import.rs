@@ -5,11 +5,11 @@ use uuid::Uuid;
 
 use super::{
     super::require_workspace,
+    fields::ProfileFields,
     load::{self, UserLoadSummary},
 };
 use crate::{
     auth::AdminAuth,
-    domain::profile::ProfileFields,
     error::{ApiResult, ErrorBody},
     extract::{Json, Path},
     http::ndjson::NdjsonBody,

@@ -8,8 +8,9 @@ use tokio::sync::mpsc;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::fields::ProfileFields;
 use crate::{
-    domain::profile::{Profile, ProfileFields, UpsertOutcome},
+    domain::profile::{Profile, UpsertOutcome},
     error::{ApiError, ApiResult},
     http::ndjson::{Line, LineSplitter, MAX_LINE_BYTES, NdjsonBody},
     store::{
@@ -141,7 +142,7 @@ impl LineChunk {
         }
         match serde_json::from_slice::<ProfileFields>(bytes) {
             Err(error) => self.errors.push((line.number, format!("invalid JSON: {error}"))),
-            Ok(fields) => match Profile::parse(fields) {
+            Ok(fields) => match Profile::try_from(fields) {
                 Err(error) => self.errors.push((line.number, error.to_string())),
                 Ok(profile) => {
                     self.bytes += bytes.len();

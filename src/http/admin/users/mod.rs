@@ -3,6 +3,7 @@
 
 mod batch;
 mod delete;
+mod fields;
 mod identify;
 mod import;
 mod load;
