@@ -94,6 +94,7 @@ async fn run_step(api: &Api, pool: &PgPool, rate: f64, bodies: Vec<Bytes>) -> an
     let sampler = tokio::spawn(sample_waits(pool.clone(), stopped));
     let before = writes(pool).await?;
     let start = TokioInstant::now() + Duration::from_millis(50);
+    let started = chrono::Utc::now() + Duration::from_millis(50);
     let mut sent = Vec::with_capacity(requests);
     for (k, body) in bodies.into_iter().enumerate() {
         let due = start + Duration::from_secs_f64(k as f64 / rate);
@@ -116,6 +117,7 @@ async fn run_step(api: &Api, pool: &PgPool, rate: f64, bodies: Vec<Bytes>) -> an
     }
     let after = writes(pool).await?;
     crate::progress(&format!("{rate} requests/s: WAL {}..{}", before.wal_lsn, after.wal_lsn));
+    crate::progress(&format!("{rate} requests/s: slowest, by due time: {}", slowest(&latencies, started, rate)));
     let _ = stop_sampling.send(true);
     let samples = sampler.await.context("the wait sampler panicked")??;
     latencies.sort_unstable();
@@ -141,6 +143,20 @@ async fn run_step(api: &Api, pool: &PgPool, rate: f64, bodies: Vec<Bytes>) -> an
         buffers_per_1k: (after.buffers - before.buffers) / changes * 1_000.0,
         waits,
     })
+}
+
+/// The ten slowest requests as `due time (UTC) latency`, to be found in PostgreSQL's log.
+fn slowest(latencies: &[Duration], started: chrono::DateTime<chrono::Utc>, rate: f64) -> String {
+    let mut by_latency: Vec<(usize, Duration)> = latencies.iter().copied().enumerate().collect();
+    by_latency.sort_unstable_by_key(|&(_, latency)| std::cmp::Reverse(latency));
+    by_latency.truncate(10);
+    by_latency.sort_unstable();
+    let due = |k: usize| started + Duration::from_secs_f64(k as f64 / rate);
+    let each: Vec<String> = by_latency
+        .iter()
+        .map(|&(k, latency)| format!("{} {} ms", due(k).format("%H:%M:%S%.3f"), latency.as_millis()))
+        .collect();
+    each.join(", ")
 }
 
 /// Counts the wait events of the database's active client backends every 100 ms until
