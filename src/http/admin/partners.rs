@@ -12,8 +12,10 @@ use crate::{
     domain::PartnerName,
     error::{ApiError, ApiResult, ErrorBody},
     extract::{Json, Path},
-    http::admin::keys::CreatedKey,
-    http::views::{self, PartnerWithKeys},
+    http::{
+        admin::keys::CreatedKey,
+        views::{self, PartnerWithKeys},
+    },
     keys::{KeyKind, NewKey},
     state::AppState,
     store,

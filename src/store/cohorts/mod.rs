@@ -57,7 +57,7 @@ pub struct WorkspaceImport {
     pub partner: String,
     /// The partner's id for the cohort.
     pub cohort_id: String,
-    /// The cohort's internal id: part of the page position, not shown.
+    /// The cohort's internal id: part of the page position.
     pub cohort_ref: i64,
     /// The change, as its cohort's log shows it.
     #[sqlx(flatten)]
@@ -75,7 +75,7 @@ impl WorkspaceImport {
 /// A member of a cohort.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Member {
-    /// Internal user id: the pagination key, not shown.
+    /// Internal user id: the pagination key.
     pub user_id: i64,
     pub braze_id: Uuid,
     pub external_id: Option<String>,
