@@ -38,6 +38,7 @@ fn the_reader_sees_grouped_and_nested_paths() {
     let text = "use crate::{\n    auth::AdminAuth,\n    http::{paging, views::{self, Cohort}},\n    state::AppState,\n};\nuse crate::store::Database;\nfn f() { crate::metrics::record(); }";
     assert_eq!(crate_paths(text), ["auth", "http", "state", "store", "metrics"].map(String::from).to_vec());
     assert!(crate_paths("#[cfg(test)]\nmod tests { use crate::app; }").is_empty());
+    assert_eq!(crate_paths("#[cfg(test)]\nfn helper() {}\nuse crate::app;"), ["app"]);
 }
 
 /// A path of modules from `stack`'s last that comes back to one on it.
@@ -95,7 +96,9 @@ fn collect_files(path: &Path, files: &mut Vec<std::path::PathBuf>) {
 /// The first segment of every `crate::` path in `text` before its unit tests, grouped
 /// imports (`crate::{a::x, b::{y, z}}`) included.
 fn crate_paths(text: &str) -> Vec<String> {
-    let text = text.split("#[cfg(test)]").next().unwrap_or_default();
+    // Only the unit-test module is cut: a test-only item elsewhere must not hide the
+    // paths after it.
+    let text = text.split("#[cfg(test)]\nmod tests").next().unwrap_or_default();
     let mut names = Vec::new();
     for (at, _) in text.match_indices("crate::") {
         let rest = &text[at + "crate::".len()..];
