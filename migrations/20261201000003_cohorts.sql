@@ -27,6 +27,9 @@ CREATE TABLE cohorts (
     log_entries    bigint      NOT NULL DEFAULT 0,
     -- Rows of cohort_unmatched for it (a count over them cost more than the import).
     unmatched_listed bigint    NOT NULL DEFAULT 0,
+    -- Ids in the cohort's rows of cohort_bit_changes: when an import would take it past
+    -- 8,192, that import writes them into the blocks.
+    bits_pending   integer     NOT NULL DEFAULT 0 CHECK (bits_pending >= 0),
     created_at     timestamptz NOT NULL,
     updated_at     timestamptz NOT NULL,
     last_import_at timestamptz,
@@ -58,6 +61,26 @@ CREATE TABLE cohort_bitmaps (
     PRIMARY KEY (workspace_id, cohort_ref, block),
     FOREIGN KEY (workspace_id, cohort_ref) REFERENCES cohorts (workspace_id, id) ON DELETE CASCADE
 ) WITH (fillfactor = 50);
+
+-- Changes to a cohort's bitmap not yet written into its blocks: one row per import (and
+-- per user deletion) with the ids it set and cleared. Rewriting the blocks an import's
+-- users fall in costs a block per user once a workspace has millions of users, so the
+-- changes of several imports are written into the blocks together, each block once
+-- (src/store/bit_changes.rs). Readers of the bitmaps apply these rows to the blocks they
+-- read, in the same snapshot, so what they answer is exact.
+CREATE TABLE cohort_bit_changes (
+    workspace_id uuid     NOT NULL,
+    cohort_ref   bigint   NOT NULL,
+    -- The change's entry in the cohort's import log: changes apply in this order.
+    import_id    bigint   NOT NULL,
+    set_ids      bigint[] NOT NULL,
+    cleared_ids  bigint[] NOT NULL,
+    PRIMARY KEY (workspace_id, cohort_ref, import_id),
+    FOREIGN KEY (workspace_id, cohort_ref) REFERENCES cohorts (workspace_id, id) ON DELETE CASCADE
+);
+-- Compressed in the row rather than moved to the TOAST table: a request's 1,000 ids
+-- compress to a few KiB, and a row kept in one place is one write and one read.
+ALTER TABLE cohort_bit_changes ALTER COLUMN set_ids SET STORAGE MAIN, ALTER COLUMN cleared_ids SET STORAGE MAIN;
 
 -- The import log: every change to a cohort's membership, each accepted import and each
 -- user deletion that took a member away, so that its sum of added - removed is the

@@ -233,29 +233,6 @@ pub async fn read_ids(
     Ok(rows.iter().flat_map(|(block, bits)| ids_in(*block, bits.get(4..).unwrap_or_default())).collect())
 }
 
-/// Clears user `user_id`'s bit in the bitmaps of `cohorts`, in one statement.
-pub async fn clear_in_cohorts(
-    conn: &mut PgConnection,
-    workspace_id: Uuid,
-    cohorts: &[i64],
-    user_id: i64,
-) -> sqlx::Result<()> {
-    let (block, bit) = position(user_id);
-    let mut mask = Block::empty();
-    mask.set(bit);
-    sqlx::query!(
-        "UPDATE cohort_bitmaps SET bits = bits & ~$4::varbit
-          WHERE workspace_id = $1 AND cohort_ref = ANY($2) AND block = $3",
-        workspace_id,
-        cohorts,
-        block,
-        &mask as _,
-    )
-    .execute(conn)
-    .await
-    .map(|_| ())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -82,6 +82,26 @@ impl CopyRows {
         self.field(Some(&micros.to_be_bytes()))
     }
 
+    /// Appends a `bigint[]` field: dimensions (one, or none when empty), no NULLs, the
+    /// element type, the length and lower bound (1), then each element's length and value.
+    pub fn ints(&mut self, values: &[i64]) -> &mut Self {
+        const INT8: u32 = 20;
+        let mut field = Vec::with_capacity(20 + values.len() * 12);
+        let dimensions: i32 = if values.is_empty() { 0 } else { 1 };
+        field.extend_from_slice(&dimensions.to_be_bytes());
+        field.extend_from_slice(&0i32.to_be_bytes());
+        field.extend_from_slice(&INT8.to_be_bytes());
+        if !values.is_empty() {
+            field.extend_from_slice(&i32::try_from(values.len()).unwrap_or(i32::MAX).to_be_bytes());
+            field.extend_from_slice(&1i32.to_be_bytes());
+        }
+        for value in values {
+            field.extend_from_slice(&8i32.to_be_bytes());
+            field.extend_from_slice(&value.to_be_bytes());
+        }
+        self.field(Some(&field))
+    }
+
     /// Appends a `bit(8192)` field: its length in bits, then the bits.
     pub fn bits(&mut self, value: &Block) -> &mut Self {
         let mut field = Vec::with_capacity(4 + value.bytes().len());

@@ -21,6 +21,7 @@ const DISTRIBUTED_TABLES: &[&str] = &[
     "cohorts",
     "cohort_memberships",
     "cohort_bitmaps",
+    "cohort_bit_changes",
     "cohort_imports",
     "cohort_unmatched",
     "matching_rules",

@@ -10,6 +10,7 @@
 //! a request past its deadline answer its COMMIT's real outcome instead of a 503 for a
 //! change that was applied.
 
+pub mod bit_changes;
 pub mod bitmaps;
 pub mod cohorts;
 pub mod copy;

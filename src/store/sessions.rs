@@ -65,7 +65,7 @@ pub async fn receive_page(
     // Pages of one cohort are received one at a time: the one that counts the last page
     // sees every other.
     let name = import.name.map_or(key.cohort_id, |n| n.as_str());
-    let cohort_ref = create_or_lock(&mut tx, key, name, now, None).await?;
+    let cohort = create_or_lock(&mut tx, key, name, now, None).await?;
     let expired_before = now - chrono::TimeDelta::from_std(ttl).unwrap_or(chrono::TimeDelta::MAX);
     sqlx::query!(
         "DELETE FROM member_sessions WHERE workspace_id = $1 AND partner = $2 AND started_at < $3",
@@ -146,7 +146,7 @@ pub async fn receive_page(
             wanted.resolve(&mut tx, key.workspace_id, chunk).await?;
         }
     }
-    let outcome = apply_replace(&mut tx, key, cohort_ref, import, wanted, now).await?;
+    let outcome = apply_replace(&mut tx, key, cohort, import, wanted, now).await?;
     sqlx::query!(
         "UPDATE member_sessions SET completed_at = $5
           WHERE workspace_id = $1 AND partner = $2 AND cohort_id = $3 AND session_id = $4",

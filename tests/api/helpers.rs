@@ -507,25 +507,56 @@ pub async fn expect_error(response: Response, status: u16, message: &str) {
     assert_eq!(body["message"].as_str(), Some(message), "unexpected error body: {body}");
 }
 
-/// Asserts that `cohort_bitmaps` holds exactly the memberships and `user_bitmaps` exactly
-/// the users: one bit per row, at bit `id & 8191` of block `id >> 13` (blocks with no bit
-/// left are ignored).
+/// Asserts that `cohort_bitmaps`, with the changes `cohort_bit_changes` holds back
+/// applied in order, holds exactly the memberships, and `user_bitmaps` exactly the users:
+/// one bit per row, at bit `id & 8191` of block `id >> 13` (blocks with no bit left are
+/// ignored); and that each cohort's `bits_pending` counts the ids held back.
 pub async fn assert_bitmaps_match_memberships(pool: &PgPool) {
     let differing: Vec<(Uuid, i64, i64)> = sqlx::query_as(
         "WITH expected AS (
              SELECT workspace_id, cohort_ref, user_id >> 13 AS block,
                     bit_or(B'1'::bit(8192) >> (user_id & 8191)::int) AS bits
                FROM cohort_memberships GROUP BY 1, 2, 3),
-         stored AS (SELECT workspace_id, cohort_ref, block, bits FROM cohort_bitmaps WHERE bit_count(bits) > 0)
-         SELECT workspace_id, cohort_ref, block FROM (
-             (SELECT * FROM expected EXCEPT SELECT * FROM stored)
+         changes AS (
+             SELECT workspace_id, cohort_ref, import_id, unnest(set_ids) AS id, true AS is_set FROM cohort_bit_changes
              UNION ALL
-             (SELECT * FROM stored EXCEPT SELECT * FROM expected)) AS d",
+             SELECT workspace_id, cohort_ref, import_id, unnest(cleared_ids), false FROM cohort_bit_changes),
+         last_changes AS (
+             SELECT DISTINCT ON (workspace_id, cohort_ref, id) workspace_id, cohort_ref, id, is_set FROM changes
+              ORDER BY workspace_id, cohort_ref, id, import_id DESC),
+         masks AS (
+             SELECT workspace_id, cohort_ref, id >> 13 AS block,
+                    coalesce(bit_or(B'1'::bit(8192) >> (id & 8191)::int) FILTER (WHERE is_set), B'0'::bit(8192)) AS set_bits,
+                    coalesce(bit_or(B'1'::bit(8192) >> (id & 8191)::int) FILTER (WHERE NOT is_set), B'0'::bit(8192)) AS clear_bits
+               FROM last_changes GROUP BY 1, 2, 3),
+         stored AS (
+             SELECT workspace_id, cohort_ref, block,
+                    (coalesce(b.bits, B'0'::bit(8192)) | coalesce(m.set_bits, B'0'::bit(8192)))
+                    & ~coalesce(m.clear_bits, B'0'::bit(8192)) AS bits
+               FROM cohort_bitmaps b FULL JOIN masks m USING (workspace_id, cohort_ref, block)),
+         nonempty AS (SELECT * FROM stored WHERE bit_count(bits) > 0)
+         SELECT workspace_id, cohort_ref, block FROM (
+             (SELECT * FROM expected EXCEPT SELECT * FROM nonempty)
+             UNION ALL
+             (SELECT * FROM nonempty EXCEPT SELECT * FROM expected)) AS d",
     )
     .fetch_all(pool)
     .await
     .unwrap();
     assert!(differing.is_empty(), "bitmap blocks that differ from the memberships: {differing:?}");
+    let miscounted: Vec<(Uuid, i64, i32, i64)> = sqlx::query_as(
+        "SELECT c.workspace_id, c.id, c.bits_pending, coalesce(h.ids, 0)
+           FROM cohorts c
+           LEFT JOIN (SELECT workspace_id, cohort_ref,
+                             sum(cardinality(set_ids) + cardinality(cleared_ids))::int8 AS ids
+                        FROM cohort_bit_changes GROUP BY 1, 2) AS h
+             ON h.workspace_id = c.workspace_id AND h.cohort_ref = c.id
+          WHERE c.bits_pending <> coalesce(h.ids, 0)",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(miscounted.is_empty(), "cohorts whose bits_pending is not the ids held back: {miscounted:?}");
     let differing: Vec<(Uuid, i64)> = sqlx::query_as(
         "WITH expected AS (
              SELECT workspace_id, id >> 13 AS block, bit_or(B'1'::bit(8192) >> (id & 8191)::int) AS bits

@@ -10,7 +10,8 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::helpers::{
-    TestApp, change_members, expect_error, expect_json, insert_cohort, insert_users, wait_for_backend,
+    TestApp, assert_bitmaps_match_memberships, change_members, expect_error, expect_json, insert_cohort, insert_users,
+    wait_for_backend,
 };
 
 // ---- fixture ----------------------------------------------------------------------
@@ -891,4 +892,121 @@ async fn an_export_that_panics_gives_its_connection_back_outside_any_transaction
         .execute(&mut *conn)
         .await
         .unwrap();
+}
+
+/// Imports hold their bit changes back until a cohort has 4,096 of them, then write them
+/// into the blocks (`store::bit_changes`): every read, before and after, must see exactly
+/// the memberships, whatever mix of held-back changes, blocks, user deletions and
+/// replaces made them.
+#[tokio::test]
+async fn imports_held_back_and_folded_are_what_segments_see() {
+    let app = TestApp::spawn().await;
+    let setup = app.partner_setup("kubit").await;
+    let key = app.create_api_key(setup.workspace, &["segments.read"]).await;
+    let s = Segments { app, workspace: setup.workspace, key };
+    // Ids 1..=20,000 (user `p<n>` is id n): three blocks.
+    const USERS: u32 = 20_000;
+    s.numbered_users(s.workspace, "p", USERS as i32).await;
+    let import = |cohort_id: &str, users: &[u32], remove: bool| {
+        let user_ids: Vec<String> = users.iter().map(|n| format!("p{n}")).collect();
+        let body = json!({
+            "partner_api_key": setup.partner_api_key,
+            "client_secret": setup.client_secret,
+            "cohort_id": cohort_id,
+            "cohort_changes": [{ "user_ids": user_ids, "should_remove": remove }],
+        });
+        s.app.client.post(s.app.url("/partners/kubit/cohorts/users")).json(&body).send()
+    };
+    let held_back = |cohort_id: &'static str| {
+        sqlx::query_scalar::<_, i32>("SELECT bits_pending FROM cohorts WHERE workspace_id = $1 AND cohort_id = $2")
+            .bind(s.workspace)
+            .bind(cohort_id)
+            .fetch_optional(&s.app.pool)
+    };
+    let (mut a, mut b): (HashSet<u32>, HashSet<u32>) = (HashSet::new(), HashSet::new());
+    let mut deleted: HashSet<u32> = HashSet::new();
+    // A fixed stream of requests (SplitMix64), a third of them removals of users that may
+    // or may not be members, so ids are set, cleared and set again across held-back rows.
+    let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut next = move || {
+        seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let (mut saw_held_back, mut saw_folded) = (false, false);
+    for step in 0..24 {
+        let (cohort_id, members) = if step % 4 == 3 { ("B", &mut b) } else { ("A", &mut a) };
+        let remove = step > 2 && next() % 3 == 0;
+        let users: Vec<u32> = (0..1_000).map(|_| 1 + (next() % u64::from(USERS)) as u32).collect();
+        let before = held_back(cohort_id).await.unwrap().unwrap_or(0);
+        assert_eq!(import(cohort_id, &users, remove).await.unwrap().status(), 200);
+        let after = held_back(cohort_id).await.unwrap().unwrap_or(0);
+        saw_held_back |= after > before;
+        saw_folded |= after < before;
+        for n in users.iter().filter(|n| !deleted.contains(n)) {
+            if remove {
+                members.remove(n)
+            } else {
+                members.insert(*n)
+            };
+        }
+        if step == 10 {
+            // A user deletion clears its bit as a held-back change, after the others.
+            let n = *a.iter().min().unwrap();
+            let braze_id = s.braze_id(s.workspace, &format!("p{n}")).await;
+            let path = format!("/admin/workspaces/{}/users/{braze_id}", s.workspace);
+            assert_eq!(s.app.admin_delete(&path).await.status(), 204);
+            a.remove(&n);
+            b.remove(&n);
+            deleted.insert(n);
+        }
+        if step == 15 {
+            // The operator's replace reads the blocks: it folds first.
+            let wanted: Vec<u32> = a.iter().copied().filter(|n| n % 5 != 0).take(3_000).collect();
+            let ndjson: String = wanted.iter().map(|n| format!("{{\"external_id\":\"p{n}\"}}\n")).collect();
+            let path = format!("/admin/workspaces/{}/cohorts/kubit/A/members", s.workspace);
+            let response =
+                s.app.admin(reqwest::Method::PUT, &path).header("content-type", "application/x-ndjson").body(ndjson);
+            assert_eq!(response.send().await.unwrap().status(), 200);
+            a = wanted.into_iter().collect();
+        }
+        if step % 5 != 4 {
+            continue;
+        }
+        let everyone: HashSet<u32> = (1..=USERS).filter(|n| !deleted.contains(n)).collect();
+        let cases: [(Value, HashSet<u32>); 3] = [
+            (json!({"and": [includes(&["A"]), excludes(&["B"])]}), a.difference(&b).copied().collect()),
+            (json!({"not": includes(&["A"])}), everyone.difference(&a).copied().collect()),
+            (
+                json!({"or": [includes(&["A"]), excludes(&["B"])]}),
+                everyone.iter().copied().filter(|n| a.contains(n) || !b.contains(n)).collect(),
+            ),
+        ];
+        for (filter, expected) in &cases {
+            assert_eq!(s.count(filter).await, expected.len() as i64, "step {step}: count of {filter}");
+        }
+        let filter = includes(&["A", "B"]);
+        let mut expected: Vec<u32> = a.union(&b).copied().collect();
+        expected.sort_unstable();
+        let expected: Vec<String> = expected.iter().map(|n| format!("p{n}")).collect();
+        let paged: Vec<String> =
+            s.all_pages(&filter, 4_999).await.iter().map(|u| u["external_id"].as_str().unwrap().to_owned()).collect();
+        assert_eq!(paged, expected, "step {step}: pages of A or B");
+        let exported: Vec<String> =
+            s.export(&filter).await.iter().map(|u| u["external_id"].as_str().unwrap().to_owned()).collect();
+        assert_eq!(exported, expected, "step {step}: export of A or B");
+        let checked: Vec<u32> = (0..1_000).map(|i| 1 + i * 19).collect();
+        let users: Vec<Value> = checked.iter().map(|n| json!({"external_id": format!("p{n}")})).collect();
+        let filter = json!({"and": [includes(&["A"]), excludes(&["B"])]});
+        let body =
+            expect_json(s.post("/v1/segments/check", &json!({"filter": filter, "users": users})).await, 200).await;
+        for (result, n) in body["results"].as_array().unwrap().iter().zip(&checked) {
+            let want = a.contains(n) && !b.contains(n);
+            assert_eq!(result["matches"], want, "step {step}: check of p{n}");
+        }
+    }
+    assert!(saw_held_back && saw_folded, "the stream both held changes back and folded them");
+    assert_bitmaps_match_memberships(&s.app.pool).await;
 }

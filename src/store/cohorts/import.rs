@@ -18,14 +18,14 @@ use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{
-    CohortKey, create_or_lock,
+    CohortKey, LockedCohort, create_or_lock,
     deliveries::{delivered_before, record_delivery},
     resolve::resolve,
     unmatched,
 };
 use crate::domain::{CohortName, ImportKind, ImportOutcome, MemberChange, MembershipChanges};
 use crate::store::{
-    bitmaps::{self, Bitmap},
+    bit_changes,
     copy::CopyRows,
     database::Database,
     locks::{WorkspaceLock, lock_workspace},
@@ -98,19 +98,19 @@ async fn try_import(
     // Before the statement that resolves users: it must not start while a user deletion
     // of this workspace is uncommitted.
     lock_workspace(&mut tx, key.workspace_id, WorkspaceLock::OneCohort).await?;
-    let cohort_ref = lock_cohort(&mut tx, key, import, now).await?;
+    let mut cohort = lock_cohort(&mut tx, key, import, now).await?;
     if let Some(outcome) = delivered_before(&mut tx, key, import).await? {
         return Ok(Applied { outcome, repeated: true });
     }
-    let resolved = resolve(&mut tx, key.workspace_id, Some(cohort_ref), changes.iter().map(|c| &c.member)).await?;
+    let resolved = resolve(&mut tx, key.workspace_id, Some(cohort.id), changes.iter().map(|c| &c.member)).await?;
     let mut decided = MembershipChanges::decide(changes, resolved);
     decided.unmatched.unknown += import.unreadable;
-    write_memberships(&mut tx, key.workspace_id, cohort_ref, &decided.added, &decided.removed, now).await?;
+    write_memberships(&mut tx, key.workspace_id, &mut cohort, &decided.added, &decided.removed, now).await?;
     let unmatched: Vec<_> = decided.unmatched_members.iter().map(|&(i, reason)| (&changes[i].member, reason)).collect();
     let listed =
-        unmatched::record(&mut tx, key.workspace_id, cohort_ref, &unmatched, now, import.unmatched_retention).await?;
+        unmatched::record(&mut tx, key.workspace_id, cohort.id, &unmatched, now, import.unmatched_retention).await?;
     let outcome = decided.outcome();
-    log_import(&mut tx, key, cohort_ref, import, now, &outcome, listed).await?;
+    log_import(&mut tx, key, &cohort, import, now, &outcome, listed).await?;
     if !record_delivery(&mut tx, key, import, now, &outcome).await? {
         // The same message, applied for another cohort meanwhile: its outcome stands.
         tx.rollback().await?;
@@ -144,14 +144,14 @@ fn is_transient_conflict(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40001" | "40P01")))
 }
 
-/// The cohort's internal id, created if unknown (named as the change says, else by its
-/// id), with its row lock held until the transaction ends.
+/// The cohort, created if unknown (named as the change says, else by its id), with its
+/// row lock held until the transaction ends.
 pub(super) async fn lock_cohort(
     tx: &mut PgConnection,
     key: CohortKey<'_>,
     import: &Import<'_>,
     now: DateTime<Utc>,
-) -> sqlx::Result<i64> {
+) -> sqlx::Result<LockedCohort> {
     let name = import.name.map_or(key.cohort_id, CohortName::as_str);
     create_or_lock(tx, key, name, now, Some(now)).await
 }
@@ -184,16 +184,18 @@ impl StoredCounts {
     }
 }
 
-/// Adds and removes memberships of one cohort, with their bits; the caller holds the
-/// cohort's row lock and has read that `added` are not members and `removed` are.
+/// Adds and removes memberships of one cohort, with their bits (held back or written
+/// into the blocks: `cohort.bits_pending` says which now); the caller holds the cohort's
+/// row lock and has read that `added` are not members and `removed` are.
 pub(super) async fn write_memberships(
     tx: &mut PgConnection,
     workspace_id: Uuid,
-    cohort_ref: i64,
+    cohort: &mut LockedCohort,
     added: &[i64],
     removed: &[i64],
     now: DateTime<Utc>,
 ) -> sqlx::Result<()> {
+    let cohort_ref = cohort.id;
     // In pieces, so a replace of millions holds one piece's encoding at a time.
     for added in added.chunks(ROWS_PER_STATEMENT) {
         let mut rows = CopyRows::with_capacity(added.len(), 50);
@@ -222,36 +224,39 @@ DELETE FROM cohort_memberships m
         .execute(&mut *tx)
         .await?;
     }
-    bitmaps::apply(tx, workspace_id, Bitmap::Cohort(cohort_ref), added, removed).await
+    let pending = bit_changes::write(tx, workspace_id, cohort.pending_bits(), added, removed).await?;
+    cohort.bits_pending = i32::try_from(pending).unwrap_or(i32::MAX);
+    Ok(())
 }
 
 /// Moves the cohort's count by the change's added and removed (and its count of listed
-/// unmatched identifiers by `listed`), renames it if the change names it otherwise, and
-/// appends the change to its log.
+/// unmatched identifiers by `listed`), stores its held-back bit count, renames it if the
+/// change names it otherwise, and appends the change to its log.
 pub(super) async fn log_import(
     tx: &mut PgConnection,
     key: CohortKey<'_>,
-    cohort_ref: i64,
+    cohort: &LockedCohort,
     import: &Import<'_>,
     now: DateTime<Utc>,
     outcome: &ImportOutcome,
     listed: i64,
 ) -> sqlx::Result<()> {
     let changed = outcome.added + outcome.removed > 0;
-    let cohort = sqlx::query!(
+    let logged = sqlx::query!(
         "UPDATE cohorts SET member_count = member_count + $3, log_entries = log_entries + 1,
-                unmatched_listed = unmatched_listed + $7, name = coalesce($6, name),
+                unmatched_listed = unmatched_listed + $7, bits_pending = $8, name = coalesce($6, name),
                 updated_at = CASE WHEN $4 OR name <> coalesce($6, name) THEN $5 ELSE updated_at END,
                 last_import_at = $5
           WHERE workspace_id = $1 AND id = $2
          RETURNING member_count, log_entries",
         key.workspace_id,
-        cohort_ref,
+        cohort.id,
         outcome.added as i64 - outcome.removed as i64,
         changed,
         now,
         import.name.map(CohortName::as_str),
         listed,
+        cohort.bits_pending,
     )
     .fetch_one(&mut *tx)
     .await?;
@@ -261,8 +266,8 @@ pub(super) async fn log_import(
                                      unchanged, unmatched_unknown, unmatched_identified_device, member_count_after)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         key.workspace_id,
-        cohort_ref,
-        cohort.log_entries,
+        cohort.id,
+        logged.log_entries,
         import.kind.as_str(),
         import.request_id,
         now,
@@ -271,16 +276,16 @@ pub(super) async fn log_import(
         counts.unchanged,
         counts.unmatched_unknown,
         counts.unmatched_identified_device,
-        cohort.member_count,
+        logged.member_count,
     )
     .execute(&mut *tx)
     .await
     .map(|_| ())
 }
 
-/// Takes user `user_id` out of every cohort it is in, with its bits and a `user_deletion`
-/// entry in each such cohort's log, in four statements however many cohorts; the caller
-/// holds the workspace lock for a user deletion.
+/// Takes user `user_id` out of every cohort it is in, with a change clearing its bit and
+/// a `user_deletion` entry in each such cohort's log, in four statements however many
+/// cohorts; the caller holds the workspace lock for a user deletion.
 pub(crate) async fn remove_user_everywhere(
     tx: &mut PgConnection,
     workspace_id: Uuid,
@@ -300,10 +305,10 @@ pub(crate) async fn remove_user_everywhere(
     if cohorts.is_empty() {
         return Ok(());
     }
-    bitmaps::clear_in_cohorts(tx, workspace_id, &cohorts, user_id).await?;
     let now = Utc::now();
     let logged = sqlx::query!(
-        "UPDATE cohorts SET member_count = member_count - 1, log_entries = log_entries + 1, updated_at = $3
+        "UPDATE cohorts SET member_count = member_count - 1, log_entries = log_entries + 1,
+                bits_pending = bits_pending + 1, updated_at = $3
           WHERE workspace_id = $1 AND id = ANY($2)
          RETURNING id, member_count, log_entries",
         workspace_id,
@@ -312,20 +317,32 @@ pub(crate) async fn remove_user_everywhere(
     )
     .fetch_all(&mut *tx)
     .await?;
-    let mut rows = CopyRows::with_capacity(logged.len(), 160);
+    // The bit is cleared as a held-back change, after those the cohort holds already, so
+    // that none of theirs can set it again when they are folded.
+    let mut changes = CopyRows::with_capacity(logged.len(), 80);
+    let mut entries = CopyRows::with_capacity(logged.len(), 160);
     for cohort in logged {
-        rows.uuid(workspace_id)
+        changes.uuid(workspace_id).int(cohort.id).int(cohort.log_entries).ints(&[]).ints(&[user_id]).end_row();
+        entries
+            .uuid(workspace_id)
             .int(cohort.id)
             .int(cohort.log_entries)
             .text(Some("user_deletion"))
             .text(Some(request_id));
-        rows.timestamp(now).int4(0).int4(1).int4(0).int4(0).int4(0).int(cohort.member_count).end_row();
+        entries.timestamp(now).int4(0).int4(1).int4(0).int4(0).int4(0).int(cohort.member_count).end_row();
     }
-    rows.copy(
-        tx,
-        "COPY cohort_imports (workspace_id, cohort_ref, id, kind, request_id, received_at, added, removed,
+    changes
+        .copy(
+            tx,
+            "COPY cohort_bit_changes (workspace_id, cohort_ref, import_id, set_ids, cleared_ids) FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    entries
+        .copy(
+            tx,
+            "COPY cohort_imports (workspace_id, cohort_ref, id, kind, request_id, received_at, added, removed,
                               unchanged, unmatched_unknown, unmatched_identified_device, member_count_after)
          FROM STDIN (FORMAT binary)",
-    )
-    .await
+        )
+        .await
 }

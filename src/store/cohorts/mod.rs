@@ -18,7 +18,10 @@ pub use import::{Applied, Import, import};
 pub(crate) use replace::apply_replace;
 pub use replace::{Wanted, replace};
 
-use super::locks::{WorkspaceLock, lock_workspace};
+use super::{
+    bit_changes::PendingBits,
+    locks::{WorkspaceLock, lock_workspace},
+};
 use crate::domain::{CohortId, CohortName};
 use crate::store::database::Database;
 
@@ -115,26 +118,50 @@ pub async fn upsert_name(db: &Database, key: CohortKey<'_>, name: &CohortName) -
     db.commit(tx).await
 }
 
-/// The cohort's internal id, creating the cohort (named `name`) if it does not exist, and
-/// holding its row lock until the transaction ends. `last_import_at`, when given, is
-/// written to a cohort this creates.
+/// A cohort whose row lock the transaction holds, as its row says.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LockedCohort {
+    /// The internal id.
+    pub id: i64,
+    /// Entries in its import log: the change written now is entry `log_entries + 1`.
+    pub log_entries: i64,
+    /// Ids in its bitmap changes not yet in its blocks (`bit_changes`).
+    pub bits_pending: i32,
+}
+
+impl LockedCohort {
+    /// The cohort's held-back bitmap changes, for the change written now.
+    pub(crate) fn pending_bits(&self) -> PendingBits {
+        PendingBits {
+            cohort_ref: self.id,
+            import_id: self.log_entries + 1,
+            pending: usize::try_from(self.bits_pending).unwrap_or(0),
+        }
+    }
+}
+
+/// The cohort, created if it does not exist (named `name`), with its row lock held until
+/// the transaction ends. `last_import_at`, when given, is written to a cohort this
+/// creates.
 pub(crate) async fn create_or_lock(
     tx: &mut PgConnection,
     key: CohortKey<'_>,
     name: &str,
     now: DateTime<Utc>,
     last_import_at: Option<DateTime<Utc>>,
-) -> sqlx::Result<i64> {
-    let existing = sqlx::query_scalar!(
-        "SELECT id FROM cohorts WHERE workspace_id = $1 AND partner = $2 AND cohort_id = $3 FOR UPDATE",
+) -> sqlx::Result<LockedCohort> {
+    let existing = sqlx::query_as!(
+        LockedCohort,
+        "SELECT id, log_entries, bits_pending FROM cohorts
+          WHERE workspace_id = $1 AND partner = $2 AND cohort_id = $3 FOR UPDATE",
         key.workspace_id,
         key.partner,
         key.cohort_id,
     )
     .fetch_optional(&mut *tx)
     .await?;
-    if let Some(id) = existing {
-        return Ok(id);
+    if let Some(cohort) = existing {
+        return Ok(cohort);
     }
     // New cohorts of one workspace are created one at a time (this row lock), which is
     // rare enough; existing ones never touch the counter.
@@ -147,11 +174,12 @@ pub(crate) async fn create_or_lock(
     .await?;
     // A concurrent creator may have won the race since the read above: then this locks
     // its row instead.
-    sqlx::query_scalar!(
+    sqlx::query_as!(
+        LockedCohort,
         "INSERT INTO cohorts AS c (workspace_id, id, partner, cohort_id, name, created_at, updated_at, last_import_at)
          VALUES ($1, $2, $3, $4, $5, $6, $6, $7)
          ON CONFLICT (workspace_id, partner, cohort_id) DO UPDATE SET updated_at = c.updated_at
-         RETURNING id",
+         RETURNING id, log_entries, bits_pending",
         key.workspace_id,
         id,
         key.partner,
@@ -302,8 +330,8 @@ pub async fn members(
     Ok(Some(members))
 }
 
-/// Deletes a cohort with its memberships, bitmaps and import log (those two by foreign
-/// key cascade). `false` if it did not exist.
+/// Deletes a cohort with its memberships, bitmaps, held-back bit changes and import log
+/// (the last three by foreign key cascade). `false` if it did not exist.
 pub async fn delete(db: &Database, key: CohortKey<'_>) -> sqlx::Result<bool> {
     let mut tx = db.begin().await?;
     // It writes memberships: a concurrent user deletion must not take one of them from

@@ -7,7 +7,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{
-    CohortKey,
+    CohortKey, LockedCohort,
     import::{Import, lock_cohort, log_import, write_memberships},
     resolve::resolve,
     unmatched,
@@ -16,6 +16,7 @@ use crate::domain::{
     ImportOutcome, MemberRefs, MembershipChanges, Unmatched, UnmatchedReason, membership::users_of_members,
 };
 use crate::store::{
+    bit_changes,
     bitmaps::{self, Bitmap},
     database::Database,
     locks::{WorkspaceLock, lock_workspace},
@@ -80,18 +81,18 @@ pub async fn replace(
     let mut tx = db.begin().await?;
     let now = Utc::now();
     lock_workspace(&mut tx, key.workspace_id, WorkspaceLock::OneCohort).await?;
-    let cohort_ref = lock_cohort(&mut tx, key, import, now).await?;
-    let outcome = apply_replace(&mut tx, key, cohort_ref, import, wanted, now).await?;
+    let cohort = lock_cohort(&mut tx, key, import, now).await?;
+    let outcome = apply_replace(&mut tx, key, cohort, import, wanted, now).await?;
     db.commit(tx).await?;
     Ok(outcome)
 }
 
 /// [`replace`] within a transaction that holds the workspace lock (shared) and the row
-/// lock of cohort `cohort_ref`.
+/// lock of `cohort`.
 pub(crate) async fn apply_replace(
     tx: &mut PgConnection,
     key: CohortKey<'_>,
-    cohort_ref: i64,
+    mut cohort: LockedCohort,
     import: &Import<'_>,
     wanted: Wanted,
     now: DateTime<Utc>,
@@ -108,13 +109,16 @@ pub(crate) async fn apply_replace(
     };
     let existing = bitmaps::read_ids(tx, key.workspace_id, Bitmap::Users, Some(&blocks)).await?;
     let users = intersect(&users, &existing);
-    let current = bitmaps::read_ids(tx, key.workspace_id, Bitmap::Cohort(cohort_ref), None).await?;
+    // The members are read from the blocks: first write the changes held back into them.
+    bit_changes::fold(tx, key.workspace_id, cohort.pending_bits(), &[], &[]).await?;
+    cohort.bits_pending = 0;
+    let current = bitmaps::read_ids(tx, key.workspace_id, Bitmap::Cohort(cohort.id), None).await?;
     let decided = MembershipChanges::replace(&users, &current, unmatched);
-    write_memberships(tx, key.workspace_id, cohort_ref, &decided.added, &decided.removed, now).await?;
+    write_memberships(tx, key.workspace_id, &mut cohort, &decided.added, &decided.removed, now).await?;
     let listed: Vec<_> = unmatched_members.iter().map(|(member, reason)| (member, *reason)).collect();
-    let listed = unmatched::record(tx, key.workspace_id, cohort_ref, &listed, now, import.unmatched_retention).await?;
+    let listed = unmatched::record(tx, key.workspace_id, cohort.id, &listed, now, import.unmatched_retention).await?;
     let outcome = decided.outcome();
-    log_import(tx, key, cohort_ref, import, now, &outcome, listed).await?;
+    log_import(tx, key, &cohort, import, now, &outcome, listed).await?;
     Ok(outcome)
 }
 

@@ -1,6 +1,7 @@
 //! SQL for the segment filter API: the cohort dropdown, and filters evaluated on the
-//! bitmaps of `user_bitmaps` and `cohort_bitmaps` (memberships never come into the
-//! service's memory, and no plan depends on the planner's statistics).
+//! bitmaps of `user_bitmaps` and `cohort_bitmaps`, with the changes `cohort_bit_changes`
+//! holds back (memberships never come into the service's memory, and no plan depends on
+//! the planner's statistics).
 //!
 //! [`query`] compiles a filter to bitmap algebra per block of 8,192 user ids; [`read`]
 //! counts, pages and exports its users; [`check`] tests given users against it.

@@ -223,10 +223,7 @@ impl SegmentQuery {
                 format!("coalesce(bit_or(bits) FILTER (WHERE {cohorts}), {NO_BITS}) AS l{k}")
             })
             .collect();
-        let cohort_bits = format!(
-            "SELECT block, cohort_ref, bits FROM cohort_bitmaps
-              WHERE workspace_id = $1 AND cohort_ref = ANY($2::bigint[]) AND {blocks}"
-        );
+        let cohort_bits = Self::cohort_bits_sql(blocks);
         let expression = Self::bitmap_expression(&self.root);
         let (source, expression) = if self.root.is_bounded() {
             (cohort_bits, expression)
@@ -243,6 +240,40 @@ impl SegmentQuery {
             "SELECT block, {expression} AS bits
                FROM (SELECT block, {} FROM ({source}) AS b GROUP BY block) AS leaves",
             columns.join(", ")
+        )
+    }
+
+    /// The blocks of every cohort of the filter (`$2`), with their held-back changes
+    /// applied (`store::bit_changes`): one row per (block, cohort_ref) with its `bits`,
+    /// for the blocks that pass `blocks`.
+    ///
+    /// The changes are folded here, per statement, so that blocks and changes are read in
+    /// one snapshot: the last change to an id says whether its bit is set, and an id's bit
+    /// becomes a one-bit mask that sets or clears it in its block (a block that only
+    /// changes have set yet comes from them alone).
+    fn cohort_bits_sql(blocks: &str) -> String {
+        format!(
+            "SELECT coalesce(b.block, p.block) AS block, coalesce(b.cohort_ref, p.cohort_ref) AS cohort_ref,
+                    CASE WHEN p.block IS NULL THEN b.bits
+                         ELSE (coalesce(b.bits, {NO_BITS}) | coalesce(p.set_bits, {NO_BITS}))
+                              & ~coalesce(p.clear_bits, {NO_BITS}) END AS bits
+               FROM (SELECT block, cohort_ref, bits FROM cohort_bitmaps
+                      WHERE workspace_id = $1 AND cohort_ref = ANY($2::bigint[]) AND {blocks}) AS b
+               FULL JOIN (
+                    SELECT cohort_ref, block,
+                           bit_or(B'1'::bit(8192) >> bit) FILTER (WHERE is_set) AS set_bits,
+                           bit_or(B'1'::bit(8192) >> bit) FILTER (WHERE NOT is_set) AS clear_bits
+                      FROM (SELECT DISTINCT ON (c.cohort_ref, s.id)
+                                   c.cohort_ref, s.id >> 13 AS block, (s.id & 8191)::int AS bit, s.is_set
+                              FROM cohort_bit_changes c
+                              CROSS JOIN LATERAL (SELECT id, true FROM unnest(c.set_ids) AS id
+                                                  UNION ALL
+                                                  SELECT id, false FROM unnest(c.cleared_ids) AS id) AS s(id, is_set)
+                             WHERE c.workspace_id = $1 AND c.cohort_ref = ANY($2::bigint[])
+                             ORDER BY c.cohort_ref, s.id, c.import_id DESC) AS last_changes
+                     WHERE {blocks}
+                     GROUP BY cohort_ref, block) AS p
+                 ON p.cohort_ref = b.cohort_ref AND p.block = b.block"
         )
     }
 

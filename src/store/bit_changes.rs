@@ -1,0 +1,127 @@
+//! `cohort_bit_changes`: changes to a cohort's bitmap held back from its blocks, and
+//! written into them several imports at a time.
+//!
+//! An import's users fall in a block each: with 10M users a request of 1,000 falls in
+//! ~700 of a cohort's 1,221 blocks, and rewriting each was half of what the import cost
+//! PostgreSQL beyond the same import at 1M users. So an import stores the ids it sets
+//! and clears as one row instead; the import that would take the cohort past
+//! [`MAX_PENDING_IDS`] writes them all into the blocks at once ("folds" them), each block
+//! once however many of the imports changed it. Readers apply the rows to the blocks
+//! they read, in the same statement (`segments::query`), so every answer stays exact.
+//!
+//! Every writer holds the cohort's row lock, and every change it writes is exact (it
+//! sets only ids that are not members and clears only members), so a cohort's changes
+//! apply in `import_id` order, and the last change to an id says whether it is set.
+
+use std::collections::HashMap;
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::bitmaps::{self, Bitmap};
+
+/// Ids a cohort may hold in changes not yet in its blocks. Readers fold them in each
+/// statement (about a microsecond an id), writers save a block rewrite for each block
+/// that several imports touch: BENCHMARKS.md has the figures for both.
+pub const MAX_PENDING_IDS: usize = 4096;
+
+/// A cohort's state of changes, as its locked row says.
+#[derive(Debug, Clone, Copy)]
+pub struct PendingBits {
+    /// The cohort.
+    pub cohort_ref: i64,
+    /// The import log entry the change written now will be.
+    pub import_id: i64,
+    /// Ids in the cohort's changes not yet in its blocks.
+    pub pending: usize,
+}
+
+/// Writes a change to the cohort's bitmap, setting the ids of `set` and clearing those
+/// of `clear` (disjoint): as a row beside the others, or, when that would take the
+/// cohort past [`MAX_PENDING_IDS`], into the blocks with every row before it. Returns
+/// the ids the cohort holds in rows afterwards.
+pub async fn write(
+    conn: &mut PgConnection,
+    workspace_id: Uuid,
+    cohort: PendingBits,
+    set: &[i64],
+    clear: &[i64],
+) -> sqlx::Result<usize> {
+    let ids = set.len() + clear.len();
+    if ids == 0 {
+        return Ok(cohort.pending);
+    }
+    if cohort.pending + ids > MAX_PENDING_IDS {
+        fold(conn, workspace_id, cohort, set, clear).await?;
+        return Ok(0);
+    }
+    sqlx::query!(
+        "INSERT INTO cohort_bit_changes (workspace_id, cohort_ref, import_id, set_ids, cleared_ids)
+         VALUES ($1, $2, $3, $4, $5)",
+        workspace_id,
+        cohort.cohort_ref,
+        cohort.import_id,
+        set,
+        clear,
+    )
+    .execute(conn)
+    .await?;
+    Ok(cohort.pending + ids)
+}
+
+/// Writes the cohort's changes held in rows, then `set` and `clear`, into its blocks,
+/// and deletes the rows. The cohort holds no id in rows afterwards.
+pub async fn fold(
+    conn: &mut PgConnection,
+    workspace_id: Uuid,
+    cohort: PendingBits,
+    set: &[i64],
+    clear: &[i64],
+) -> sqlx::Result<()> {
+    let bitmap = Bitmap::Cohort(cohort.cohort_ref);
+    if cohort.pending == 0 {
+        return bitmaps::apply(conn, workspace_id, bitmap, set, clear).await;
+    }
+    let mut held = sqlx::query!(
+        "DELETE FROM cohort_bit_changes WHERE workspace_id = $1 AND cohort_ref = $2
+         RETURNING import_id, set_ids, cleared_ids",
+        workspace_id,
+        cohort.cohort_ref,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    held.sort_unstable_by_key(|change| change.import_id);
+    let changes = held.iter().map(|change| (&change.set_ids[..], &change.cleared_ids[..]));
+    let (set, clear) = net(changes.chain([(set, clear)]));
+    bitmaps::apply(conn, workspace_id, bitmap, &set, &clear).await
+}
+
+/// What changes applied in order come to: the ids whose last change sets them, and
+/// those whose last change clears them, each ascending.
+fn net<'a>(changes: impl IntoIterator<Item = (&'a [i64], &'a [i64])>) -> (Vec<i64>, Vec<i64>) {
+    let mut last: HashMap<i64, bool> = HashMap::new();
+    for (set, clear) in changes {
+        last.extend(set.iter().map(|&id| (id, true)));
+        last.extend(clear.iter().map(|&id| (id, false)));
+    }
+    let (mut set, mut clear): (Vec<i64>, Vec<i64>) = (Vec::new(), Vec::new());
+    for (id, on) in last {
+        if on { set.push(id) } else { clear.push(id) }
+    }
+    set.sort_unstable();
+    clear.sort_unstable();
+    (set, clear)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_change_to_an_id_wins() {
+        let changes: [(&[i64], &[i64]); 3] = [(&[1, 2, 3], &[9]), (&[9], &[2]), (&[2, 7], &[1])];
+        // 1: set, then cleared; 2: set, cleared, set; 3: set; 7: set; 9: cleared, then set.
+        assert_eq!(net(changes), (vec![2, 3, 7, 9], vec![1]));
+        assert_eq!(net([]), (vec![], vec![]));
+    }
+}
