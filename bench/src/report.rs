@@ -109,6 +109,9 @@ impl BenchReport {
         comparison_row(&mut row, &format!("count A and not B ({})", filter.members_a_not_b), filter.andnot);
         comparison_row(&mut row, "count not A", filter.not);
         comparison_row(&mut row, "count A or not B", filter.ornot);
+        if let Some((figure, held_back)) = filter.held_back_not {
+            comparison_row(&mut row, &format!("count not A, {held_back} ids of A held back"), Some(figure));
+        }
         comparison_row(&mut row, &format!("page through A, limit {}", 10_000), filter.page);
         comparison_row(&mut row, "page through A or B", filter.page_or);
         comparison_row(&mut row, "export A (NDJSON)", filter.export);
@@ -154,7 +157,7 @@ impl BenchReport {
         };
         format!(
             "BENCH seed_per_s={:.0} ingest_per_s={:.0} ingest_ratio={:.2} p50_ms={:.1} p99_ms={:.1} \
-             pg_cpu_per_1k_ms={:.1} count_ms={} andnot_ms={} not_ms={} ornot_ms={} \
+             pg_cpu_per_1k_ms={:.1} count_ms={} andnot_ms={} not_ms={} ornot_ms={} heldback_not_ms={} \
              page_per_s={} pageor_per_s={} export_per_s={} check_ms={} amp_per_s={} amp_p99_ms={} \
              session_members_per_s={} replace_members_per_s={} wal_bytes_per_change={:.0} ol_rate={} ol_p99_ms={} \
              ol_max_ms={} rss_mb={:.0}",
@@ -168,6 +171,7 @@ impl BenchReport {
             service(filter.andnot, 1),
             service(filter.not, 1),
             service(filter.ornot, 1),
+            service(filter.held_back_not.map(|(figure, _)| figure), 1),
             service(filter.page, 0),
             service(filter.page_or, 0),
             service(filter.export, 0),

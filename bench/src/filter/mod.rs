@@ -84,6 +84,9 @@ pub struct FilterReport {
     pub page: Option<Comparison>,
     /// Paging `A or B`.
     pub page_or: Option<Comparison>,
+    /// `not A` where A is the ingest's cohort with the most bit changes held back (the
+    /// service folds them into each read), and how many ids it holds back.
+    pub held_back_not: Option<(Comparison, i64)>,
     pub export: Option<Comparison>,
     pub check: Option<Comparison>,
     /// Answers that differ from SQL's.
@@ -159,9 +162,35 @@ pub async fn measure_filters(
     .await?;
     report.export =
         measure_export(&segments, &a, pool, workspace, cohorts.a, report.members_a, &mut report.problems).await?;
+    report.held_back_not = measure_held_back_not(&segments, pool, workspace, &mut report.problems).await?;
     let references = check_references(pool, workspace, users).await?;
     report.check = measure_check(&segments, &a, &references, pool, workspace, cohorts.a, &mut report.problems).await?;
     Ok(report)
+}
+
+/// `not A` on the ingest's cohort holding the most bit changes back, against SQL's count.
+async fn measure_held_back_not(
+    segments: &Segments<'_>,
+    pool: &PgPool,
+    workspace: Uuid,
+    problems: &mut Vec<String>,
+) -> anyhow::Result<Option<(Comparison, i64)>> {
+    let held: Option<(i64, String, i32)> = sqlx::query_as(
+        "SELECT id, cohort_id, bits_pending FROM cohorts WHERE workspace_id = $1 AND cohort_id LIKE 'cohort-%'
+          ORDER BY bits_pending DESC LIMIT 1",
+    )
+    .bind(workspace)
+    .fetch_optional(pool)
+    .await?;
+    let Some((cohort_ref, cohort_id, held_back)) = held else { return Ok(None) };
+    let cohorts = FilterCohorts { a: cohort_ref, b: cohort_ref };
+    let not_a = json!({ "not": leaf("includes_value", &cohort_id) });
+    let expected = sql_count_where(pool, workspace, &cohorts, NOT_A).await?;
+    let figure = measure_count(segments, &not_a, ANDNOT_REPETITIONS, expected, problems, || {
+        sql_count_where(pool, workspace, &cohorts, NOT_A)
+    })
+    .await?;
+    Ok(figure.map(|figure| (figure, i64::from(held_back))))
 }
 
 /// `{"cohort": {...}}` on one of the benchmark's cohorts.
