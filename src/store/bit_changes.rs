@@ -7,22 +7,22 @@
 //! and clears as one row instead; the import that would take the cohort past
 //! [`MAX_PENDING_IDS`] writes them all into the blocks at once ("folds" them), each block
 //! once however many of the imports changed it. Readers apply the rows to the blocks
-//! they read, in the same statement (`segments::query`), so every answer stays exact.
+//! they read ([`HeldBack`]), in the same snapshot, so every answer stays exact.
 //!
 //! Every writer holds the cohort's row lock, and every change it writes is exact (it
 //! sets only ids that are not members and clears only members), so a cohort's changes
 //! apply in `import_id` order, and the last change to an id says whether it is set.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, ops::Range};
 
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::bitmaps::{self, Bitmap};
+use super::bitmaps::{self, Bitmap, Block, Masks};
 
-/// Ids a cohort may hold in changes not yet in its blocks. Readers fold them in each
-/// statement (about a microsecond an id), writers save a block rewrite for each block
-/// that several imports touch: BENCHMARKS.md has the figures for both.
+/// Ids a cohort may hold in changes not yet in its blocks: a reader reads them and binds
+/// a mask per block they touch, a writer saves a block rewrite for each block that
+/// several imports touch (BENCHMARKS.md has the figures for both).
 pub const MAX_PENDING_IDS: usize = 4096;
 
 /// A cohort's state of changes, as its locked row says.
@@ -94,6 +94,80 @@ pub async fn fold(
     let changes = held.iter().map(|change| (&change.set_ids[..], &change.cleared_ids[..]));
     let (set, clear) = net(changes.chain([(set, clear)]));
     bitmaps::apply(conn, workspace_id, bitmap, &set, &clear).await
+}
+
+/// The changes some cohorts hold back, as a reader applies them: per (block, cohort),
+/// the mask of the bits they set and of those they clear, by block.
+#[derive(Debug, Default)]
+pub struct HeldBack(Vec<HeldMasks>);
+
+#[derive(Debug)]
+struct HeldMasks {
+    block: i64,
+    cohort_ref: i64,
+    set: Option<Block>,
+    clear: Option<Block>,
+}
+
+/// The masks of [`HeldBack`] for some blocks, as the four parallel arrays a statement
+/// binds to `unnest(cohort_ref, block, set_bits, clear_bits)`.
+pub struct HeldColumns<'a> {
+    pub cohort_refs: Vec<i64>,
+    pub blocks: Vec<i64>,
+    pub set: Vec<Option<&'a Block>>,
+    pub clear: Vec<Option<&'a Block>>,
+}
+
+impl HeldBack {
+    /// The changes `cohorts` hold back now; read in the snapshot that reads their blocks.
+    pub async fn read(conn: &mut PgConnection, workspace_id: Uuid, cohorts: &[i64]) -> sqlx::Result<Self> {
+        let rows = sqlx::query!(
+            "SELECT cohort_ref, set_ids, cleared_ids FROM cohort_bit_changes
+              WHERE workspace_id = $1 AND cohort_ref = ANY($2) ORDER BY cohort_ref, import_id",
+            workspace_id,
+            cohorts,
+        )
+        .fetch_all(conn)
+        .await?;
+        let mut masks = Vec::new();
+        for cohort in rows.chunk_by(|a, b| a.cohort_ref == b.cohort_ref) {
+            let cohort_ref = cohort[0].cohort_ref;
+            let (set, clear) = net(cohort.iter().map(|row| (&row.set_ids[..], &row.cleared_ids[..])));
+            let (mut set, mut clear) =
+                (Masks::of(&set).into_blocks().peekable(), Masks::of(&clear).into_blocks().peekable());
+            loop {
+                let block = match (set.peek(), clear.peek()) {
+                    (Some(&(s, _)), Some(&(c, _))) => s.min(c),
+                    (Some(&(s, _)), None) => s,
+                    (None, Some(&(c, _))) => c,
+                    (None, None) => break,
+                };
+                let set = set.next_if(|&(b, _)| b == block).map(|(_, mask)| mask);
+                let clear = clear.next_if(|&(b, _)| b == block).map(|(_, mask)| mask);
+                masks.push(HeldMasks { block, cohort_ref, set, clear });
+            }
+        }
+        masks.sort_unstable_by_key(|m| (m.block, m.cohort_ref));
+        Ok(HeldBack(masks))
+    }
+
+    /// The masks of the blocks in `blocks`.
+    pub fn columns(&self, blocks: Range<i64>) -> HeldColumns<'_> {
+        let from = self.0.partition_point(|m| m.block < blocks.start);
+        let to = self.0.partition_point(|m| m.block < blocks.end);
+        let masks = &self.0[from..to.max(from)];
+        HeldColumns {
+            cohort_refs: masks.iter().map(|m| m.cohort_ref).collect(),
+            blocks: masks.iter().map(|m| m.block).collect(),
+            set: masks.iter().map(|m| m.set.as_ref()).collect(),
+            clear: masks.iter().map(|m| m.clear.as_ref()).collect(),
+        }
+    }
+
+    /// The masks of every block.
+    pub fn all(&self) -> HeldColumns<'_> {
+        self.columns(i64::MIN..i64::MAX)
+    }
 }
 
 /// What changes applied in order come to: the ids whose last change sets them, and

@@ -99,10 +99,11 @@ pub enum Bitmap {
 
 /// Ids grouped by block, as one mask per block.
 #[derive(Debug, Default)]
-struct Masks(BTreeMap<i64, Block>);
+pub struct Masks(BTreeMap<i64, Block>);
 
 impl Masks {
-    fn of(ids: &[i64]) -> Self {
+    /// The masks of `ids`, one per block they fall in.
+    pub fn of(ids: &[i64]) -> Self {
         let mut masks = Masks::default();
         for &id in ids {
             let (block, bit) = position(id);
@@ -113,6 +114,11 @@ impl Masks {
 
     fn get(&self, block: i64) -> Option<&Block> {
         self.0.get(&block)
+    }
+
+    /// The masks, by block, ascending.
+    pub fn into_blocks(self) -> impl Iterator<Item = (i64, Block)> {
+        self.0.into_iter()
     }
 }
 
@@ -195,6 +201,17 @@ RETURNING b.block",
         Bitmap::Cohort(_) => "COPY cohort_bitmaps (workspace_id, cohort_ref, block, bits) FROM STDIN (FORMAT binary)",
     };
     rows.copy(conn, copy).await
+}
+
+/// The workspace's last block of users (-1 when it has none): every user id, and so every
+/// member, falls in a block up to it.
+pub async fn last_block(conn: &mut PgConnection, workspace_id: Uuid) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
+        r#"SELECT coalesce(max(block), -1) AS "block!" FROM user_bitmaps WHERE workspace_id = $1"#,
+        workspace_id
+    )
+    .fetch_one(conn)
+    .await
 }
 
 /// The ids whose bits are set in `bitmap`, ascending: of every block, or of `blocks` only.

@@ -163,6 +163,23 @@ mod tests {
     }
 
     #[test]
+    fn bigint_arrays_are_in_postgres_binary_form() {
+        let mut rows = CopyRows::with_capacity(1, 60);
+        rows.ints(&[7, -1]).ints(&[]).end_row();
+        let fields = &rows.bytes[COPY_BINARY_HEADER.len() + 2..];
+        let mut expected = vec![0, 0, 0, 44]; // the field's length: 12 + 8 + 2 × 12
+        expected.extend([0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 20]); // one dimension, no NULLs, int8
+        expected.extend([0, 0, 0, 2, 0, 0, 0, 1]); // two elements from index 1
+        expected.extend([0, 0, 0, 8]);
+        expected.extend(7i64.to_be_bytes());
+        expected.extend([0, 0, 0, 8]);
+        expected.extend((-1i64).to_be_bytes());
+        // The empty array: no dimension at all.
+        expected.extend([0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 20]);
+        assert_eq!(fields, &expected[..]);
+    }
+
+    #[test]
     fn bits_and_times_are_in_postgres_binary_form() {
         let mut bits = Block::empty();
         bits.set(0);

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::Context;
 use sqlx::{
-    AssertSqlSafe, Connection, PgConnection, PgPool, Postgres, Transaction,
+    AssertSqlSafe, Connection, PgConnection, PgPool, Postgres, SqlSafeStr, Transaction,
     migrate::Migrator,
     pool::PoolConnection,
     postgres::{PgConnectOptions, PgPoolOptions},
@@ -319,6 +319,13 @@ impl Database {
         // What `Pool::begin` does after its own (uncounted) acquire. `Transaction::begin`
         // is public but hidden from sqlx's docs; sqlx's own `Acquire` impls call it.
         Transaction::begin(conn, None).await
+    }
+
+    /// [`Database::begin`] with `begin` as the statement that begins the transaction (an
+    /// isolation level, read only), in the same round trip.
+    pub async fn begin_with(&self, begin: &'static str) -> sqlx::Result<Transaction<'static, Postgres>> {
+        let conn = self.acquire().await?;
+        Transaction::begin(conn, Some(begin.into_sql_str())).await
     }
 
     /// The pool's size, idle connections, maximum and waiting callers, now.

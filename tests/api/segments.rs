@@ -1010,3 +1010,48 @@ async fn imports_held_back_and_folded_are_what_segments_see() {
     assert!(saw_held_back && saw_folded, "the stream both held changes back and folded them");
     assert_bitmaps_match_memberships(&s.app.pool).await;
 }
+
+/// Pages and exports read a range of blocks at a time, with the held-back changes of that
+/// range: users far past the first range, and changes held back for them, are reached.
+#[tokio::test]
+async fn pages_and_exports_reach_users_and_held_back_changes_far_apart() {
+    let app = TestApp::spawn().await;
+    let setup = app.partner_setup("kubit").await;
+    let key = app.create_api_key(setup.workspace, &["segments.read"]).await;
+    let s = Segments { app, workspace: setup.workspace, key };
+    // Users `near<n>` in block 0, users `far<n>` from id 2,000,000 on (block 244): more
+    // blocks apart than a page's or an export's read looks at.
+    s.numbered_users(s.workspace, "near", 50).await;
+    sqlx::query("UPDATE user_id_counters SET next_user_id = 2000000 WHERE workspace_id = $1")
+        .bind(s.workspace)
+        .execute(&s.app.pool)
+        .await
+        .unwrap();
+    s.numbered_users(s.workspace, "far", 50).await;
+    let members: Vec<String> =
+        (1..=50).flat_map(|n| [format!("near{n}"), format!("far{n}")]).filter(|id| !id.ends_with('7')).collect();
+    let body = json!({
+        "partner_api_key": setup.partner_api_key,
+        "client_secret": setup.client_secret,
+        "cohort_id": "A",
+        "cohort_changes": [{ "user_ids": members }],
+    });
+    let imported = s.app.client.post(s.app.url("/partners/kubit/cohorts/users")).json(&body).send().await.unwrap();
+    assert_eq!(imported.status(), 200);
+    let held_back: i32 = sqlx::query_scalar("SELECT bits_pending FROM cohorts WHERE workspace_id = $1")
+        .bind(s.workspace)
+        .fetch_one(&s.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(held_back, 90, "the import's bits are held back");
+
+    let mut expected = members.clone();
+    expected.sort();
+    // `A or A`: not a single cohort's count, so it is read from the bitmaps.
+    let a = json!({"or": [includes(&["A"]), includes(&["A"])]});
+    assert_eq!(s.members(&a).await, expected);
+    let mut others: Vec<String> = (1..=50).flat_map(|n| [format!("near{n}"), format!("far{n}")]).collect();
+    others.retain(|id| id.ends_with('7'));
+    others.sort();
+    assert_eq!(s.members(&json!({"not": includes(&["A"])})).await, others);
+}

@@ -3,9 +3,9 @@
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
-use super::query::SegmentQuery;
+use super::{query::SegmentQuery, read::begin_snapshot};
 use crate::domain::UserRef;
-use crate::store::database::Database;
+use crate::store::{bit_changes::HeldBack, database::Database};
 
 /// The outcome of checking one reference.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -78,7 +78,12 @@ pub async fn check(db: &Database, query: &SegmentQuery, refs: &[UserRef]) -> sql
         .bind(names);
     // Unlike the set-wide statements, this one's best plan does not depend on the values
     // (index probes per reference, whatever the cohorts' sizes): a prepared statement,
-    // cached per connection, saves its planning (a few ms) on every check.
-    let mut conn = db.acquire().await?;
-    query.bind_leaves(statement).fetch_all(&mut *conn).await
+    // cached per connection, saves its planning (a few ms) on every check. The changes
+    // held back are read in its snapshot, and those of every block bound (the blocks the
+    // users fall in are known only once they are resolved, in the statement).
+    let mut tx = begin_snapshot(db).await?;
+    let held = HeldBack::read(&mut tx, query.workspace_id, &query.all_cohorts()).await?;
+    let results = query.bind_leaves(statement, held.all()).fetch_all(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(results)
 }

@@ -12,7 +12,7 @@ use sqlx::{postgres::PgArguments, query::QueryAs};
 use uuid::Uuid;
 
 use crate::domain::filter::{CohortOp, Expr, Filter};
-use crate::store::database::Database;
+use crate::store::{bit_changes::HeldColumns, database::Database};
 
 /// An empty block of `cohort_bitmaps.bits` (casting to `bit(n)` pads with zeros).
 const NO_BITS: &str = "B'0'::bit(8192)";
@@ -209,7 +209,8 @@ impl SegmentQuery {
     /// The filter evaluated per block: one row per block with `block` and `bits`, exact at
     /// every bit (a bit is set exactly for a user who matches). `$1` is the workspace, `$2`
     /// every cohort of the filter ([`Self::all_cohorts`]), leaf `k`'s cohorts are
-    /// `$(first_leaf_param + k)`, and `blocks` an extra condition on `block`.
+    /// `$(first_leaf_param + k)`, the changes held back follow the leaves (both bound by
+    /// [`Self::bind_leaves`]), and `blocks` is an extra condition on `block`.
     ///
     /// Column `l<k>` is the union of leaf `k`'s cohorts in a block. A bounded filter
     /// ([`Node::is_bounded`]) is false wherever none of its cohorts has a member, so it
@@ -223,7 +224,7 @@ impl SegmentQuery {
                 format!("coalesce(bit_or(bits) FILTER (WHERE {cohorts}), {NO_BITS}) AS l{k}")
             })
             .collect();
-        let cohort_bits = Self::cohort_bits_sql(blocks);
+        let cohort_bits = Self::cohort_bits_sql(blocks, first_leaf_param + self.leaves.len());
         let expression = Self::bitmap_expression(&self.root);
         let (source, expression) = if self.root.is_bounded() {
             (cohort_bits, expression)
@@ -243,37 +244,24 @@ impl SegmentQuery {
         )
     }
 
-    /// The blocks of every cohort of the filter (`$2`), with their held-back changes
-    /// applied (`store::bit_changes`): one row per (block, cohort_ref) with its `bits`,
-    /// for the blocks that pass `blocks`.
-    ///
-    /// The changes are folded here, per statement, so that blocks and changes are read in
-    /// one snapshot: the last change to an id says whether its bit is set, and an id's bit
-    /// becomes a one-bit mask that sets or clears it in its block (a block that only
-    /// changes have set yet comes from them alone).
-    fn cohort_bits_sql(blocks: &str) -> String {
+    /// The blocks of every cohort of the filter (`$2`) that pass `blocks`, with the
+    /// changes the cohorts hold back applied (`store::bit_changes`): one row per (block,
+    /// cohort_ref) with its `bits` (a block only held-back changes have set yet comes from
+    /// them alone). The changes come as masks per (cohort, block), bound as four arrays
+    /// from `$held` on.
+    fn cohort_bits_sql(blocks: &str, held: usize) -> String {
+        let (blocks_param, set, clear) = (held + 1, held + 2, held + 3);
         format!(
-            "SELECT coalesce(b.block, p.block) AS block, coalesce(b.cohort_ref, p.cohort_ref) AS cohort_ref,
-                    CASE WHEN p.block IS NULL THEN b.bits
-                         ELSE (coalesce(b.bits, {NO_BITS}) | coalesce(p.set_bits, {NO_BITS}))
-                              & ~coalesce(p.clear_bits, {NO_BITS}) END AS bits
+            "SELECT coalesce(b.block, h.block) AS block, coalesce(b.cohort_ref, h.cohort_ref) AS cohort_ref,
+                    CASE WHEN h.block IS NULL THEN b.bits
+                         ELSE (coalesce(b.bits, {NO_BITS}) | coalesce(h.set_bits, {NO_BITS}))
+                              & ~coalesce(h.clear_bits, {NO_BITS}) END AS bits
                FROM (SELECT block, cohort_ref, bits FROM cohort_bitmaps
                       WHERE workspace_id = $1 AND cohort_ref = ANY($2::bigint[]) AND {blocks}) AS b
-               FULL JOIN (
-                    SELECT cohort_ref, block,
-                           bit_or(B'1'::bit(8192) >> bit) FILTER (WHERE is_set) AS set_bits,
-                           bit_or(B'1'::bit(8192) >> bit) FILTER (WHERE NOT is_set) AS clear_bits
-                      FROM (SELECT DISTINCT ON (c.cohort_ref, s.id)
-                                   c.cohort_ref, s.id >> 13 AS block, (s.id & 8191)::int AS bit, s.is_set
-                              FROM cohort_bit_changes c
-                              CROSS JOIN LATERAL (SELECT id, true FROM unnest(c.set_ids) AS id
-                                                  UNION ALL
-                                                  SELECT id, false FROM unnest(c.cleared_ids) AS id) AS s(id, is_set)
-                             WHERE c.workspace_id = $1 AND c.cohort_ref = ANY($2::bigint[])
-                             ORDER BY c.cohort_ref, s.id, c.import_id DESC) AS last_changes
-                     WHERE {blocks}
-                     GROUP BY cohort_ref, block) AS p
-                 ON p.cohort_ref = b.cohort_ref AND p.block = b.block"
+               FULL JOIN (SELECT * FROM unnest(${held}::int8[], ${blocks_param}::int8[], ${set}::varbit[], ${clear}::varbit[])
+                                     AS h(cohort_ref, block, set_bits, clear_bits)
+                           WHERE {blocks}) AS h
+                 ON h.cohort_ref = b.cohort_ref AND h.block = b.block"
         )
     }
 
@@ -283,13 +271,13 @@ impl SegmentQuery {
         format!("SELECT coalesce(sum(bit_count(bits)), 0)::int8 FROM ({blocks}) AS blocks")
     }
 
-    /// The blocks from `$3` on that hold a match, at most `$4` of them, in order; leaves
-    /// from `$5`.
+    /// The blocks from `$3` up to `$4` (excluded) that hold a match, at most `$5` of them,
+    /// in order; leaves from `$6`.
     pub(super) fn page_blocks_sql(&self) -> String {
-        let blocks = self.filter_blocks_sql(5, "block >= $3");
+        let blocks = self.filter_blocks_sql(6, "block >= $3 AND block < $4");
         // varbit_send: the bits as bytes, not 8,192 characters of text.
         format!(
-            "SELECT block, varbit_send(bits) FROM ({blocks}) AS blocks WHERE bit_count(bits) > 0 ORDER BY block LIMIT $4"
+            "SELECT block, varbit_send(bits) FROM ({blocks}) AS blocks WHERE bit_count(bits) > 0 ORDER BY block LIMIT $5"
         )
     }
 
@@ -306,10 +294,12 @@ impl SegmentQuery {
         }
     }
 
-    /// Binds each leaf's cohorts, in leaf order, after the parameters already bound.
+    /// Binds each leaf's cohorts, in leaf order, then the changes held back, after the
+    /// parameters already bound.
     pub(super) fn bind_leaves<'q, O>(
         &'q self,
         mut query: QueryAs<'q, sqlx::Postgres, O, PgArguments>,
+        held: HeldColumns<'q>,
     ) -> QueryAs<'q, sqlx::Postgres, O, PgArguments> {
         for cohorts in &self.leaves {
             query = match cohorts {
@@ -317,7 +307,7 @@ impl SegmentQuery {
                 LeafCohorts::Many(cohort_refs) => query.bind(cohort_refs),
             };
         }
-        query
+        query.bind(held.cohort_refs).bind(held.blocks).bind(held.set).bind(held.clear)
     }
 }
 
@@ -404,8 +394,11 @@ mod tests {
         );
         let page = q.page_blocks_sql();
         assert!(page.contains("SELECT block, ((l0 & (~l1)) | l2) AS bits"), "{page}");
-        assert!(page.contains("AND block >= $3") && page.contains("FILTER (WHERE cohort_ref = $5)"), "{page}");
-        assert!(page.ends_with("WHERE bit_count(bits) > 0 ORDER BY block LIMIT $4"), "{page}");
+        assert!(
+            page.contains("AND block >= $3 AND block < $4") && page.contains("FILTER (WHERE cohort_ref = $6)"),
+            "{page}"
+        );
+        assert!(page.ends_with("WHERE bit_count(bits) > 0 ORDER BY block LIMIT $5"), "{page}");
         // not A: every user's block, A's bits taken away.
         let q = query(json!({"not": leaf("includes_value", "A")}), vec![LeafCohorts::One(1)], vec![1]);
         assert!(q.count_sql().contains("SELECT block, ((~l0) & everyone) AS bits"));

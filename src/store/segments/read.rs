@@ -1,18 +1,23 @@
 //! A segment's users from the bitmaps: its count, a page, and an export streamed with
-//! flat memory however large the segment. Pages and exports take the matching ids block
-//! by block and then read those users by id, in one snapshot.
+//! flat memory however large the segment. Each reads the changes its cohorts hold back
+//! in the snapshot that reads their blocks. Pages and exports take the matching ids
+//! block by block and then read those users by id.
 
 use futures::{StreamExt, TryStreamExt, stream::BoxStream};
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::query::SegmentQuery;
-use crate::store::{bitmaps, database::Database};
+use crate::store::{bit_changes::HeldBack, bitmaps, database::Database};
 
-/// Bitmap blocks read per round trip while a page is collected from them.
+/// Bitmap blocks holding a match read per round trip while a page is collected from them.
 const PAGE_BLOCKS_PER_READ: i64 = 16;
-/// Bitmap blocks per batch of an export: at most 4 × 8,192 users in memory at once.
+/// Bitmap blocks holding a match per batch of an export: at most 4 × 8,192 users in
+/// memory at once.
 const EXPORT_BLOCKS_PER_READ: i64 = 4;
+/// How far past its first block one read of blocks looks, in multiples of the blocks it
+/// wants: the held-back changes it binds are those of this range.
+const BLOCKS_SPAN_PER_WANTED: i64 = 8;
 
 /// Number of users of the workspace matching the filter, exact.
 pub async fn count(db: &Database, query: &SegmentQuery) -> sqlx::Result<i64> {
@@ -20,12 +25,14 @@ pub async fn count(db: &Database, query: &SegmentQuery) -> sqlx::Result<i64> {
         // Maintained in the same transaction as every membership change: exact.
         return Ok(members);
     }
+    let mut tx = begin_snapshot(db).await?;
+    let held = HeldBack::read(&mut tx, query.workspace_id, &query.all_cohorts()).await?;
     let statement = sqlx::query_as::<_, (i64,)>(AssertSqlSafe(query.count_sql()))
         .bind(query.workspace_id)
         .bind(query.all_cohorts());
-    let mut conn = db.acquire().await?;
     // Generated text varies per filter: an unnamed statement.
-    let (n,) = query.bind_leaves(statement).persistent(false).fetch_one(&mut *conn).await?;
+    let (n,) = query.bind_leaves(statement, held.all()).persistent(false).fetch_one(&mut *tx).await?;
+    tx.commit().await?;
     Ok(n)
 }
 
@@ -40,73 +47,85 @@ pub struct SegmentUser {
     pub external_id: Option<String>,
 }
 
-/// Begins the read-only, repeatable-read transaction a page or an export reads in, so its
-/// bitmaps and users are one snapshot. Dropped unfinished (an error, a client gone, a
-/// panic), it is rolled back before its connection is used again.
+/// Begins the read-only, repeatable-read transaction a count, a page or an export reads
+/// in, so its bitmaps, the changes held back from them and its users are one snapshot.
+/// Dropped unfinished (an error, a client gone, a panic), it is rolled back before its
+/// connection is used again.
 pub async fn begin_snapshot(db: &Database) -> sqlx::Result<Transaction<'static, Postgres>> {
-    let mut tx = db.begin().await?;
-    sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
-    Ok(tx)
+    db.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await
 }
 
 /// Up to `limit` matching users with an internal id above `after`, in id order.
 pub async fn page(db: &Database, query: &SegmentQuery, after: i64, limit: i64) -> sqlx::Result<Vec<SegmentUser>> {
     let wanted = usize::try_from(limit).unwrap_or(0);
-    let blocks_sql = query.page_blocks_sql();
     let mut ids: Vec<i64> = Vec::with_capacity(wanted.min(10_000));
     let mut tx = begin_snapshot(db).await?;
+    let blocks = BlockReads::start(&mut tx, query, PAGE_BLOCKS_PER_READ).await?;
     let mut next_block = Some(after.max(0) >> 13);
     while let Some(from) = next_block
         && ids.len() < wanted
     {
-        let read = BitmapRead { from, blocks: PAGE_BLOCKS_PER_READ, after, max_ids: wanted };
-        next_block = read.matching_ids(&mut tx, query, &blocks_sql, &mut ids).await?;
+        next_block = blocks.matching_ids(&mut tx, query, from, after, wanted, &mut ids).await?;
     }
     let users = users_by_id(&mut tx, query.workspace_id, &ids).await?;
     tx.commit().await?;
     Ok(users)
 }
 
-/// One read of bitmap blocks (see [`SegmentQuery::page_blocks_sql`]).
-struct BitmapRead {
-    /// The first block to read.
-    from: i64,
-    /// How many blocks holding a match to read at most.
-    blocks: i64,
-    /// Only ids above this one count.
-    after: i64,
-    /// Stop once `ids` holds this many.
-    max_ids: usize,
+/// Reads of a filter's bitmap blocks, a few holding a match at a time (see
+/// [`SegmentQuery::page_blocks_sql`]), with the changes its cohorts hold back.
+struct BlockReads {
+    sql: String,
+    held: HeldBack,
+    /// Blocks holding a match to read at most per read.
+    wanted: i64,
+    /// The workspace's last block of users: no block after it holds a match.
+    last: i64,
 }
 
-impl BitmapRead {
-    /// Appends the matching user ids of the blocks read to `ids`, in order; returns the
-    /// block to read next, `None` when there is none left.
+impl BlockReads {
+    /// Reads what every read needs (in the snapshot `conn` reads in).
+    async fn start(conn: &mut PgConnection, query: &SegmentQuery, wanted: i64) -> sqlx::Result<Self> {
+        let held = HeldBack::read(&mut *conn, query.workspace_id, &query.all_cohorts()).await?;
+        let last = bitmaps::last_block(conn, query.workspace_id).await?;
+        Ok(BlockReads { sql: query.page_blocks_sql(), held, wanted, last })
+    }
+
+    /// Appends to `ids`, in order, the matching user ids above `after` of the blocks read
+    /// from block `from` on, stopping once it holds `max_ids`; returns the block to read
+    /// next, `None` when there is none left. One read looks at a range of blocks, and
+    /// binds the held-back changes of that range only.
     async fn matching_ids(
         &self,
         conn: &mut PgConnection,
         query: &SegmentQuery,
-        blocks_sql: &str,
+        from: i64,
+        after: i64,
+        max_ids: usize,
         ids: &mut Vec<i64>,
     ) -> sqlx::Result<Option<i64>> {
-        let statement = sqlx::query_as::<_, (i64, Vec<u8>)>(AssertSqlSafe(blocks_sql.to_owned()))
+        let to = from.saturating_add(self.wanted * BLOCKS_SPAN_PER_WANTED);
+        let statement = sqlx::query_as::<_, (i64, Vec<u8>)>(AssertSqlSafe(self.sql.clone()))
             .bind(query.workspace_id)
             .bind(query.all_cohorts())
-            .bind(self.from)
-            .bind(self.blocks);
-        let blocks = query.bind_leaves(statement).persistent(false).fetch_all(&mut *conn).await?;
+            .bind(from)
+            .bind(to)
+            .bind(self.wanted);
+        let blocks =
+            query.bind_leaves(statement, self.held.columns(from..to)).persistent(false).fetch_all(&mut *conn).await?;
         for (block, bits) in &blocks {
             // `varbit_send`: the length in bits, then the bytes.
             let bytes = bits.get(4..).unwrap_or_default();
-            for id in bitmaps::ids_in(*block, bytes).filter(|&id| id > self.after) {
+            for id in bitmaps::ids_in(*block, bytes).filter(|&id| id > after) {
                 ids.push(id);
-                if ids.len() >= self.max_ids {
+                if ids.len() >= max_ids {
                     return Ok(Some(*block));
                 }
             }
         }
         Ok(match blocks.last() {
-            Some(&(last, _)) if blocks.len() as i64 == self.blocks => Some(last + 1),
+            Some(&(last, _)) if blocks.len() as i64 == self.wanted => Some(last + 1),
+            _ if to <= self.last => Some(to),
             _ => None,
         })
     }
@@ -150,17 +169,16 @@ async fn users_by_id(conn: &mut PgConnection, workspace_id: Uuid, ids: &[i64]) -
 /// Every matching user, in id order, a few bitmap blocks' users at a time, read on
 /// `snapshot` (from [`begin_snapshot`]; the caller commits it after the last user).
 pub fn export<'e>(snapshot: &'e mut PgConnection, query: &'e SegmentQuery) -> BoxStream<'e, sqlx::Result<SegmentUser>> {
-    let blocks_sql = std::sync::Arc::new(query.page_blocks_sql());
-    let batches = futures::stream::try_unfold((snapshot, Some(0i64)), move |(conn, next)| {
-        let blocks_sql = blocks_sql.clone();
-        async move {
-            let Some(from) = next else { return Ok::<_, sqlx::Error>(None) };
-            let mut ids = Vec::new();
-            let read = BitmapRead { from, blocks: EXPORT_BLOCKS_PER_READ, after: -1, max_ids: usize::MAX };
-            let next = read.matching_ids(conn, query, &blocks_sql, &mut ids).await?;
-            let users = users_by_id(conn, query.workspace_id, &ids).await?;
-            Ok(Some((users, (conn, next))))
-        }
+    let batches = futures::stream::try_unfold((snapshot, None, Some(0i64)), move |(conn, reads, next)| async move {
+        let Some(from) = next else { return Ok::<_, sqlx::Error>(None) };
+        let reads = match reads {
+            Some(reads) => reads,
+            None => BlockReads::start(conn, query, EXPORT_BLOCKS_PER_READ).await?,
+        };
+        let mut ids = Vec::new();
+        let next = reads.matching_ids(conn, query, from, -1, usize::MAX, &mut ids).await?;
+        let users = users_by_id(conn, query.workspace_id, &ids).await?;
+        Ok(Some((users, (conn, Some(reads), next))))
     });
     batches.map_ok(|users| futures::stream::iter(users.into_iter().map(Ok))).try_flatten().boxed()
 }
