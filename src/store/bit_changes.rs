@@ -118,6 +118,13 @@ pub struct HeldColumns<'a> {
     pub clear: Vec<Option<&'a Block>>,
 }
 
+impl HeldColumns<'_> {
+    /// Whether there is no mask.
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+}
+
 impl HeldBack {
     /// The changes `cohorts` hold back now; read in the snapshot that reads their blocks.
     pub async fn read(conn: &mut PgConnection, workspace_id: Uuid, cohorts: &[i64]) -> sqlx::Result<Self> {

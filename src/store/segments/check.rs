@@ -38,6 +38,9 @@ pub async fn check(db: &Database, query: &SegmentQuery, refs: &[UserRef]) -> sql
     // lateral UNION ALL can find a user; every branch is a unique-index probe. The filter
     // is then evaluated on the bitmaps of just the blocks those users fall in (1 KiB per
     // cohort of the filter and such block) instead of probing memberships per user.
+    let mut tx = begin_snapshot(db).await?;
+    let held = HeldBack::read(&mut tx, query.workspace_id, &query.all_cohorts()).await?;
+    let held = held.all();
     let sql = format!(
         "WITH resolved AS MATERIALIZED (
             SELECT r.ord, u.id, u.braze_id
@@ -66,7 +69,11 @@ pub async fn check(db: &Database, query: &SegmentQuery, refs: &[UserRef]) -> sql
                 r.id IS NOT NULL AND COALESCE(get_bit(b.bits, (r.id & 8191)::int) = 1, false) AS matches
            FROM resolved r LEFT JOIN blocks b ON b.block = r.id >> 13
           ORDER BY r.ord",
-        query.filter_blocks_sql(8, "block = ANY(ARRAY(SELECT DISTINCT id >> 13 FROM resolved WHERE id IS NOT NULL))")
+        query.filter_blocks_sql(
+            8,
+            "block = ANY(ARRAY(SELECT DISTINCT id >> 13 FROM resolved WHERE id IS NOT NULL))",
+            !held.is_empty()
+        )
     );
     let statement = sqlx::query_as(AssertSqlSafe(sql))
         .bind(query.workspace_id)
@@ -80,10 +87,10 @@ pub async fn check(db: &Database, query: &SegmentQuery, refs: &[UserRef]) -> sql
     // (index probes per reference, whatever the cohorts' sizes): a prepared statement,
     // cached per connection, saves its planning (a few ms) on every check. The changes
     // held back are read in its snapshot, and those of every block bound (the blocks the
-    // users fall in are known only once they are resolved, in the statement).
-    let mut tx = begin_snapshot(db).await?;
-    let held = HeldBack::read(&mut tx, query.workspace_id, &query.all_cohorts()).await?;
-    let results = query.bind_leaves(statement, held.all()).fetch_all(&mut *tx).await?;
+    // users fall in are known only once they are resolved, in the statement); a statement
+    // with them is planned each time (its generic plan is not kept), so with none held
+    // back the statement leaves them out.
+    let results = query.bind_leaves(statement, held).fetch_all(&mut *tx).await?;
     tx.commit().await?;
     Ok(results)
 }

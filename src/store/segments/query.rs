@@ -209,22 +209,23 @@ impl SegmentQuery {
     /// The filter evaluated per block: one row per block with `block` and `bits`, exact at
     /// every bit (a bit is set exactly for a user who matches). `$1` is the workspace, `$2`
     /// every cohort of the filter ([`Self::all_cohorts`]), leaf `k`'s cohorts are
-    /// `$(first_leaf_param + k)`, the changes held back follow the leaves (both bound by
-    /// [`Self::bind_leaves`]), and `blocks` is an extra condition on `block`.
+    /// `$(first_leaf_param + k)`, the changes held back, when `held`, follow the leaves
+    /// (both bound by [`Self::bind_leaves`]), and `blocks` is an extra condition on
+    /// `block`.
     ///
     /// Column `l<k>` is the union of leaf `k`'s cohorts in a block. A bounded filter
     /// ([`Node::is_bounded`]) is false wherever none of its cohorts has a member, so it
     /// reads only their blocks; any other filter is also true for users in none of its
     /// cohorts, so it reads every block of the workspace's users and is taken within them
     /// (`everyone`).
-    pub(super) fn filter_blocks_sql(&self, first_leaf_param: usize, blocks: &str) -> String {
+    pub(super) fn filter_blocks_sql(&self, first_leaf_param: usize, blocks: &str, held: bool) -> String {
         let mut columns: Vec<String> = (0..self.leaves.len())
             .map(|k| {
                 let cohorts = self.leaf_cohorts("cohort_ref", k, first_leaf_param);
                 format!("coalesce(bit_or(bits) FILTER (WHERE {cohorts}), {NO_BITS}) AS l{k}")
             })
             .collect();
-        let cohort_bits = Self::cohort_bits_sql(blocks, first_leaf_param + self.leaves.len());
+        let cohort_bits = Self::cohort_bits_sql(blocks, held.then_some(first_leaf_param + self.leaves.len()));
         let expression = Self::bitmap_expression(&self.root);
         let (source, expression) = if self.root.is_bounded() {
             (cohort_bits, expression)
@@ -248,8 +249,15 @@ impl SegmentQuery {
     /// changes the cohorts hold back applied (`store::bit_changes`): one row per (block,
     /// cohort_ref) with its `bits` (a block only held-back changes have set yet comes from
     /// them alone). The changes come as masks per (cohort, block), bound as four arrays
-    /// from `$held` on.
-    fn cohort_bits_sql(blocks: &str, held: usize) -> String {
+    /// from `$held` on; with none (`None`), the statement is the blocks alone, as it is
+    /// prepared and planned when nothing is held back.
+    fn cohort_bits_sql(blocks: &str, held: Option<usize>) -> String {
+        let Some(held) = held else {
+            return format!(
+                "SELECT block, cohort_ref, bits FROM cohort_bitmaps
+                  WHERE workspace_id = $1 AND cohort_ref = ANY($2::bigint[]) AND {blocks}"
+            );
+        };
         let (blocks_param, set, clear) = (held + 1, held + 2, held + 3);
         format!(
             "SELECT coalesce(b.block, h.block) AS block, coalesce(b.cohort_ref, h.cohort_ref) AS cohort_ref,
@@ -266,15 +274,15 @@ impl SegmentQuery {
     }
 
     /// The count: leaves from `$3`.
-    pub(super) fn count_sql(&self) -> String {
-        let blocks = self.filter_blocks_sql(3, "true");
+    pub(super) fn count_sql(&self, held: bool) -> String {
+        let blocks = self.filter_blocks_sql(3, "true", held);
         format!("SELECT coalesce(sum(bit_count(bits)), 0)::int8 FROM ({blocks}) AS blocks")
     }
 
     /// The blocks from `$3` up to `$4` (excluded) that hold a match, at most `$5` of them,
     /// in order; leaves from `$6`.
-    pub(super) fn page_blocks_sql(&self) -> String {
-        let blocks = self.filter_blocks_sql(6, "block >= $3 AND block < $4");
+    pub(super) fn page_blocks_sql(&self, held: bool) -> String {
+        let blocks = self.filter_blocks_sql(6, "block >= $3 AND block < $4", held);
         // varbit_send: the bits as bytes, not 8,192 characters of text.
         format!(
             "SELECT block, varbit_send(bits) FROM ({blocks}) AS blocks WHERE bit_count(bits) > 0 ORDER BY block LIMIT $5"
@@ -294,8 +302,8 @@ impl SegmentQuery {
         }
     }
 
-    /// Binds each leaf's cohorts, in leaf order, then the changes held back, after the
-    /// parameters already bound.
+    /// Binds each leaf's cohorts, in leaf order, then the changes held back if there are
+    /// any (the statement was built for them), after the parameters already bound.
     pub(super) fn bind_leaves<'q, O>(
         &'q self,
         mut query: QueryAs<'q, sqlx::Postgres, O, PgArguments>,
@@ -306,6 +314,9 @@ impl SegmentQuery {
                 LeafCohorts::One(cohort_ref) => query.bind(*cohort_ref),
                 LeafCohorts::Many(cohort_refs) => query.bind(cohort_refs),
             };
+        }
+        if held.is_empty() {
+            return query;
         }
         query.bind(held.cohort_refs).bind(held.blocks).bind(held.set).bind(held.clear)
     }
@@ -364,7 +375,7 @@ mod tests {
         );
         assert!(q.root.is_bounded());
         assert_eq!(q.all_cohorts(), vec![1, 2, 3]);
-        let sql = q.count_sql();
+        let sql = q.count_sql(false);
         assert!(sql.starts_with("SELECT coalesce(sum(bit_count(bits)), 0)::int8"), "{sql}");
         assert!(sql.contains("SELECT block, (l0 & (~l1) & (~l2)) AS bits"), "{sql}");
         assert!(
@@ -381,7 +392,7 @@ mod tests {
             vec![1, 1],
         );
         assert!(!q.root.is_bounded());
-        let sql = q.count_sql();
+        let sql = q.count_sql(false);
         assert!(sql.contains("SELECT block, ((l0 | (~l1)) & everyone) AS bits"), "{sql}");
         assert!(sql.contains("SELECT block, NULL, bits FROM user_bitmaps WHERE workspace_id = $1 AND true"), "{sql}");
         assert!(sql.contains("FILTER (WHERE cohort_ref IS NULL), B'0'::bit(8192)) AS everyone"), "{sql}");
@@ -392,7 +403,7 @@ mod tests {
             cohorts(),
             vec![1, 1, 1],
         );
-        let page = q.page_blocks_sql();
+        let page = q.page_blocks_sql(false);
         assert!(page.contains("SELECT block, ((l0 & (~l1)) | l2) AS bits"), "{page}");
         assert!(
             page.contains("AND block >= $3 AND block < $4") && page.contains("FILTER (WHERE cohort_ref = $6)"),
@@ -401,7 +412,7 @@ mod tests {
         assert!(page.ends_with("WHERE bit_count(bits) > 0 ORDER BY block LIMIT $5"), "{page}");
         // not A: every user's block, A's bits taken away.
         let q = query(json!({"not": leaf("includes_value", "A")}), vec![LeafCohorts::One(1)], vec![1]);
-        assert!(q.count_sql().contains("SELECT block, ((~l0) & everyone) AS bits"));
+        assert!(q.count_sql(false).contains("SELECT block, ((~l0) & everyone) AS bits"));
     }
 
     /// Evaluates `node` for a user whose memberships `member(leaf)` tells, the way the

@@ -27,11 +27,12 @@ pub async fn count(db: &Database, query: &SegmentQuery) -> sqlx::Result<i64> {
     }
     let mut tx = begin_snapshot(db).await?;
     let held = HeldBack::read(&mut tx, query.workspace_id, &query.all_cohorts()).await?;
-    let statement = sqlx::query_as::<_, (i64,)>(AssertSqlSafe(query.count_sql()))
+    let held = held.all();
+    let statement = sqlx::query_as::<_, (i64,)>(AssertSqlSafe(query.count_sql(!held.is_empty())))
         .bind(query.workspace_id)
         .bind(query.all_cohorts());
     // Generated text varies per filter: an unnamed statement.
-    let (n,) = query.bind_leaves(statement, held.all()).persistent(false).fetch_one(&mut *tx).await?;
+    let (n,) = query.bind_leaves(statement, held).persistent(false).fetch_one(&mut *tx).await?;
     tx.commit().await?;
     Ok(n)
 }
@@ -75,7 +76,8 @@ pub async fn page(db: &Database, query: &SegmentQuery, after: i64, limit: i64) -
 /// Reads of a filter's bitmap blocks, a few holding a match at a time (see
 /// [`SegmentQuery::page_blocks_sql`]), with the changes its cohorts hold back.
 struct BlockReads {
-    sql: String,
+    /// The statement for a range of blocks without held-back changes, and with.
+    sql: [String; 2],
     held: HeldBack,
     /// Blocks holding a match to read at most per read.
     wanted: i64,
@@ -88,7 +90,8 @@ impl BlockReads {
     async fn start(conn: &mut PgConnection, query: &SegmentQuery, wanted: i64) -> sqlx::Result<Self> {
         let held = HeldBack::read(&mut *conn, query.workspace_id, &query.all_cohorts()).await?;
         let last = bitmaps::last_block(conn, query.workspace_id).await?;
-        Ok(BlockReads { sql: query.page_blocks_sql(), held, wanted, last })
+        let sql = [query.page_blocks_sql(false), query.page_blocks_sql(true)];
+        Ok(BlockReads { sql, held, wanted, last })
     }
 
     /// Appends to `ids`, in order, the matching user ids above `after` of the blocks read
@@ -105,14 +108,15 @@ impl BlockReads {
         ids: &mut Vec<i64>,
     ) -> sqlx::Result<Option<i64>> {
         let to = from.saturating_add(self.wanted * BLOCKS_SPAN_PER_WANTED);
-        let statement = sqlx::query_as::<_, (i64, Vec<u8>)>(AssertSqlSafe(self.sql.clone()))
+        let held = self.held.columns(from..to);
+        let sql = &self.sql[usize::from(!held.is_empty())];
+        let statement = sqlx::query_as::<_, (i64, Vec<u8>)>(AssertSqlSafe(sql.clone()))
             .bind(query.workspace_id)
             .bind(query.all_cohorts())
             .bind(from)
             .bind(to)
             .bind(self.wanted);
-        let blocks =
-            query.bind_leaves(statement, self.held.columns(from..to)).persistent(false).fetch_all(&mut *conn).await?;
+        let blocks = query.bind_leaves(statement, held).persistent(false).fetch_all(&mut *conn).await?;
         for (block, bits) in &blocks {
             // `varbit_send`: the length in bits, then the bytes.
             let bytes = bits.get(4..).unwrap_or_default();
