@@ -63,9 +63,9 @@ CREATE TABLE cohort_bitmaps (
 ) WITH (fillfactor = 50);
 
 -- Changes to a cohort's bitmap not yet written into its blocks: one row per import (and
--- per user deletion) with the ids it set and cleared. Rewriting the blocks an import's
--- users fall in costs a block per user once a workspace has millions of users, so the
--- changes of several imports are written into the blocks together, each block once
+-- per user deletion) with the ids it set and cleared. An import's users fall in most of
+-- a cohort's blocks, and rewriting a block logs most of its 1 KiB, so the changes of
+-- several imports are written into the blocks together, each block once
 -- (src/store/bit_changes.rs). Readers of the bitmaps apply these rows to the blocks they
 -- read, in the same snapshot, so what they answer is exact.
 CREATE TABLE cohort_bit_changes (

@@ -5,13 +5,14 @@
 
 use std::collections::HashSet;
 
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::helpers::{
-    TestApp, assert_bitmaps_match_memberships, change_members, expect_error, expect_json, insert_cohort, insert_users,
-    wait_for_backend,
+    PartnerSetup, TestApp, assert_bitmaps_match_memberships, change_members, expect_error, expect_json, insert_cohort,
+    insert_users, wait_for_backend,
 };
 
 // ---- fixture ----------------------------------------------------------------------
@@ -35,6 +36,28 @@ impl Segments {
         let workspace = app.create_workspace("acme").await;
         let key = app.create_api_key(workspace, &["segments.read"]).await;
         Segments { app, workspace, key }
+    }
+
+    /// A workspace partner `kubit` imports into (its credentials come back too), with a
+    /// `segments.read` key.
+    async fn imported_by_kubit() -> (Segments, PartnerSetup) {
+        let app = TestApp::spawn().await;
+        let setup = app.partner_setup("kubit").await;
+        let key = app.create_api_key(setup.workspace, &["segments.read"]).await;
+        (Segments { app, workspace: setup.workspace, key }, setup)
+    }
+
+    /// `kubit`'s import adding (or removing) the users with these external ids to cohort
+    /// `cohort_id`, through the partner endpoint.
+    async fn import(&self, setup: &PartnerSetup, cohort_id: &str, user_ids: &[String], remove: bool) -> StatusCode {
+        let body = json!({
+            "partner_api_key": setup.partner_api_key,
+            "client_secret": setup.client_secret,
+            "cohort_id": cohort_id,
+            "cohort_changes": [{ "user_ids": user_ids, "should_remove": remove }],
+        });
+        let response = self.app.client.post(self.app.url("/partners/kubit/cohorts/users")).json(&body).send();
+        response.await.unwrap().status()
     }
 
     /// Another workspace of the same service, with its own key.
@@ -836,28 +859,17 @@ async fn a_key_never_sees_another_workspace() {
 
 #[tokio::test]
 async fn memberships_imported_by_a_partner_are_what_segments_see() {
-    let app = TestApp::spawn().await;
-    let setup = app.partner_setup("kubit").await;
-    let key = app.create_api_key(setup.workspace, &["segments.read"]).await;
-    let s = Segments { app, workspace: setup.workspace, key };
+    let (s, setup) = Segments::imported_by_kubit().await;
     s.users(s.workspace, &["u1", "u2", "u3"]).await;
-    let import = |cohort_id: &'static str, user_ids: Vec<&'static str>, remove: bool| {
-        json!({
-            "partner_api_key": setup.partner_api_key,
-            "client_secret": setup.client_secret,
-            "cohort_id": cohort_id,
-            "cohort_changes": [{"user_ids": user_ids, "should_remove": remove}],
-        })
-    };
     let name = json!({
         "partner_api_key": setup.partner_api_key, "client_secret": setup.client_secret,
         "cohort_id": "A", "name": "Churn risk", "created_at": "2024-03-01T12:00:00Z",
     });
-    let partner_post = |body: Value| s.app.client.post(s.app.url("/partners/kubit/cohorts/users")).json(&body).send();
     let named = s.app.client.post(s.app.url("/partners/kubit/cohorts")).json(&name).send().await.unwrap();
     assert_eq!(named.status(), 200);
-    assert_eq!(partner_post(import("A", vec!["u1", "u2", "u3"], false)).await.unwrap().status(), 200);
-    assert_eq!(partner_post(import("A", vec!["u2"], true)).await.unwrap().status(), 200);
+    let users = |ids: &[&str]| ids.iter().map(|id| id.to_string()).collect::<Vec<_>>();
+    assert_eq!(s.import(&setup, "A", &users(&["u1", "u2", "u3"]), false).await, 200);
+    assert_eq!(s.import(&setup, "A", &users(&["u2"]), true).await, 200);
 
     assert_eq!(s.members(&includes(&["A"])).await, names(&["u1", "u3"]));
     assert_eq!(s.members(&excludes(&["A"])).await, names(&["u2"]));
@@ -900,23 +912,10 @@ async fn an_export_that_panics_gives_its_connection_back_outside_any_transaction
 /// replaces made them.
 #[tokio::test]
 async fn imports_held_back_and_folded_are_what_segments_see() {
-    let app = TestApp::spawn().await;
-    let setup = app.partner_setup("kubit").await;
-    let key = app.create_api_key(setup.workspace, &["segments.read"]).await;
-    let s = Segments { app, workspace: setup.workspace, key };
+    let (s, setup) = Segments::imported_by_kubit().await;
     // Ids 1..=20,000 (user `p<n>` is id n): three blocks.
     const USERS: u32 = 20_000;
     s.numbered_users(s.workspace, "p", USERS as i32).await;
-    let import = |cohort_id: &str, users: &[u32], remove: bool| {
-        let user_ids: Vec<String> = users.iter().map(|n| format!("p{n}")).collect();
-        let body = json!({
-            "partner_api_key": setup.partner_api_key,
-            "client_secret": setup.client_secret,
-            "cohort_id": cohort_id,
-            "cohort_changes": [{ "user_ids": user_ids, "should_remove": remove }],
-        });
-        s.app.client.post(s.app.url("/partners/kubit/cohorts/users")).json(&body).send()
-    };
     let held_back = |cohort_id: &'static str| {
         sqlx::query_scalar::<_, i32>("SELECT bits_pending FROM cohorts WHERE workspace_id = $1 AND cohort_id = $2")
             .bind(s.workspace)
@@ -941,7 +940,8 @@ async fn imports_held_back_and_folded_are_what_segments_see() {
         let remove = step > 2 && next() % 3 == 0;
         let users: Vec<u32> = (0..1_000).map(|_| 1 + (next() % u64::from(USERS)) as u32).collect();
         let before = held_back(cohort_id).await.unwrap().unwrap_or(0);
-        assert_eq!(import(cohort_id, &users, remove).await.unwrap().status(), 200);
+        let user_ids: Vec<String> = users.iter().map(|n| format!("p{n}")).collect();
+        assert_eq!(s.import(&setup, cohort_id, &user_ids, remove).await, 200);
         let after = held_back(cohort_id).await.unwrap().unwrap_or(0);
         saw_held_back |= after > before;
         saw_folded |= after < before;
@@ -1015,10 +1015,7 @@ async fn imports_held_back_and_folded_are_what_segments_see() {
 /// range: users far past the first range, and changes held back for them, are reached.
 #[tokio::test]
 async fn pages_and_exports_reach_users_and_held_back_changes_far_apart() {
-    let app = TestApp::spawn().await;
-    let setup = app.partner_setup("kubit").await;
-    let key = app.create_api_key(setup.workspace, &["segments.read"]).await;
-    let s = Segments { app, workspace: setup.workspace, key };
+    let (s, setup) = Segments::imported_by_kubit().await;
     // Users `near<n>` in block 0, users `far<n>` from id 2,000,000 on (block 244): more
     // blocks apart than a page's or an export's read looks at.
     s.numbered_users(s.workspace, "near", 50).await;
@@ -1030,14 +1027,7 @@ async fn pages_and_exports_reach_users_and_held_back_changes_far_apart() {
     s.numbered_users(s.workspace, "far", 50).await;
     let members: Vec<String> =
         (1..=50).flat_map(|n| [format!("near{n}"), format!("far{n}")]).filter(|id| !id.ends_with('7')).collect();
-    let body = json!({
-        "partner_api_key": setup.partner_api_key,
-        "client_secret": setup.client_secret,
-        "cohort_id": "A",
-        "cohort_changes": [{ "user_ids": members }],
-    });
-    let imported = s.app.client.post(s.app.url("/partners/kubit/cohorts/users")).json(&body).send().await.unwrap();
-    assert_eq!(imported.status(), 200);
+    assert_eq!(s.import(&setup, "A", &members, false).await, 200);
     let held_back: i32 = sqlx::query_scalar("SELECT bits_pending FROM cohorts WHERE workspace_id = $1")
         .bind(s.workspace)
         .fetch_one(&s.app.pool)
