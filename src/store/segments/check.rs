@@ -34,13 +34,16 @@ pub async fn check(db: &Database, query: &SegmentQuery, refs: &[UserRef]) -> sql
         labels.push(if let UserRef::Alias(a) = r { Some(a.alias_label.as_str()) } else { None });
         names.push(if let UserRef::Alias(a) = r { Some(a.alias_name.as_str()) } else { None });
     }
+    // The changes its cohorts hold back, read in the snapshot the statement reads in, and
+    // those of every block bound: the blocks the users fall in are known only once they
+    // are resolved, in the statement.
+    let mut tx = begin_snapshot(db).await?;
+    let held = HeldBack::read(&mut tx, query.workspace_id, &query.all_cohorts()).await?;
+    let held = held.all();
     // Each row has exactly one kind of identifier set, so exactly one branch of the
     // lateral UNION ALL can find a user; every branch is a unique-index probe. The filter
     // is then evaluated on the bitmaps of just the blocks those users fall in (1 KiB per
     // cohort of the filter and such block) instead of probing memberships per user.
-    let mut tx = begin_snapshot(db).await?;
-    let held = HeldBack::read(&mut tx, query.workspace_id, &query.all_cohorts()).await?;
-    let held = held.all();
     let sql = format!(
         "WITH resolved AS MATERIALIZED (
             SELECT r.ord, u.id, u.braze_id
@@ -85,11 +88,9 @@ pub async fn check(db: &Database, query: &SegmentQuery, refs: &[UserRef]) -> sql
         .bind(names);
     // Unlike the set-wide statements, this one's best plan does not depend on the values
     // (index probes per reference, whatever the cohorts' sizes): a prepared statement,
-    // cached per connection, saves its planning (a few ms) on every check. The changes
-    // held back are read in its snapshot, and those of every block bound (the blocks the
-    // users fall in are known only once they are resolved, in the statement); a statement
-    // with them is planned each time (its generic plan is not kept), so with none held
-    // back the statement leaves them out.
+    // cached per connection, saves its planning (a few ms) on every check. Joined to the
+    // held-back masks even when there were none, it took 19-21 ms instead of 15 in the
+    // benchmark, so with none held back the statement leaves them out.
     let results = query.bind_leaves(statement, held).fetch_all(&mut *tx).await?;
     tx.commit().await?;
     Ok(results)
