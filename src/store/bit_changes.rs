@@ -13,7 +13,10 @@
 //! sets only ids that are not members and clears only members), so a cohort's changes
 //! apply in `import_id` order, and the last change to an id says whether it is set.
 
-use std::{collections::HashMap, ops::Range};
+use std::{
+    collections::{BTreeMap, HashMap},
+    ops::Range,
+};
 
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -140,19 +143,14 @@ impl HeldBack {
         for cohort in rows.chunk_by(|a, b| a.cohort_ref == b.cohort_ref) {
             let cohort_ref = cohort[0].cohort_ref;
             let (set, clear) = net(cohort.iter().map(|row| (&row.set_ids[..], &row.cleared_ids[..])));
-            let (mut set, mut clear) =
-                (Masks::of(&set).into_blocks().peekable(), Masks::of(&clear).into_blocks().peekable());
-            loop {
-                let block = match (set.peek(), clear.peek()) {
-                    (Some(&(s, _)), Some(&(c, _))) => s.min(c),
-                    (Some(&(s, _)), None) => s,
-                    (None, Some(&(c, _))) => c,
-                    (None, None) => break,
-                };
-                let set = set.next_if(|&(b, _)| b == block).map(|(_, mask)| mask);
-                let clear = clear.next_if(|&(b, _)| b == block).map(|(_, mask)| mask);
-                masks.push(HeldMasks { block, cohort_ref, set, clear });
+            let mut blocks: BTreeMap<i64, (Option<Block>, Option<Block>)> = BTreeMap::new();
+            for (block, mask) in Masks::of(&set).into_blocks() {
+                blocks.entry(block).or_default().0 = Some(mask);
             }
+            for (block, mask) in Masks::of(&clear).into_blocks() {
+                blocks.entry(block).or_default().1 = Some(mask);
+            }
+            masks.extend(blocks.into_iter().map(|(block, (set, clear))| HeldMasks { block, cohort_ref, set, clear }));
         }
         masks.sort_unstable_by_key(|m| (m.block, m.cohort_ref));
         Ok(HeldBack(masks))
