@@ -14,7 +14,7 @@
 //! apply in `import_id` order, and the last change to an id says whether it is set.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     ops::Range,
 };
 
@@ -131,7 +131,14 @@ impl HeldColumns<'_> {
 impl HeldBack {
     /// The changes `cohorts` hold back now; read in the snapshot that reads their blocks.
     pub async fn read(conn: &mut PgConnection, workspace_id: Uuid, cohorts: &[i64]) -> sqlx::Result<Self> {
-        let rows = held_rows(conn, workspace_id, cohorts).await?;
+        let rows = sqlx::query!(
+            "SELECT cohort_ref, set_ids, cleared_ids FROM cohort_bit_changes
+              WHERE workspace_id = $1 AND cohort_ref = ANY($2) ORDER BY cohort_ref, import_id",
+            workspace_id,
+            cohorts,
+        )
+        .fetch_all(conn)
+        .await?;
         let mut masks = Vec::new();
         for cohort in rows.chunk_by(|a, b| a.cohort_ref == b.cohort_ref) {
             let cohort_ref = cohort[0].cohort_ref;
@@ -166,67 +173,6 @@ impl HeldBack {
     pub fn all(&self) -> HeldColumns<'_> {
         self.columns(i64::MIN..i64::MAX)
     }
-}
-
-/// Which of `ids` are set in the cohort's bitmap now, its held-back changes applied: its
-/// members among them, read from the blocks they fall in and the cohort's held-back rows
-/// (a statement each) rather than by a probe of the memberships per id. Exact because
-/// every writer keeps the bitmap equal to the memberships in its own transaction, and the
-/// caller holds the cohort's row lock, so no change lands between the two reads.
-pub async fn members_among(
-    conn: &mut PgConnection,
-    workspace_id: Uuid,
-    cohort: PendingBits,
-    ids: &[i64],
-) -> sqlx::Result<HashSet<i64>> {
-    let mut blocks: Vec<i64> = ids.iter().map(|&id| bitmaps::position(id).0).collect();
-    blocks.sort_unstable();
-    blocks.dedup();
-    if blocks.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let stored: HashMap<i64, Vec<u8>> =
-        bitmaps::read_blocks(&mut *conn, workspace_id, Bitmap::Cohort(cohort.cohort_ref), Some(&blocks))
-            .await?
-            .into_iter()
-            .collect();
-    let (set, clear) = if cohort.pending == 0 {
-        (Vec::new(), Vec::new())
-    } else {
-        let rows = held_rows(conn, workspace_id, &[cohort.cohort_ref]).await?;
-        net(rows.iter().map(|row| (&row.set_ids[..], &row.cleared_ids[..])))
-    };
-    let is_set = |id: i64| {
-        if set.binary_search(&id).is_ok() {
-            return true;
-        }
-        if clear.binary_search(&id).is_ok() {
-            return false;
-        }
-        let (block, bit) = bitmaps::position(id);
-        stored.get(&block).is_some_and(|bytes| bitmaps::has_bit(bytes, bit))
-    };
-    Ok(ids.iter().copied().filter(|&id| is_set(id)).collect())
-}
-
-/// A held-back row as readers read it.
-struct HeldRow {
-    cohort_ref: i64,
-    set_ids: Vec<i64>,
-    cleared_ids: Vec<i64>,
-}
-
-/// The held-back rows of `cohorts`, by cohort, each cohort's in the order they apply.
-async fn held_rows(conn: &mut PgConnection, workspace_id: Uuid, cohorts: &[i64]) -> sqlx::Result<Vec<HeldRow>> {
-    sqlx::query_as!(
-        HeldRow,
-        "SELECT cohort_ref, set_ids, cleared_ids FROM cohort_bit_changes
-          WHERE workspace_id = $1 AND cohort_ref = ANY($2) ORDER BY cohort_ref, import_id",
-        workspace_id,
-        cohorts,
-    )
-    .fetch_all(conn)
-    .await
 }
 
 /// What changes applied in order come to: the ids whose last change sets them, and

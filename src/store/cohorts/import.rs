@@ -102,12 +102,7 @@ async fn try_import(
     if let Some(outcome) = delivered_before(&mut tx, key, import).await? {
         return Ok(Applied { outcome, repeated: true });
     }
-    let mut resolved = resolve(&mut tx, key.workspace_id, changes.iter().map(|c| &c.member)).await?;
-    let found: Vec<i64> = resolved.iter().filter_map(|r| r.user.map(|user| user.id)).collect();
-    let members = bit_changes::members_among(&mut tx, key.workspace_id, cohort.pending_bits(), &found).await?;
-    for user in resolved.iter_mut().filter_map(|r| r.user.as_mut()) {
-        user.member = members.contains(&user.id);
-    }
+    let resolved = resolve(&mut tx, key.workspace_id, Some(cohort.id), changes.iter().map(|c| &c.member)).await?;
     let mut decided = MembershipChanges::decide(changes, resolved);
     decided.unmatched.unknown += import.unreadable;
     write_memberships(&mut tx, key.workspace_id, &mut cohort, &decided.added, &decided.removed, now).await?;

@@ -42,7 +42,7 @@ impl Wanted {
         workspace_id: Uuid,
         members: &[MemberRefs],
     ) -> sqlx::Result<()> {
-        let resolved = resolve(conn, workspace_id, members).await?;
+        let resolved = resolve(conn, workspace_id, None, members).await?;
         for (member, user) in members.iter().zip(users_of_members(members.len(), resolved)) {
             match user {
                 Ok(user) => self.users.push(user.id),

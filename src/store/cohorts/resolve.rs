@@ -59,31 +59,36 @@ impl<'a> RefColumns<'a> {
     }
 }
 
-/// What every reference of `members` finds in the workspace. Whether a user found is a
-/// member of a cohort is not read here (see [`crate::store::bit_changes::members_among`]).
+/// What every reference of `members` finds in the workspace, and, when `cohort_ref` is
+/// given, whether each user found is a member of that cohort.
 pub(super) async fn resolve<'a>(
     conn: &mut PgConnection,
     workspace_id: Uuid,
+    cohort_ref: Option<i64>,
     members: impl IntoIterator<Item = &'a MemberRefs>,
 ) -> sqlx::Result<Vec<Resolved>> {
     let columns = RefColumns::of(members);
     // One row per reference: its kind (0 external id, 1 alias, 2 device id, 3 braze_id)
-    // and 1-based position in its array, the user it matches (null: no eligible user), and
-    // whether it is a device id of an identified user (which matches nobody). Every branch
-    // is a unique-index probe.
+    // and 1-based position in its array, the user it matches (null: no eligible user),
+    // whether it is a device id of an identified user (which matches nobody), and whether
+    // the user is in cohort `$2` now. Every branch is a unique-index probe, and so is the
+    // membership test: a lateral subquery kept apart by `OFFSET 0`, so the planner cannot
+    // turn it into a join over every member of the cohort (which it did, from a growing
+    // cohort's stale row estimate, at 1.5-3 s a request). `$2 = 0` (no cohort) skips it.
     let rows = sqlx::query!(
         r#"
-SELECT r.kind AS "kind!", r.position AS "position!", r.user_id AS "user_id?", r.identified_device AS "identified_device!"
+SELECT r.kind AS "kind!", r.position AS "position!", r.user_id AS "user_id?", r.identified_device AS "identified_device!",
+       coalesce(m.member, false) AS "member!"
   FROM (SELECT 0::int2 AS kind, c.position, u.id AS user_id, false AS identified_device
-          FROM unnest($2::text[]) WITH ORDINALITY AS c(value, position)
+          FROM unnest($3::text[]) WITH ORDINALITY AS c(value, position)
           LEFT JOIN users u ON u.workspace_id = $1 AND u.external_id = c.value
         UNION ALL
         SELECT 1::int2, c.position, a.user_id, false
-          FROM unnest($3::text[], $4::text[]) WITH ORDINALITY AS c(label, value, position)
+          FROM unnest($4::text[], $5::text[]) WITH ORDINALITY AS c(label, value, position)
           LEFT JOIN user_aliases a ON a.workspace_id = $1 AND a.alias_label = c.label AND a.alias_name = c.value
         UNION ALL
         SELECT 2::int2, c.position, CASE WHEN found.anonymous THEN found.user_id END, coalesce(NOT found.anonymous, false)
-          FROM unnest($5::text[]) WITH ORDINALITY AS c(value, position)
+          FROM unnest($6::text[]) WITH ORDINALITY AS c(value, position)
           LEFT JOIN LATERAL (
               SELECT d.user_id, u.external_id IS NULL AS anonymous FROM user_device_ids d
                 JOIN users u ON u.workspace_id = d.workspace_id AND u.id = d.user_id
@@ -91,10 +96,18 @@ SELECT r.kind AS "kind!", r.position AS "position!", r.user_id AS "user_id?", r.
           ) AS found ON true
         UNION ALL
         SELECT 3::int2, c.position, u.id, false
-          FROM unnest($6::uuid[]) WITH ORDINALITY AS c(value, position)
+          FROM unnest($7::uuid[]) WITH ORDINALITY AS c(value, position)
           LEFT JOIN users u ON u.workspace_id = $1 AND u.braze_id = c.value
-       ) AS r"#,
+       ) AS r
+  LEFT JOIN LATERAL (
+      SELECT true AS member FROM cohort_memberships
+       WHERE $2 <> 0 AND workspace_id = $1 AND cohort_ref = $2 AND user_id = r.user_id
+      OFFSET 0
+  ) AS m ON true"#,
         workspace_id,
+        // Bound as int8, as `cohort_ref` is: described without a bound type, `$2 <> 0`
+        // would make it int4.
+        cohort_ref.unwrap_or(0) as i64,
         &columns.external_id[..] as &[&str],
         &columns.alias_label[..] as &[&str],
         &columns.alias_name[..] as &[&str],
@@ -111,7 +124,7 @@ SELECT r.kind AS "kind!", r.position AS "position!", r.user_id AS "user_id?", r.
             Ok(Resolved {
                 member: member_index,
                 rank,
-                user: row.user_id.map(|id| MatchedUser { id, member: false }),
+                user: row.user_id.map(|id| MatchedUser { id, member: row.member }),
                 identified_device: row.identified_device,
             })
         })

@@ -207,7 +207,7 @@ pub async fn list(
     // Drop what matches now: the identifier leaves the list once it would match.
     let refs: Vec<Option<MemberRefs>> = rows.iter().map(|row| as_ref(row).map(MemberRefs::one)).collect();
     let readable: Vec<&MemberRefs> = refs.iter().flatten().collect();
-    let resolved = resolve(&mut conn, key.workspace_id, readable.iter().copied()).await?;
+    let resolved = resolve(&mut conn, key.workspace_id, None, readable.iter().copied()).await?;
     let mut matched = vec![false; readable.len()];
     for r in resolved {
         if r.user.is_some()
