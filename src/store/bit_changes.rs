@@ -4,10 +4,14 @@
 //! An import's users fall in a block each (all ~120 blocks of a cohort at 1M users, ~700
 //! of 1,221 at 10M), and rewriting a block logs most of its 1 KiB: about 100 bytes of
 //! WAL per change. So an import stores the ids it sets and clears as one row instead;
-//! the import that would take the cohort past [`MAX_PENDING_IDS`] writes them all into
-//! the blocks at once ("folds" them), each block once however many of the imports
+//! the import that would take the cohort past its limit of held-back ids writes them all
+//! into the blocks at once ("folds" them), each block once however many of the imports
 //! changed it. Readers apply the rows to the blocks they read ([`HeldBack`]), in the
 //! same snapshot, so every answer stays exact.
+//!
+//! The limit grows with the workspace ([`pending_limit`]): a fold rewrites up to every
+//! block the workspace's users span, so a fixed limit would fold as often at 10M users as
+//! at 1M and rewrite ten times the blocks each time.
 //!
 //! Every writer holds the cohort's row lock, and every change it writes is exact (it
 //! sets only ids that are not members and clears only members), so a cohort's changes
@@ -23,10 +27,21 @@ use uuid::Uuid;
 
 use super::bitmaps::{self, Bitmap, Block, Masks};
 
-/// Ids a cohort may hold in changes not yet in its blocks: a reader reads them and binds
-/// a mask per block they touch, a writer saves a block rewrite for each block that
-/// several imports touch (BENCHMARKS.md has the figures for both).
-pub const MAX_PENDING_IDS: usize = 4096;
+/// Ids a cohort may hold in changes not yet in its blocks, at the least: a reader reads
+/// them and binds a mask per block they touch, a writer saves a block rewrite for each
+/// block that several imports touch (BENCHMARKS.md has the figures for both).
+const MIN_PENDING_IDS: usize = 4096;
+
+/// Ids a cohort may hold back per block its workspace's users span, above
+/// [`MIN_PENDING_IDS`]: 1M users span 123 blocks, so the floor holds up to ~1M users,
+/// and beyond it a fold rewrites as many blocks per id it writes as it does at 1M.
+const PENDING_IDS_PER_BLOCK: usize = 32;
+
+/// The ids a cohort may hold back in a workspace whose next user id is `next_user_id`.
+fn pending_limit(next_user_id: i64) -> usize {
+    let blocks = usize::try_from(next_user_id.saturating_sub(1) / bitmaps::BLOCK_BITS + 1).unwrap_or(usize::MAX);
+    MIN_PENDING_IDS.max(blocks.saturating_mul(PENDING_IDS_PER_BLOCK))
+}
 
 /// A cohort's state of changes, as its locked row says.
 #[derive(Debug, Clone, Copy)]
@@ -41,7 +56,7 @@ pub struct PendingBits {
 
 /// Writes a change to the cohort's bitmap, setting the ids of `set` and clearing those
 /// of `clear` (disjoint): as a row beside the others, or, when that would take the
-/// cohort past [`MAX_PENDING_IDS`], into the blocks with every row before it. Returns
+/// cohort past its [`pending_limit`], into the blocks with every row before it. Returns
 /// the ids the cohort holds in rows afterwards.
 pub async fn write(
     conn: &mut PgConnection,
@@ -54,7 +69,9 @@ pub async fn write(
     if ids == 0 {
         return Ok(cohort.pending);
     }
-    if cohort.pending + ids > MAX_PENDING_IDS {
+    let pending = cohort.pending + ids;
+    // Below the floor the workspace's size cannot matter: no statement to read it.
+    if pending > MIN_PENDING_IDS && pending > pending_limit(next_user_id(conn, workspace_id).await?) {
         fold(conn, workspace_id, cohort, set, clear).await?;
         return Ok(0);
     }
@@ -69,7 +86,14 @@ pub async fn write(
     )
     .execute(conn)
     .await?;
-    Ok(cohort.pending + ids)
+    Ok(pending)
+}
+
+/// The id the workspace's next user gets: its users span the ids below it.
+async fn next_user_id(conn: &mut PgConnection, workspace_id: Uuid) -> sqlx::Result<i64> {
+    sqlx::query_scalar!("SELECT next_user_id FROM user_id_counters WHERE workspace_id = $1", workspace_id)
+        .fetch_one(&mut *conn)
+        .await
 }
 
 /// Writes the cohort's changes held in rows, then `set` and `clear`, into its blocks,
@@ -195,6 +219,17 @@ fn net<'a>(changes: impl IntoIterator<Item = (&'a [i64], &'a [i64])>) -> (Vec<i6
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_limit_grows_with_the_blocks_the_users_span_above_the_floor() {
+        // A new workspace, and 1M users (123 blocks): the floor.
+        assert_eq!(pending_limit(1), MIN_PENDING_IDS);
+        assert_eq!(pending_limit(1_000_001), MIN_PENDING_IDS);
+        // 10M users span 1,221 blocks; ids 1..=2,000,000 span 245.
+        assert_eq!(pending_limit(10_000_001), 1_221 * PENDING_IDS_PER_BLOCK);
+        assert_eq!(pending_limit(2_000_001), 245 * PENDING_IDS_PER_BLOCK);
+        assert_eq!(pending_limit(i64::MAX), usize::try_from(i64::MAX / 8192 + 1).unwrap() * PENDING_IDS_PER_BLOCK);
+    }
 
     #[test]
     fn the_last_change_to_an_id_wins() {

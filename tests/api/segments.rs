@@ -906,8 +906,8 @@ async fn an_export_that_panics_gives_its_connection_back_outside_any_transaction
         .unwrap();
 }
 
-/// Imports hold their bit changes back until a cohort has 4,096 of them, then write them
-/// into the blocks (`store::bit_changes`): every read, before and after, must see exactly
+/// Imports hold their bit changes back until a cohort has 4,096 of them (in a workspace of
+/// up to ~1M users), then write them into the blocks (`store::bit_changes`): every read, before and after, must see exactly
 /// the memberships, whatever mix of held-back changes, blocks, user deletions and
 /// replaces made them.
 #[tokio::test]
@@ -1044,4 +1044,40 @@ async fn pages_and_exports_reach_users_and_held_back_changes_far_apart() {
     others.retain(|id| id.ends_with('7'));
     others.sort();
     assert_eq!(s.members(&json!({"not": includes(&["A"])})).await, others);
+}
+
+/// The ids a cohort holds back grow with the blocks its workspace's users span: 32 a
+/// block above 4,096 (`store::bit_changes`), so a fold at 10M users rewrites as many blocks
+/// per id as at 1M. Users from id 2,000,000 on span 245 blocks: 7,840 ids.
+#[tokio::test]
+async fn a_larger_workspace_holds_more_ids_back_before_a_fold() {
+    let (s, setup) = Segments::imported_by_kubit().await;
+    sqlx::query("UPDATE user_id_counters SET next_user_id = 2000000 WHERE workspace_id = $1")
+        .bind(s.workspace)
+        .execute(&s.app.pool)
+        .await
+        .unwrap();
+    s.numbered_users(s.workspace, "p", 8_000).await;
+    // The ids the cohort holds back, and the rows they are in.
+    let held_back = || {
+        sqlx::query_as::<_, (i32, i64)>(
+            "SELECT (SELECT bits_pending FROM cohorts WHERE workspace_id = $1),
+                    (SELECT count(*) FROM cohort_bit_changes WHERE workspace_id = $1)",
+        )
+        .bind(s.workspace)
+        .fetch_one(&s.app.pool)
+    };
+    for step in 1..=8 {
+        let user_ids: Vec<String> = (1..=1_000).map(|n| format!("p{}", (step - 1) * 1_000 + n)).collect();
+        assert_eq!(s.import(&setup, "A", &user_ids, false).await, 200);
+        // Seven imports are held back, 7,000 ids in seven rows; the eighth folds them all.
+        let expected = if step < 8 { (step * 1_000, i64::from(step)) } else { (0, 0) };
+        assert_eq!(held_back().await.unwrap(), expected, "after import {step}");
+        if step >= 7 {
+            // Not a single cohort's count, so it is read from the bitmaps and held rows.
+            let a = json!({"or": [includes(&["A"]), includes(&["A"])]});
+            assert_eq!(s.count(&a).await, i64::from(step) * 1_000, "after import {step}");
+        }
+    }
+    assert_bitmaps_match_memberships(&s.app.pool).await;
 }
