@@ -907,9 +907,9 @@ async fn an_export_that_panics_gives_its_connection_back_outside_any_transaction
 }
 
 /// Imports hold their bit changes back until a cohort has 4,096 of them (in a workspace of
-/// up to ~1M users), then write them into the blocks (`store::bit_changes`): every read, before and after, must see exactly
-/// the memberships, whatever mix of held-back changes, blocks, user deletions and
-/// replaces made them.
+/// up to ~1M users), then write them into the blocks (`store::bit_changes`): every read,
+/// before and after, must see exactly the memberships, whatever mix of held-back changes,
+/// blocks, user deletions and replaces made them.
 #[tokio::test]
 async fn imports_held_back_and_folded_are_what_segments_see() {
     let (s, setup) = Segments::imported_by_kubit().await;
