@@ -85,6 +85,16 @@ impl Segments {
         insert_users(&self.app.pool, workspace, &external_ids).await;
     }
 
+    /// Numbers the workspace's next users from `id` on, as if that many had signed up.
+    async fn next_user_ids_from(&self, id: i64) {
+        sqlx::query("UPDATE user_id_counters SET next_user_id = $2 WHERE workspace_id = $1")
+            .bind(self.workspace)
+            .bind(id)
+            .execute(&self.app.pool)
+            .await
+            .unwrap();
+    }
+
     /// `count` identified users `<prefix><n>`, n = 1..=count.
     async fn numbered_users(&self, workspace: Uuid, prefix: &str, count: i32) {
         let external_ids: Vec<Option<String>> = (1..=count).map(|n| Some(format!("{prefix}{n}"))).collect();
@@ -1019,11 +1029,7 @@ async fn pages_and_exports_reach_users_and_held_back_changes_far_apart() {
     // Users `near<n>` in block 0, users `far<n>` from id 2,000,000 on (block 244): more
     // blocks apart than a page's or an export's read looks at.
     s.numbered_users(s.workspace, "near", 50).await;
-    sqlx::query("UPDATE user_id_counters SET next_user_id = 2000000 WHERE workspace_id = $1")
-        .bind(s.workspace)
-        .execute(&s.app.pool)
-        .await
-        .unwrap();
+    s.next_user_ids_from(2_000_000).await;
     s.numbered_users(s.workspace, "far", 50).await;
     let members: Vec<String> =
         (1..=50).flat_map(|n| [format!("near{n}"), format!("far{n}")]).filter(|id| !id.ends_with('7')).collect();
@@ -1052,11 +1058,7 @@ async fn pages_and_exports_reach_users_and_held_back_changes_far_apart() {
 #[tokio::test]
 async fn a_larger_workspace_holds_more_ids_back_before_a_fold() {
     let (s, setup) = Segments::imported_by_kubit().await;
-    sqlx::query("UPDATE user_id_counters SET next_user_id = 2000000 WHERE workspace_id = $1")
-        .bind(s.workspace)
-        .execute(&s.app.pool)
-        .await
-        .unwrap();
+    s.next_user_ids_from(2_000_000).await;
     s.numbered_users(s.workspace, "p", 8_000).await;
     // The ids the cohort holds back, and the rows they are in.
     let held_back = || {
